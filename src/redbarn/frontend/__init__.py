@@ -1,0 +1,1 @@
+"""The stateless gRPC frontend: REAPI for clients, Synchronize for workers."""

@@ -1,0 +1,1 @@
+"""Lua scripts, one per state transition; loaded by `redbarn.queue.scripts`."""

@@ -1,0 +1,1 @@
+"""The worker: Synchronize loop, executor chain, input cache and runner."""
