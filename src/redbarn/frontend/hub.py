@@ -1,0 +1,112 @@
+"""Wake-up hints for this frontend: one pub/sub channel, many waiting coroutines.
+
+Each frontend process has an id (`fid`) and subscribes to exactly one channel,
+`redbarn:v1:fe:<fid>`. Scheduler scripts publish a short message there when
+something a coroutine of this frontend waits for has changed: a parked worker was
+given work, or an operation it streams changed stage. The message text is the topic;
+`Hub.wait(topic, timeout)` returns True when that topic was published, False on
+timeout. Hints are only hints: Redis state is the truth, every waiter re-reads state
+afterwards and also polls on a timer, so a lost message (say, while Redis restarts)
+costs a few seconds, never a hung call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "redbarn:v1:fe:"
+
+
+def new_frontend_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Hub:
+    """Subscribes to this frontend's channel and wakes waiters by topic."""
+
+    def __init__(self, redis: aioredis.Redis, fid: str, *, retry_delay: float = 0.5) -> None:
+        self._redis = redis
+        self.fid = fid
+        self.channel = CHANNEL_PREFIX + fid
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._retry_delay = retry_delay
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"hub-{self.fid}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait(self, topic: str, timeout: float) -> bool:
+        """Wait until `topic` is published or `timeout` seconds pass."""
+        event = asyncio.Event()
+        waiters = self._waiters[topic]
+        waiters.add(event)
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop(topic, None)
+
+    def notify(self, topic: str) -> None:
+        """Wake every local waiter of `topic` (also used for in-process shortcuts)."""
+        for event in self._waiters.get(topic, ()):
+            event.set()
+
+    def notify_all(self) -> None:
+        """Wake everyone: they re-read state (used after a reconnect, and on shutdown)."""
+        for events in list(self._waiters.values()):
+            for event in events:
+                event.set()
+
+    async def _on_reconnect(self, _connection: object) -> None:
+        self.connected.set()
+        self.notify_all()
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.connected.set()
+                # redis-py reconnects and resubscribes by itself; hear about it.
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(self._on_reconnect)
+                # Anything published while we were away is lost: let waiters re-read.
+                self.notify_all()
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        continue
+                    data = msg.get("data")
+                    if isinstance(data, bytes):
+                        self.notify(data.decode("utf-8", "replace"))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as err:
+                self.connected.clear()
+                log.warning("hint channel %s lost (%s); resubscribing", self.channel, err)
+                await asyncio.sleep(self._retry_delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,48 @@
+"""The hint hub: a published topic wakes exactly its waiters; reconnects are survived."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from redbarn.frontend.hub import Hub, new_frontend_id
+from redbarn.redisserver import RedisServer
+
+
+async def test_publish_wakes_only_its_topic(real_redis: aioredis.Redis) -> None:
+    hub = Hub(real_redis, new_frontend_id())
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        woken = asyncio.create_task(hub.wait("o op-1", 5))
+        other = asyncio.create_task(hub.wait("o op-2", 0.5))
+        await asyncio.sleep(0.05)
+        assert await real_redis.publish(hub.channel, "o op-1") == 1
+        assert await woken is True
+        assert await other is False
+    finally:
+        await hub.stop()
+
+
+async def test_waiters_wake_after_redis_restart(tmp_path: object) -> None:
+    server = RedisServer().start()
+    client = aioredis.Redis(port=server.port)
+    hub = Hub(client, new_frontend_id(), retry_delay=0.05)
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        waiter = asyncio.create_task(hub.wait("w worker", 20))
+        server.stop()
+        server.start()
+        # The resubscribe wakes everyone so they re-read state they may have missed.
+        assert await asyncio.wait_for(waiter, 10) is True
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        late = asyncio.create_task(hub.wait("o x", 5))
+        await asyncio.sleep(0.05)
+        await client.publish(hub.channel, "o x")
+        assert await late is True
+    finally:
+        await hub.stop()
+        await client.aclose()
+        server.cleanup()
