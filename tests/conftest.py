@@ -58,7 +58,9 @@ async def fake_redis() -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture(params=["real", "fake"])
-async def any_redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+async def any_redis(
+    request: pytest.FixtureRequest, redis_url: str
+) -> AsyncIterator[aioredis.Redis]:
     """The same test on the private real redis-server and on fakeredis (with Lua)."""
     if request.param == "real":
         client = aioredis.Redis.from_url(redis_url)

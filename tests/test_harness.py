@@ -14,7 +14,9 @@ from redbarn.redisserver import RedisServer, find_redis_server
 
 
 async def test_any_redis_runs_lua(any_redis: aioredis.Redis) -> None:
-    script = any_redis.register_script("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])")
+    script = any_redis.register_script(
+        "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
+    )
     assert await script(keys=["redbarn:test:k"], args=["v"]) == b"v"
 
 
