@@ -1,0 +1,253 @@
+"""The local content-addressed file cache that input roots are hardlinked from.
+
+Layout under the cache directory (which must be on the build directory's file
+system for hardlinks to work; a copy is made otherwise):
+
+    plain/<fn>/<hh>/<hash>-<size>   mode 0444, for FileNode is_executable=false
+    exec/<fn>/<hh>/<hash>-<size>    mode 0555, for is_executable=true
+    tmp/                            downloads in progress, emptied on start
+    LOCK                            flock: one worker process per cache directory
+
+Executable and plain copies are separate files because hardlinks share their mode.
+The index (path -> size, in LRU order) lives in memory and is rebuilt from the
+directory on start, ordered by ctime: linking a file into a build directory changes
+its link count and so its ctime, which makes ctime the last-use time for free.
+Entries pinned by a running action are never evicted.
+
+All index methods run on the event loop thread; only `link_tree` (in `inputs`)
+touches cache files from another thread, and only pinned ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redbarn.errors import FailedPrecondition
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.worker import digests
+from redbarn.worker.cas import CasClient, Scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Want:
+    """A file an input root needs: its digest and whether it must be executable."""
+
+    digest: re_pb2.Digest
+    executable: bool
+
+
+class LocalCache:
+    def __init__(self, root: str, max_bytes: int) -> None:
+        self.root = os.path.abspath(root)
+        self.max_bytes = max_bytes
+        os.makedirs(self.root, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.root, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise FailedPrecondition(
+                f"Cache directory {self.root} is in use by another worker process"
+            ) from None
+        self._tmp = os.path.join(self.root, "tmp")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        os.makedirs(self._tmp)
+        self._index: OrderedDict[str, int] = OrderedDict()
+        self._pins: dict[str, int] = {}
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self.total_bytes = 0
+        self.evictions = 0
+        self._rebuild()
+
+    def close(self) -> None:
+        os.close(self._lock_fd)
+
+    def _rebuild(self) -> None:
+        found: list[tuple[float, str, int]] = []
+        for kind in ("plain", "exec"):
+            base = os.path.join(self.root, kind)
+            for dirpath, _dirs, files in os.walk(base):
+                for name in files:
+                    path = os.path.join(dirpath, name)
+                    st = os.lstat(path)
+                    found.append((st.st_ctime, path, st.st_size))
+        found.sort()
+        for _ctime, path, size in found:
+            self._index[path] = size
+            self.total_bytes += size
+        log.info("cache %s: %d files, %d bytes", self.root, len(found), self.total_bytes)
+        self._evict()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def path(self, scope: Scope, want: Want) -> str:
+        d = want.digest
+        kind = "exec" if want.executable else "plain"
+        return os.path.join(
+            self.root,
+            kind,
+            digests.function_name(scope.digest_function),
+            d.hash[:2],
+            f"{d.hash}-{d.size_bytes}",
+        )
+
+    # -- pins and LRU ------------------------------------------------------------
+
+    def pin(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            self._pins[p] = self._pins.get(p, 0) + 1
+
+    def unpin(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            n = self._pins[p] - 1
+            if n:
+                self._pins[p] = n
+            else:
+                del self._pins[p]
+
+    def _insert(self, path: str, size: int) -> None:
+        if path not in self._index:
+            self._index[path] = size
+            self.total_bytes += size
+        self._index.move_to_end(path)
+        self._evict()
+
+    def _evict(self) -> None:
+        if self.total_bytes <= self.max_bytes:
+            return
+        for path in list(self._index):
+            if self.total_bytes <= self.max_bytes:
+                break
+            if path in self._pins:
+                continue
+            size = self._index.pop(path)
+            self.total_bytes -= size
+            self.evictions += 1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    # -- filling -----------------------------------------------------------------
+
+    async def ensure(self, cas: CasClient, scope: Scope, wants: Sequence[Want]) -> list[str]:
+        """Make every wanted file present, pin it, and return the cache paths in order.
+
+        The caller must `unpin` the returned paths when done with them. Missing blobs
+        are fetched concurrently: small ones together by BatchReadBlobs, large ones by
+        ByteStream. An executable copy is made from a cached plain one if possible."""
+        paths = [self.path(scope, w) for w in wants]
+        self.pin(paths)
+        try:
+            index = self._index
+            absent: dict[str, Want] = {}
+            for p, w in zip(paths, wants, strict=True):
+                if p in index:
+                    index.move_to_end(p)
+                else:
+                    absent[p] = w
+            if absent:
+                await self._fill(cas, scope, absent)
+        except BaseException:
+            self.unpin(paths)
+            raise
+        return paths
+
+    async def _fill(self, cas: CasClient, scope: Scope, absent: dict[str, Want]) -> None:
+        waits: list[asyncio.Future[None]] = []
+        mine: dict[str, Want] = {}
+        loop = asyncio.get_running_loop()
+        for p, w in absent.items():
+            fut = self._inflight.get(p)
+            if fut is not None:
+                waits.append(fut)
+            else:
+                self._inflight[p] = loop.create_future()
+                mine[p] = w
+        try:
+            await self._fetch(cas, scope, mine)
+        except BaseException as err:
+            for p in mine:
+                f = self._inflight.pop(p)
+                if not f.done():
+                    f.set_exception(err if isinstance(err, Exception) else asyncio.CancelledError())
+                    f.exception()  # mark retrieved
+            raise
+        for p in mine:
+            self._inflight.pop(p).set_result(None)
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _fetch(self, cas: CasClient, scope: Scope, wants: dict[str, Want]) -> None:
+        small: dict[str, Want] = {}
+        jobs = []
+        for p, w in wants.items():
+            other = self.path(scope, Want(w.digest, not w.executable))
+            if other in self._index:
+                jobs.append(self._copy_local(other, p, w))
+            elif w.digest.size_bytes <= cas.batch_blob_limit:
+                small[p] = w
+            else:
+                jobs.append(self._fetch_large(cas, scope, p, w))
+        if small:
+            jobs.append(self._fetch_small(cas, scope, small))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    def _tmp_name(self) -> str:
+        return os.path.join(self._tmp, uuid.uuid4().hex)
+
+    def _publish(self, tmp: str, path: str, want: Want) -> None:
+        os.chmod(tmp, 0o555 if want.executable else 0o444)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(tmp, path)
+
+    async def _copy_local(self, src: str, dst: str, want: Want) -> None:
+        def copy() -> None:
+            tmp = self._tmp_name()
+            shutil.copyfile(src, tmp)
+            self._publish(tmp, dst, want)
+
+        self.pin([src])
+        try:
+            await asyncio.to_thread(copy)
+        finally:
+            self.unpin([src])
+        self._insert(dst, want.digest.size_bytes)
+
+    async def _fetch_small(self, cas: CasClient, scope: Scope, wants: dict[str, Want]) -> None:
+        blobs = await cas.read_small(scope, [w.digest for w in wants.values()])
+
+        def write_all() -> None:
+            for p, w in wants.items():
+                tmp = self._tmp_name()
+                with open(tmp, "wb") as f:
+                    f.write(blobs[digests.key(w.digest)])
+                self._publish(tmp, p, w)
+
+        await asyncio.to_thread(write_all)
+        for p, w in wants.items():
+            self._insert(p, w.digest.size_bytes)
+
+    async def _fetch_large(self, cas: CasClient, scope: Scope, path: str, want: Want) -> None:
+        tmp = self._tmp_name()
+        try:
+            await cas.read_to_file(scope, want.digest, tmp)
+            self._publish(tmp, path, want)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._insert(path, want.digest.size_bytes)

@@ -1,0 +1,330 @@
+"""The worker's client for the CAS, ActionCache and ByteStream (REAPI storage).
+
+Reads and writes pick the cheapest RPC per blob: BatchReadBlobs/BatchUpdateBlobs
+for blobs up to `batch_blob_limit`, grouped so one request stays under
+`batch_request_limit`; ByteStream Read/Write for the rest. Uploads ask
+FindMissingBlobs first and send only what the CAS lacks. Transient RPC failures
+(UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED) are retried with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+import grpc
+from google.rpc import code_pb2
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from redbarn.errors import FailedPrecondition, Internal
+from redbarn.proto import bytestream_pb2, bytestream_pb2_grpc
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+from redbarn.worker import digests
+
+T = TypeVar("T")
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a blob lives: the full instance name and the digest function."""
+
+    instance_name: str
+    digest_function: int
+
+    @property
+    def function(self) -> re_pb2.DigestFunction.Value:
+        """`digest_function` typed for request constructors."""
+        return cast(re_pb2.DigestFunction.Value, self.digest_function)
+
+    def resource(self, digest: re_pb2.Digest, *, upload: bool = False) -> str:
+        path = digests.blob_path(self.digest_function, digest)
+        if upload:
+            path = f"uploads/{uuid.uuid4()}/{path}"
+        return f"{self.instance_name}/{path}" if self.instance_name else path
+
+
+@dataclass
+class Blob:
+    """An output to upload: in memory (`data`) or in a file (`path`)."""
+
+    digest: re_pb2.Digest
+    data: bytes | None = None
+    path: str | None = None
+
+
+def _missing(scope: Scope, digest: re_pb2.Digest) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"Blob {digests.key(digest)} not found",
+        missing=[digests.blob_path(scope.digest_function, digest)],
+    )
+
+
+def _is_transient(err: BaseException) -> bool:
+    return isinstance(err, grpc.aio.AioRpcError) and err.code() in _TRANSIENT
+
+
+class CasClient:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        batch_blob_limit: int = 1 << 20,
+        batch_request_limit: int = 3 << 20,
+        concurrency: int = 16,
+        attempts: int = 5,
+        rpc_timeout: float = 300.0,
+    ) -> None:
+        self._cas = re_grpc.ContentAddressableStorageStub(channel)  # type: ignore[no-untyped-call]
+        self._ac = re_grpc.ActionCacheStub(channel)  # type: ignore[no-untyped-call]
+        self._bs = bytestream_pb2_grpc.ByteStreamStub(channel)  # type: ignore[no-untyped-call]
+        self.batch_blob_limit = batch_blob_limit
+        self.batch_request_limit = batch_request_limit
+        self._sem = asyncio.Semaphore(concurrency)
+        self._attempts = attempts
+        self._timeout = rpc_timeout
+
+    async def _retry(self, fn: Callable[[], Awaitable[T]]) -> T:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                async with self._sem:
+                    return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- reads ---------------------------------------------------------------
+
+    def _batches(self, items: Sequence[re_pb2.Digest]) -> Iterable[list[re_pb2.Digest]]:
+        batch: list[re_pb2.Digest] = []
+        total = 0
+        for d in items:
+            if batch and total + d.size_bytes > self.batch_request_limit:
+                yield batch
+                batch, total = [], 0
+            batch.append(d)
+            total += d.size_bytes + 100
+        if batch:
+            yield batch
+
+    async def read_small(self, scope: Scope, items: Sequence[re_pb2.Digest]) -> dict[str, bytes]:
+        """BatchReadBlobs for `items` (all at most `batch_blob_limit`), verified.
+
+        Raises FailedPrecondition naming the first missing blob."""
+        out: dict[str, bytes] = {}
+
+        async def one(batch: list[re_pb2.Digest]) -> None:
+            req = re_pb2.BatchReadBlobsRequest(
+                instance_name=scope.instance_name,
+                digests=batch,
+                digest_function=scope.function,
+            )
+            resp = await self._retry(lambda: self._cas.BatchReadBlobs(req, timeout=self._timeout))
+            for r in resp.responses:
+                if r.status.code == code_pb2.NOT_FOUND:
+                    raise _missing(scope, r.digest)
+                if r.status.code != code_pb2.OK:
+                    raise Internal(
+                        f"Failed to read blob {digests.key(r.digest)}: {r.status.message}"
+                    )
+                self._verify(scope, r.digest, r.data)
+                out[digests.key(r.digest)] = r.data
+            for d in batch:
+                if digests.key(d) not in out:
+                    raise _missing(scope, d)
+
+        unique = {digests.key(d): d for d in items if d.size_bytes > 0}
+        for d in items:
+            if d.size_bytes == 0:
+                self._verify(scope, d, b"")
+                out[digests.key(d)] = b""
+        await asyncio.gather(*(one(b) for b in self._batches(list(unique.values()))))
+        return out
+
+    def _verify(self, scope: Scope, digest: re_pb2.Digest, data: bytes) -> None:
+        got = digests.of_bytes(data, scope.digest_function)
+        if got.hash != digest.hash or got.size_bytes != digest.size_bytes:
+            raise Internal(
+                f"Blob {digests.key(digest)} has contents with digest {digests.key(got)}"
+            )
+
+    async def _stream(self, scope: Scope, digest: re_pb2.Digest) -> AsyncIterator[bytes]:
+        call = self._bs.Read(
+            bytestream_pb2.ReadRequest(resource_name=scope.resource(digest)),
+            timeout=self._timeout,
+        )
+        try:
+            async for r in call:
+                yield r.data
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise _missing(scope, digest) from err
+            raise
+
+    async def read_to_file(self, scope: Scope, digest: re_pb2.Digest, path: str) -> None:
+        """ByteStream Read of `digest` into `path` (created), verified while writing."""
+
+        async def attempt() -> None:
+            h = digests.hasher(scope.digest_function)()
+            size = 0
+            with open(path, "wb") as f:  # noqa: ASYNC230 - local disk, written chunk by chunk
+                async for chunk in self._stream(scope, digest):
+                    h.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+            if h.hexdigest() != digest.hash or size != digest.size_bytes:
+                raise Internal(
+                    f"Blob {digests.key(digest)} has contents with digest {h.hexdigest()}-{size}"
+                )
+
+        await self._retry(attempt)
+
+    async def read_blob(self, scope: Scope, digest: re_pb2.Digest) -> bytes:
+        """One blob into memory, by batch or by stream depending on its size."""
+        if digest.size_bytes <= self.batch_blob_limit:
+            return (await self.read_small(scope, [digest]))[digests.key(digest)]
+
+        async def attempt() -> bytes:
+            parts = [c async for c in self._stream(scope, digest)]
+            data = b"".join(parts)
+            self._verify(scope, digest, data)
+            return data
+
+        return await self._retry(attempt)
+
+    # -- writes --------------------------------------------------------------
+
+    async def find_missing(
+        self, scope: Scope, items: Iterable[re_pb2.Digest]
+    ) -> list[re_pb2.Digest]:
+        unique = list({digests.key(d): d for d in items}.values())
+        missing: list[re_pb2.Digest] = []
+        for i in range(0, len(unique), 10000):
+            req = re_pb2.FindMissingBlobsRequest(
+                instance_name=scope.instance_name,
+                blob_digests=unique[i : i + 10000],
+                digest_function=scope.function,
+            )
+            resp = await self._retry(
+                lambda req=req: self._cas.FindMissingBlobs(req, timeout=self._timeout)  # type: ignore[misc]
+            )
+            missing.extend(resp.missing_blob_digests)
+        return missing
+
+    async def upload(self, scope: Scope, blobs: Iterable[Blob]) -> None:
+        """Upload whichever of `blobs` the CAS is missing."""
+        by_key = {digests.key(b.digest): b for b in blobs}
+        if not by_key:
+            return
+        missing = await self.find_missing(scope, (b.digest for b in by_key.values()))
+        small: list[Blob] = []
+        jobs: list[Awaitable[None]] = []
+        for d in missing:
+            blob = by_key[digests.key(d)]
+            if blob.digest.size_bytes <= self.batch_blob_limit:
+                small.append(blob)
+            else:
+                jobs.append(self._write_stream(scope, blob))
+        batch: list[Blob] = []
+        total = 0
+        for blob in small:
+            if batch and total + blob.digest.size_bytes > self.batch_request_limit:
+                jobs.append(self._write_batch(scope, batch))
+                batch, total = [], 0
+            batch.append(blob)
+            total += blob.digest.size_bytes + 100
+        if batch:
+            jobs.append(self._write_batch(scope, batch))
+        await asyncio.gather(*jobs)
+
+    async def _write_batch(self, scope: Scope, blobs: list[Blob]) -> None:
+        requests = []
+        for b in blobs:
+            data = b.data
+            if data is None:
+                assert b.path is not None
+                with open(b.path, "rb") as f:  # noqa: ASYNC230 - at most batch_blob_limit
+                    data = f.read()
+            requests.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=b.digest, data=data))
+        req = re_pb2.BatchUpdateBlobsRequest(
+            instance_name=scope.instance_name,
+            requests=requests,
+            digest_function=scope.function,
+        )
+        resp = await self._retry(lambda: self._cas.BatchUpdateBlobs(req, timeout=self._timeout))
+        for r in resp.responses:
+            if r.status.code != code_pb2.OK:
+                raise Internal(f"Failed to store blob {digests.key(r.digest)}: {r.status.message}")
+
+    async def _write_stream(self, scope: Scope, blob: Blob) -> None:
+        async def requests() -> AsyncIterator[bytestream_pb2.WriteRequest]:
+            name = scope.resource(blob.digest, upload=True)
+            offset = 0
+            if blob.data is not None:
+                view = memoryview(blob.data)
+                while True:
+                    chunk = bytes(view[offset : offset + CHUNK])
+                    last = offset + len(chunk) >= len(blob.data)
+                    yield bytestream_pb2.WriteRequest(
+                        resource_name=name if offset == 0 else "",
+                        write_offset=offset,
+                        finish_write=last,
+                        data=chunk,
+                    )
+                    offset += len(chunk)
+                    if last:
+                        return
+            assert blob.path is not None
+            with open(blob.path, "rb") as f:  # noqa: ASYNC230 - local disk, 1 MiB at a time
+                chunk = f.read(CHUNK)
+                while True:
+                    following = f.read(CHUNK) if chunk else b""
+                    yield bytestream_pb2.WriteRequest(
+                        resource_name=name if offset == 0 else "",
+                        write_offset=offset,
+                        finish_write=not following,
+                        data=chunk,
+                    )
+                    offset += len(chunk)
+                    if not following:
+                        return
+                    chunk = following
+
+        async def attempt() -> None:
+            resp = await self._bs.Write(requests(), timeout=self._timeout)
+            if resp.committed_size not in (blob.digest.size_bytes, -1):
+                raise Internal(
+                    f"Failed to store blob {digests.key(blob.digest)}: "
+                    f"committed {resp.committed_size} bytes"
+                )
+
+        await self._retry(attempt)
+
+    async def update_action_result(
+        self, scope: Scope, action_digest: re_pb2.Digest, result: re_pb2.ActionResult
+    ) -> None:
+        req = re_pb2.UpdateActionResultRequest(
+            instance_name=scope.instance_name,
+            action_digest=action_digest,
+            action_result=result,
+            digest_function=scope.function,
+        )
+        await self._retry(lambda: self._ac.UpdateActionResult(req, timeout=self._timeout))

@@ -1,0 +1,234 @@
+"""`redbarn worker`: flags, and the composition root that builds and runs the worker.
+
+`add_arguments(parser)` and `run(args) -> int` are the subcommand interface of
+`redbarn.cli`; `serve(config)` runs until SIGTERM/SIGINT and is what tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+import grpc
+
+from redbarn.config import ConfigError, add_flag, parse_duration, parse_pair, parse_size
+from redbarn.errors import RedbarnError
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
+from redbarn.worker import builddir
+from redbarn.worker.cache import LocalCache
+from redbarn.worker.cas import CasClient
+from redbarn.worker.client import WorkerThread, thread_worker_ids
+from redbarn.worker.config import WorkerConfig
+from redbarn.worker.executors.base import BuildExecutor, compose
+from redbarn.worker.executors.caching import CachingBuildExecutor
+from redbarn.worker.executors.local import LocalBuildExecutor
+from redbarn.worker.executors.logging import LoggingBuildExecutor
+from redbarn.worker.executors.metrics import MetricsBuildExecutor, WorkerMetrics
+from redbarn.worker.executors.resource_usage import ResourceUsageBuildExecutor
+from redbarn.worker.executors.timestamped import TimestampedBuildExecutor
+
+log = logging.getLogger("redbarn.worker")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    # dns:/// targets with several addresses spread the worker threads over them.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.enable_retries", 0),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = WorkerConfig()
+    add_flag(
+        parser,
+        "--frontend",
+        d.frontend,
+        "gRPC target of the scheduler (any gRPC target, e.g. dns:///host:8981)",
+    )
+    add_flag(parser, "--cas", None, "gRPC target for CAS/AC/ByteStream (default: the frontend)")
+    add_flag(
+        parser, "--concurrency", str(d.concurrency), "worker threads, each its own worker identity"
+    )
+    add_flag(
+        parser,
+        "--platform",
+        None,
+        "platform property KEY=VALUE announced to the scheduler",
+        repeat=True,
+    )
+    add_flag(parser, "--label", None, "extra worker_id label KEY=VALUE", repeat=True)
+    add_flag(
+        parser,
+        "--env",
+        None,
+        "environment variable KEY=VALUE for every action (the Command's win)",
+        repeat=True,
+    )
+    add_flag(parser, "--instance-name-prefix", "", "instance name prefix of this worker's queue")
+    add_flag(parser, "--size-class", "0", "size class of this worker's queue")
+    add_flag(
+        parser,
+        "--build-dir",
+        d.build_dir,
+        "per-action build directories (same file system as --cache-dir)",
+    )
+    add_flag(parser, "--cache-dir", d.cache_dir, "local content-addressed input cache")
+    add_flag(parser, "--cache-size", "10GiB", "largest size of the input cache (LRU eviction)")
+    add_flag(parser, "--hostname", None, "hostname label of worker_id (default: this host's name)")
+    add_flag(parser, "--sync-timeout", "300s", "deadline of one Synchronize call")
+    add_flag(parser, "--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+def _int(text: str, flag: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f'invalid {flag} "{text}": expected an integer') from None
+    if value < minimum:
+        raise ConfigError(f"invalid {flag} {value}: must be at least {minimum}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    platform = tuple(sorted(parse_pair(p, "--platform") for p in args.platform))
+    if len(set(platform)) != len(platform):
+        raise ConfigError("duplicate --platform property")
+    return WorkerConfig(
+        frontend=args.frontend,
+        cas=args.cas or None,
+        concurrency=_int(args.concurrency, "--concurrency", 1),
+        platform=platform,
+        labels=tuple(parse_pair(p, "--label") for p in args.label),
+        environment=tuple(parse_pair(p, "--env") for p in args.env),
+        instance_name_prefix=args.instance_name_prefix,
+        size_class=_int(args.size_class, "--size-class", 0),
+        build_dir=os.path.abspath(args.build_dir),
+        cache_dir=os.path.abspath(args.cache_dir),
+        cache_size=parse_size(args.cache_size),
+        hostname=args.hostname or None,
+        sync_timeout=parse_duration(args.sync_timeout),
+    )
+
+
+def build_executor(
+    cas: CasClient, cache: LocalCache, config: WorkerConfig, metrics: WorkerMetrics
+) -> BuildExecutor:
+    """The executor chain, innermost first (Buildbarn WORKER_MAIN:463-535)."""
+    return compose(
+        LocalBuildExecutor(cas, cache, config.build_dir, dict(config.environment)),
+        TimestampedBuildExecutor,
+        ResourceUsageBuildExecutor,
+        functools.partial(CachingBuildExecutor, cas=cas),
+        functools.partial(MetricsBuildExecutor, metrics=metrics),
+        LoggingBuildExecutor,
+    )
+
+
+async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> WorkerMetrics:
+    """Run every worker thread until `shutdown` is set (SIGTERM/SIGINT set it too)."""
+    shutdown = shutdown or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max(8, 2 * config.concurrency), "redbarn-worker")
+    )
+    try:
+        cache = LocalCache(config.cache_dir, config.cache_size)
+        lock_fd = builddir.lock(config.build_dir)
+    except RedbarnError as err:
+        raise ConfigError(err.message) from None
+    await asyncio.to_thread(builddir.clean, config.build_dir)
+
+    signals = 0
+    tasks: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("shutting down: finishing running actions (signal again to abort)")
+            shutdown.set()
+        else:
+            for t in tasks:
+                t.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+
+    channel = grpc.aio.insecure_channel(config.frontend, options=CHANNEL_OPTIONS)
+    cas_channel = (
+        grpc.aio.insecure_channel(config.cas, options=CHANNEL_OPTIONS)
+        if config.cas and config.cas != config.frontend
+        else channel
+    )
+    metrics = WorkerMetrics()
+    cas = CasClient(cas_channel)
+    executor = build_executor(cas, cache, config, metrics)
+    stub = rw_grpc.OperationQueueStub(channel)  # type: ignore[no-untyped-call]
+    platform = re_pb2.Platform(
+        properties=[re_pb2.Platform.Property(name=k, value=v) for k, v in sorted(config.platform)]
+    )
+    hostname = config.hostname or socket.gethostname()
+    threads = [
+        WorkerThread(
+            stub=stub,
+            executor=executor,
+            worker_id=wid,
+            instance_name_prefix=config.instance_name_prefix,
+            platform=platform,
+            size_class=config.size_class,
+            shutdown=shutdown,
+            sync_timeout=config.sync_timeout,
+            backoff_max=config.backoff_max,
+        )
+        for wid in thread_worker_ids(config.concurrency, dict(config.labels), hostname)
+    ]
+    log.info(
+        "worker: %d threads, frontend %s, cas %s, cache %s (%d files)",
+        len(threads),
+        config.frontend,
+        config.cas or config.frontend,
+        config.cache_dir,
+        len(cache),
+    )
+    tasks.extend(asyncio.create_task(t.run(), name=t.name) for t in threads)
+    try:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await channel.close()
+        if cas_channel is not channel:
+            await cas_channel.close()
+        cache.close()
+        os.close(lock_fd)
+        log.info("worker stopped; %s", metrics.summary())
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        raise ConfigError(f'invalid --log-level "{args.log_level}"')
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    else:
+        logging.getLogger().setLevel(level)
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,300 @@
+"""The Synchronize loop of one worker thread, as bb_worker's BuildClient runs it.
+
+Each `WorkerThread` is one worker identity with its own loop (Buildbarn W6-W26):
+
+- it reports `started`, `fetching_inputs`, `running`, `uploading_outputs` and
+  `completed` as soon as they happen (not at `next_synchronization_at`); only the
+  latest stage is sent if several queued up;
+- `executing` starts the action, replacing (cancelling) any running one; `idle`
+  cancels a running action and discards its result;
+- failed RPCs are retried with jittered exponential backoff (tenacity), so a
+  frontend or load balancer restart is a pause, not a crash;
+- after `shutdown` is set (SIGTERM) it sends `prefer_being_idle`, lets the running
+  action finish and report `completed`, and returns once the scheduler answers
+  `idle` (or `next_synchronization_at` + grace passes without an answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import grpc
+from google.protobuf import empty_pb2
+from google.rpc import code_pb2
+from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_random_exponential
+
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remoteworker_pb2 as rw_pb2
+from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
+from redbarn.worker import digests
+from redbarn.worker.cas import Scope
+from redbarn.worker.executors.base import BuildExecutor, Job, Stage
+from redbarn.worker.status import status_from_error
+
+log = logging.getLogger(__name__)
+
+Executing = rw_pb2.CurrentState.Executing
+
+
+def worker_name(worker_id: Mapping[str, str]) -> str:
+    """Go's json.Marshal of the map: sorted keys, compact, HTML characters escaped."""
+    text = json.dumps(dict(worker_id), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def thread_worker_ids(
+    concurrency: int, labels: Mapping[str, str], hostname: str
+) -> list[dict[str, str]]:
+    """One worker_id per thread (Buildbarn W2): `thread` zero-padded to the width of
+    N-1 (absent when N == 1), then `hostname` and the labels, labels winning."""
+    width = len(str(concurrency - 1))
+    ids = []
+    for i in range(concurrency):
+        wid = {"thread": str(i).zfill(width)} if concurrency > 1 else {}
+        wid["hostname"] = hostname
+        wid.update(labels)
+        ids.append(wid)
+    return ids
+
+
+class _Interrupted(Exception):
+    """The shutdown signal cut a (long-polling) Synchronize short."""
+
+
+class _BadResponse(Exception):
+    pass
+
+
+class WorkerThread:
+    def __init__(
+        self,
+        *,
+        stub: rw_grpc.OperationQueueStub,
+        executor: BuildExecutor,
+        worker_id: Mapping[str, str],
+        instance_name_prefix: str = "",
+        platform: re_pb2.Platform | None = None,
+        size_class: int = 0,
+        shutdown: asyncio.Event,
+        sync_timeout: float = 300.0,
+        grace: float = 60.0,
+        backoff_max: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = worker_name(worker_id)
+        self._stub = stub
+        self._executor = executor
+        self._prefix = instance_name_prefix
+        self._base = rw_pb2.SynchronizeRequest(
+            worker_id=dict(worker_id),
+            instance_name_prefix=instance_name_prefix,
+            platform=platform or re_pb2.Platform(),
+            size_class=size_class,
+        )
+        self._shutdown = shutdown
+        self._sync_timeout = sync_timeout
+        self._grace = grace
+        self._backoff = wait_random_exponential(multiplier=0.1, max=backoff_max)
+        self._clock = clock
+        self._state = rw_pb2.CurrentState(idle=empty_pb2.Empty())
+        self._next_sync = clock()
+        self._until: float | None = None  # scheduler may think we execute until then
+        self._task: asyncio.Task[None] | None = None
+        self._updates: asyncio.Queue[Executing] = asyncio.Queue()
+        self.synchronizations = 0
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _may_terminate(self) -> bool:
+        return self._shutdown.is_set() and (self._until is None or self._clock() > self._until)
+
+    async def run(self) -> None:
+        """Synchronize until shutdown completes. Never raises on RPC failures."""
+        try:
+            while not self._may_terminate():
+                await self._wait()
+                try:
+                    response = await self._synchronize()
+                except RetryError:
+                    break  # shutting down and the scheduler could not be told
+                await self._apply(response)
+        finally:
+            await self._stop_execution()
+        log.info("%s: stopped", self.name)
+
+    def _executing(self) -> bool:
+        return self._task is not None
+
+    async def _wait(self) -> None:
+        delay = self._next_sync - self._clock()
+        if self._executing():
+            get = asyncio.ensure_future(self._updates.get())
+            done, _ = await asyncio.wait({get}, timeout=max(delay, 0.0))
+            if get in done:
+                self._apply_update(get.result())
+            else:
+                get.cancel()
+        elif delay > 0 and not self._shutdown.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._shutdown.wait(), delay)
+
+    def _apply_update(self, update: Executing) -> None:
+        self._state = rw_pb2.CurrentState(executing=update)
+        if update.HasField("completed"):
+            self._task = None
+
+    def _drain_updates(self) -> None:
+        while not self._updates.empty():
+            self._apply_update(self._updates.get_nowait())
+
+    def _prefer_being_idle(self) -> bool:
+        if self._shutdown.is_set():
+            return True
+        kind = self._state.WhichOneof("worker_state")
+        if kind == "idle":
+            return self._until is not None
+        ex = self._state.executing
+        if ex.HasField("completed"):
+            return bool(ex.completed.status.code != code_pb2.OK)
+        return False
+
+    def _wait_before_retry(self, rs: RetryCallState) -> float:
+        if rs.outcome is not None and isinstance(rs.outcome.exception(), _Interrupted):
+            return 0.0
+        return float(self._backoff(rs))
+
+    def _before_sleep(self, rs: RetryCallState) -> None:
+        err = rs.outcome.exception() if rs.outcome is not None else None
+        if isinstance(err, _Interrupted):
+            return
+        if isinstance(err, grpc.aio.AioRpcError):
+            err_text = f"{err.code().name}: {err.details()}"
+        else:
+            err_text = repr(err)
+        log.warning(
+            "%s: Failed to synchronize with scheduler (attempt %d): %s",
+            self.name,
+            rs.attempt_number,
+            err_text,
+        )
+
+    async def _synchronize(self) -> rw_pb2.SynchronizeResponse:
+        async for attempt in AsyncRetrying(
+            wait=self._wait_before_retry,
+            stop=lambda rs: self._may_terminate(),
+            before_sleep=self._before_sleep,
+        ):
+            with attempt:
+                return await self._synchronize_once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _synchronize_once(self) -> rw_pb2.SynchronizeResponse:
+        self._drain_updates()
+        request = rw_pb2.SynchronizeRequest()
+        request.CopyFrom(self._base)
+        request.current_state.CopyFrom(self._state)
+        request.prefer_being_idle = self._prefer_being_idle()
+        started = self._clock()
+        previous = self._next_sync
+        self.synchronizations += 1
+        call = self._stub.Synchronize(request, timeout=self._sync_timeout)
+        try:
+            if self._shutdown.is_set():
+                response = await call
+            else:
+                rpc = asyncio.ensure_future(call)
+                stop = asyncio.ensure_future(self._shutdown.wait())
+                try:
+                    await asyncio.wait({rpc, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                if not rpc.done():
+                    rpc.cancel()
+                    with contextlib.suppress(BaseException):
+                        await rpc
+                    raise _Interrupted()
+                response = rpc.result()
+        finally:
+            if self._until is None:
+                self._until = max(previous, started) + self._grace
+        if not response.HasField("next_synchronization_at"):
+            raise _BadResponse("Scheduler response contained invalid synchronization timestamp")
+        assert isinstance(response, rw_pb2.SynchronizeResponse)
+        return response
+
+    async def _apply(self, response: rw_pb2.SynchronizeResponse) -> None:
+        self._next_sync = response.next_synchronization_at.ToNanoseconds() / 1e9
+        desired = response.desired_state
+        kind = desired.WhichOneof("worker_state")
+        if kind == "executing":
+            await self._start_execution(desired.executing)
+            self._until = self._next_sync + self._grace
+        elif kind == "idle":
+            await self._stop_execution()
+            self._state = rw_pb2.CurrentState(idle=empty_pb2.Empty())
+            self._until = None
+        elif self._executing():
+            self._until = self._next_sync + self._grace
+        else:
+            self._until = None
+
+    # -- executions ----------------------------------------------------------------
+
+    async def _start_execution(self, desired: rw_pb2.DesiredState.Executing) -> None:
+        await self._stop_execution()
+        function = desired.digest_function or digests.infer_function(desired.action_digest)
+        scope = Scope(digests.instance_name(self._prefix, desired.instance_name_suffix), function)
+        action_digest = re_pb2.Digest()
+        action_digest.CopyFrom(desired.action_digest)
+        updates: asyncio.Queue[Executing] = asyncio.Queue()
+
+        def report(stage: Stage) -> None:
+            update = Executing(action_digest=action_digest)
+            getattr(update, stage.value).SetInParent()
+            updates.put_nowait(update)
+
+        job = Job(
+            action_digest=action_digest,
+            action=desired.action,
+            scope=scope,
+            worker_name=self.name,
+            queued_timestamp=desired.queued_timestamp,
+            auxiliary_metadata=list(desired.auxiliary_metadata),
+            report=report,
+        )
+
+        async def execute() -> None:
+            try:
+                response = await self._executor.execute(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # an executor must not raise; be safe anyway
+                log.exception("%s: executor raised", self.name)
+                response = re_pb2.ExecuteResponse(status=status_from_error(err))
+            updates.put_nowait(Executing(action_digest=action_digest, completed=response))
+
+        log.debug("%s: starting %s", self.name, digests.key(action_digest))
+        self._updates = updates
+        self._task = asyncio.create_task(
+            execute(), name=f"{self.name} {digests.key(action_digest)}"
+        )
+        self._state = rw_pb2.CurrentState(
+            executing=Executing(action_digest=action_digest, started=empty_pb2.Empty())
+        )
+
+    async def _stop_execution(self) -> None:
+        """Cancel the running action, wait for it, and discard its result."""
+        task, self._task = self._task, None
+        self._updates = asyncio.Queue()
+        if task is None:
+            return
+        if not task.done():
+            log.info("%s: cancelling %s", self.name, task.get_name())
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

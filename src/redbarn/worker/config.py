@@ -1,0 +1,40 @@
+"""WorkerConfig: everything `redbarn worker` can be told, with its defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _default_base() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "redbarn", "worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    # gRPC target of the scheduler (OperationQueue), e.g. lb:8981 or dns:///frontends:8981.
+    frontend: str = "127.0.0.1:8981"
+    # gRPC target for CAS, ActionCache and ByteStream; None means the frontend.
+    cas: str | None = None
+    # Number of worker threads, each its own worker identity.
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Platform properties announced to the scheduler (sent sorted).
+    platform: tuple[tuple[str, str], ...] = ()
+    # Extra worker_id labels (override "hostname"/"thread" on a clash).
+    labels: tuple[tuple[str, str], ...] = ()
+    instance_name_prefix: str = ""
+    size_class: int = 0
+    # Per-action build directories live here; must share a file system with cache_dir.
+    build_dir: str = field(default_factory=lambda: os.path.join(_default_base(), "build"))
+    # Content-addressed input cache; survives restarts.
+    cache_dir: str = field(default_factory=lambda: os.path.join(_default_base(), "cas"))
+    cache_size: int = 10 << 30
+    # Environment variables every action gets, below the Command's own.
+    environment: tuple[tuple[str, str], ...] = ()
+    # Hostname label of worker_id; None means socket.gethostname().
+    hostname: str | None = None
+    # Deadline of one Synchronize call (it may long-poll).
+    sync_timeout: float = 300.0
+    # Longest backoff between failed Synchronize calls.
+    backoff_max: float = 5.0
