@@ -1,0 +1,355 @@
+-- _lib.lua: shared helpers, prepended to every transition script when it is loaded.
+-- Not a transition itself: it defines locals over the fixed domain KEYS layout that
+-- every script receives (see redbarn.queue.keys), the server clock and the records.
+-- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
+-- KEYS[6] ops   KEYS[7] queued   KEYS[8] pick    KEYS[9] inv     KEYS[10] inflight
+-- KEYS[11] drains  KEYS[12] opgc
+-- ARGV[1] config: "<domain> <worker_timeout_ms> <busy_ms> <idle_ms> <retention_ms>
+--         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued>"
+-- Records are strings of fields joined by \31 (unit separator); see redbarn.queue.codec.
+
+local K_META, K_WORKERS, K_LEASES, K_PARKED, K_TASKS, K_OPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_QUEUED, K_PICK, K_INV, K_INFLIGHT, K_DRAINS, K_OPGC = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local S = '\31'
+local HI = '\255'
+
+local _t = redis.call('TIME')
+local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+
+local CFG = {}
+do
+  local i = 0
+  for w in string.gmatch(ARGV[1], '%S+') do
+    i = i + 1
+    if i == 1 then CFG.domain = w else CFG[i] = tonumber(w) end
+  end
+  CFG.worker_timeout, CFG.busy, CFG.idle, CFG.retention = CFG[2], CFG[3], CFG[4], CFG[5]
+  CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = CFG[6], CFG[7], CFG[8], CFG[9]
+end
+
+local function int(n) return string.format('%d', math.floor(n)) end
+local function pad(n, w) return string.format('%0' .. w .. 'd', math.floor(n)) end
+
+local function split(s, sep)
+  local out = {}
+  local start = 1
+  while true do
+    local i = string.find(s, sep, start, true)
+    if not i then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + #sep
+  end
+end
+
+local function words(s)
+  local out = {}
+  for w in string.gmatch(s, '%S+') do out[#out + 1] = w end
+  return out
+end
+
+local function publish(fid, msg)
+  if fid ~= nil and fid ~= '' then redis.call('PUBLISH', 'redbarn:v1:fe:' .. fid, msg) end
+end
+
+-- Task record: st sc ep n r qt dg fn dk w fb ops
+local function task_get(tid)
+  local v = redis.call('HGET', K_TASKS, tid)
+  if not v then return nil end
+  local f = split(v, S)
+  return {st = f[1], sc = f[2], ep = tonumber(f[3]), n = tonumber(f[4]), r = tonumber(f[5]),
+          qt = f[6], dg = f[7], fn = f[8], dk = f[9], w = f[10], fb = f[11], ops = words(f[12] or '')}
+end
+
+local function task_put(tid, t)
+  redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, int(t.ep), int(t.n), int(t.r), t.qt, t.dg,
+    t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S))
+end
+
+-- Operation record: tid qm path fids
+local function op_get(opid)
+  local v = redis.call('HGET', K_OPS, opid)
+  if not v then return nil end
+  local f = split(v, S)
+  return {tid = f[1], qm = f[2], path = f[3], fids = f[4] or ''}
+end
+
+local function op_put(opid, o)
+  redis.call('HSET', K_OPS, opid, table.concat({o.tid, o.qm, o.path, o.fids}, S))
+end
+
+-- Worker record: tid ep holder term pairs
+local function worker_get(wk)
+  local v = redis.call('HGET', K_WORKERS, wk)
+  if not v then return nil end
+  local f = split(v, S)
+  return {t = f[1], ep = tonumber(f[2]), h = f[3], term = f[4], pairs = f[5] or ''}
+end
+
+local function worker_put(wk, w)
+  redis.call('HSET', K_WORKERS, wk, table.concat({w.t, int(w.ep), w.h, w.term, w.pairs}, S))
+end
+
+local function sc_of(wk) return string.sub(wk, 1, 10) end
+local function json_of(wk) return string.sub(wk, 12) end
+
+-- Record frontend fid as watching operation o (keeps the 4 most recent).
+local function watch(o, fid)
+  if fid ~= '' and not string.find(' ' .. o.fids .. ' ', ' ' .. fid .. ' ', 1, true) then
+    local l = words(o.fids)
+    l[#l + 1] = fid
+    while #l > 4 do table.remove(l, 1) end
+    o.fids = table.concat(l, ' ')
+  end
+end
+
+local function op_name(opid) return CFG.domain .. '.' .. opid end
+
+local function notify_op(opid, o)
+  for _, fid in ipairs(words(o.fids)) do publish(fid, 'o ' .. op_name(opid)) end
+end
+
+local function notify_task(t)
+  for _, opid in ipairs(t.ops) do
+    local o = op_get(opid)
+    if o then notify_op(opid, o) end
+  end
+end
+
+local function qmember(sc, o, opid) return sc .. ' ' .. o.path .. S .. o.qm .. ' ' .. opid end
+
+-- Invocation nodes. inv field "<sc> <path>" = "x l p k": executing count, last started ms,
+-- first queued priority (10-digit encoding, '' = nothing queued), member in pick ('' = none).
+local function parent(path) return string.match(path, '^(.*)/[^/]*$') end
+
+local function node_get(sc, path)
+  local v = redis.call('HGET', K_INV, sc .. ' ' .. path)
+  if not v then return {x = 0, l = NOW, p = '', k = ''} end
+  local f = split(v, S)
+  return {x = tonumber(f[1]), l = tonumber(f[2]), p = f[3], k = f[4]}
+end
+
+local function node_put(sc, path, n)
+  local f = sc .. ' ' .. path
+  if n.x <= 0 and n.p == '' and n.k == '' then
+    redis.call('HDEL', K_INV, f)
+  else
+    redis.call('HSET', K_INV, f, table.concat({int(n.x), int(n.l), n.p, n.k}, S))
+  end
+end
+
+local LOG2 = math.log(2)
+local function score(x, p)
+  local prio = tonumber(p) - 2147483648
+  return string.format('%015.6f', math.log(x + 1) / LOG2 + prio / 100 + 30000000)
+end
+
+-- Recompute a node's first priority and its member in its parent's pick set, then
+-- walk up while something changed (always up to the root when force is set).
+local function refresh(sc, path, force)
+  while true do
+    local n = node_get(sc, path)
+    local pre = sc .. ' ' .. path .. S
+    local p = ''
+    local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+    if head[1] then
+      p = string.sub(head[1], #pre + 1, #pre + 10)
+    else
+      local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+      if best[1] then p = node_get(sc, string.sub(best[1], #pre + 31)).p end
+    end
+    local k = ''
+    if path ~= '' and p ~= '' then
+      k = sc .. ' ' .. parent(path) .. S .. score(n.x, p) .. pad(n.l, 15) .. path
+    end
+    local changed = (p ~= n.p) or (k ~= n.k)
+    if k ~= n.k then
+      if n.k ~= '' then redis.call('ZREM', K_PICK, n.k) end
+      if k ~= '' then redis.call('ZADD', K_PICK, 0, k) end
+    end
+    n.p = p
+    n.k = k
+    node_put(sc, path, n)
+    if path == '' or not (changed or force) then return end
+    path = parent(path)
+  end
+end
+
+-- Add delta executing workers to every node from path up to the root.
+local function add_exec(sc, path, delta)
+  local cur = path
+  while cur do
+    local n = node_get(sc, cur)
+    n.x = n.x + delta
+    if delta > 0 then n.l = NOW end
+    node_put(sc, cur, n)
+    if cur == '' then break end
+    cur = parent(cur)
+  end
+  refresh(sc, path, true)
+end
+
+local function enqueue_ops(t)
+  for _, opid in ipairs(t.ops) do
+    local o = op_get(opid)
+    redis.call('ZADD', K_QUEUED, 0, qmember(t.sc, o, opid))
+    refresh(t.sc, o.path, false)
+  end
+end
+
+local function dequeue_ops(t)
+  for _, opid in ipairs(t.ops) do
+    local o = op_get(opid)
+    redis.call('ZREM', K_QUEUED, qmember(t.sc, o, opid))
+    refresh(t.sc, o.path, false)
+  end
+end
+
+local function exec_ops(t, delta)
+  for _, opid in ipairs(t.ops) do
+    local o = op_get(opid)
+    add_exec(t.sc, o.path, delta)
+  end
+end
+
+-- The next queued operation of a size class: walk from the root to the best leaf.
+local function pick(sc)
+  local path = ''
+  while true do
+    local pre = sc .. ' ' .. path .. S
+    local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+    if head[1] then return string.sub(head[1], #pre + 28) end
+    local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+    if not best[1] then return nil end
+    path = string.sub(best[1], #pre + 31)
+  end
+end
+
+-- Hand task tid (queued) to worker wk; returns the executing reply.
+local function assign(tid, t, wk, w)
+  dequeue_ops(t)
+  t.st = 'x'
+  t.ep = t.ep + 1
+  t.n = t.n + 1
+  t.r = 0
+  t.w = wk
+  task_put(tid, t)
+  exec_ops(t, 1)
+  w.t = tid
+  w.ep = t.ep
+  worker_put(wk, w)
+  notify_task(t)
+end
+
+local function exec_reply(tid, t, next_ms)
+  return {'x', tid, int(t.ep), t.qt, int(next_ms), redis.call('HGET', K_TASKS, tid .. '|a') or ''}
+end
+
+-- The worker's current task if the assignment is still its own (epoch fence).
+local function current(wk, w)
+  if w.t == '' then return nil, nil end
+  local t = task_get(w.t)
+  if t and t.st == 'x' and t.w == wk and t.ep == w.ep then return w.t, t end
+  return nil, nil
+end
+
+-- Complete a task with result ("R"..ExecuteResponse bytes or "E<code>\31<message>").
+local function complete(tid, t, result)
+  if t.st == 'x' then exec_ops(t, -1) elseif t.st == 'q' then dequeue_ops(t) end
+  t.st = 'd'
+  task_put(tid, t)
+  redis.call('HSET', K_TASKS, tid .. '|r', result)
+  redis.call('HDEL', K_TASKS, tid .. '|a')
+  if t.dk ~= '' and redis.call('HGET', K_INFLIGHT, t.dk) == tid then redis.call('HDEL', K_INFLIGHT, t.dk) end
+  notify_task(t)
+end
+
+local function delete_task(tid, t)
+  if t.dk ~= '' and redis.call('HGET', K_INFLIGHT, t.dk) == tid then redis.call('HDEL', K_INFLIGHT, t.dk) end
+  redis.call('HDEL', K_TASKS, tid, tid .. '|a', tid .. '|r')
+end
+
+-- Offer a queued task to a parked idle worker of its size class (direct assignment).
+local function offer(tid, t)
+  local sc = t.sc
+  local pw = redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
+  if not pw[1] then return false end
+  local wk = pw[1]
+  redis.call('ZREM', K_PARKED, wk)
+  local w = worker_get(wk)
+  if not w then return false end
+  assign(tid, t, wk, w)
+  publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
+  return true
+end
+
+local function requeue(tid, t)
+  if t.st == 'x' then exec_ops(t, -1) end
+  t.st = 'q'
+  t.w = ''
+  task_put(tid, t)
+  if not offer(tid, t) then
+    enqueue_ops(t)
+    notify_task(t)
+  end
+end
+
+-- Drains: field "<sc> <pattern-json>" = "<created_ms>\31<tokens>"; a token is "\30<json pair>\30".
+local function matches(tokens, pairs)
+  for tok in string.gmatch(tokens, '[^\30]+') do
+    if not string.find(pairs, '\30' .. tok .. '\30', 1, true) then return false end
+  end
+  return true
+end
+
+local function drained(sc, w)
+  if w.term == '1' then return true end
+  if redis.call('HLEN', K_DRAINS) == 0 then return false end
+  local all = redis.call('HGETALL', K_DRAINS)
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 11) == sc .. ' ' then
+      local f = split(all[i + 1], S)
+      if matches(f[2] or '', w.pairs) then return true end
+    end
+  end
+  return false
+end
+
+local function scs()
+  return words(redis.call('HGET', K_META, 'scs') or '')
+end
+
+local function worker_count(sc)
+  return tonumber(redis.call('HGET', K_META, 'w' .. sc) or '0')
+end
+
+local function remove_worker(wk, w)
+  redis.call('ZREM', K_LEASES, wk)
+  redis.call('ZREM', K_PARKED, wk)
+  redis.call('HDEL', K_WORKERS, wk)
+  local sc = sc_of(wk)
+  local left = redis.call('HINCRBY', K_META, 'w' .. sc, -1)
+  if left <= 0 then
+    redis.call('HSET', K_META, 'w' .. sc, 0)
+    redis.call('HSET', K_META, 'z' .. sc, int(NOW + CFG.pq_timeout))
+  end
+end
+
+-- Detach an operation from its task; cancel the task when it was the last one.
+local function detach(opid)
+  local o = op_get(opid)
+  redis.call('ZREM', K_OPGC, opid)
+  if not o then return end
+  redis.call('HDEL', K_OPS, opid)
+  local t = task_get(o.tid)
+  if not t then return end
+  local rest = {}
+  for _, id in ipairs(t.ops) do if id ~= opid then rest[#rest + 1] = id end end
+  if t.st == 'q' then
+    redis.call('ZREM', K_QUEUED, qmember(t.sc, o, opid))
+    refresh(t.sc, o.path, false)
+  elseif t.st == 'x' then
+    add_exec(t.sc, o.path, -1)
+  end
+  t.ops = rest
+  if #rest == 0 then delete_task(o.tid, t) else task_put(o.tid, t) end
+end

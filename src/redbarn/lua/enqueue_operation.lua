@@ -1,0 +1,67 @@
+-- enqueue_operation.lua: create (or join, by in-flight dedup) an operation; hand it to a
+-- parked idle worker of its size class, else queue it under its invocation.
+-- KEYS[1..12] the domain's keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS
+-- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
+-- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
+-- KEYS[11] drains  KEYS[12] opgc
+-- ARGV[1] config  ARGV[2] new operation id  ARGV[3] dedup key ('' = do_not_cache)
+-- ARGV[4] invocation path  ARGV[5] priority (10-digit, +2^31)  ARGV[6] Executing bytes
+-- ARGV[7] digest "hash-size"  ARGV[8] digest function number  ARGV[9] frontend id
+-- Returns: {'op', opid, stage('q'|'x'|'d'), queued_ms} | {'nodomain'} | {'full'}
+local opid, dk, path, prio = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local fid = ARGV[9]
+
+if dk ~= '' then
+  local tid = redis.call('HGET', K_INFLIGHT, dk)
+  local t = tid and task_get(tid)
+  if t and t.st ~= 'd' then
+    for _, id in ipairs(t.ops) do
+      local o = op_get(id)
+      if o and o.path == path then
+        watch(o, fid)
+        op_put(id, o)
+        redis.call('ZADD', K_OPGC, NOW + CFG.retention, id)
+        return {'op', id, t.st, t.qt}
+      end
+    end
+    local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+    local o = {tid = tid, qm = prio .. pad(seq, 16), path = path, fids = ''}
+    watch(o, fid)
+    op_put(opid, o)
+    redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
+    t.ops[#t.ops + 1] = opid
+    task_put(tid, t)
+    if t.st == 'q' then
+      redis.call('ZADD', K_QUEUED, 0, qmember(t.sc, o, opid))
+      refresh(t.sc, path, false)
+    else
+      add_exec(t.sc, path, 1)
+    end
+    return {'op', opid, t.st, t.qt}
+  end
+end
+
+-- New work goes to the smallest size class that has workers, else the smallest one.
+local classes = scs()
+if #classes == 0 then return {'nodomain'} end
+local sc = classes[1]
+for _, c in ipairs(classes) do
+  if worker_count(c) > 0 then sc = c; break end
+end
+if redis.call('ZCARD', K_QUEUED) >= CFG.max_queued then return {'full'} end
+
+local tid = 't' .. redis.call('HINCRBY', K_META, 'tseq', 1)
+local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+local t = {st = 'q', sc = sc, ep = 0, n = 0, r = 0, qt = int(NOW), dg = ARGV[7], fn = ARGV[8],
+           dk = dk, w = '', fb = '0', ops = {opid}}
+local o = {tid = tid, qm = prio .. pad(seq, 16), path = path, fids = ''}
+watch(o, fid)
+op_put(opid, o)
+redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
+task_put(tid, t)
+redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
+if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
+if offer(tid, t) then return {'op', opid, 'x', t.qt} end
+redis.call('ZADD', K_QUEUED, 0, qmember(sc, o, opid))
+refresh(sc, path, false)
+return {'op', opid, 'q', t.qt}

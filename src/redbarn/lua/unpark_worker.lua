@@ -1,0 +1,20 @@
+-- unpark_worker.lua: end a parked Synchronize: leave the parked set, return what was assigned.
+-- KEYS[1..12] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
+-- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
+-- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
+-- KEYS[11] drains  KEYS[12] opgc
+-- ARGV[1] config (see _lib.lua)
+-- ARGV[2] worker key  ARGV[3] frontend id that parked it
+-- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'i', next_ms}
+local wk, fid = ARGV[2], ARGV[3]
+local w = worker_get(wk)
+if not w then return {'i', int(NOW)} end
+if w.h == fid then
+  w.h = ''
+  redis.call('ZREM', K_PARKED, wk)
+  redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
+  worker_put(wk, w)
+end
+local tid, t = current(wk, w)
+if tid then return exec_reply(tid, t, NOW + CFG.busy) end
+return {'i', int(NOW)}

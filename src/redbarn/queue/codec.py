@@ -1,0 +1,216 @@
+"""Encodings shared by the Python side and the Lua scripts.
+
+Lua compares only plain fields: records are strings of fields joined by \\x1f, sorted-set
+members are fixed-width text. Protobuf payloads are opaque to Lua. Everything that
+leaks into messages or sort orders uses Buildbarn's canonical forms (reference §1.6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from google.rpc import status_pb2
+
+from redbarn.proto import remote_execution_pb2 as re_pb2
+
+SEP = "\x1f"
+TOKEN_SEP = "\x1e"
+PRIORITY_OFFSET = 2**31
+
+
+def go_json(value: object) -> str:
+    """Go's json.Marshal form: compact, sorted keys, <>& escaped, UTF-8 kept."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def worker_json(worker_id: Mapping[str, str]) -> str:
+    """The worker key JSON (`{"hostname":"w1","thread":"3"}`), as in Buildbarn's messages."""
+    return go_json(dict(worker_id))
+
+
+def platform_json(platform: re_pb2.Platform | None) -> str:
+    """golang/protobuf v1 jsonpb form: `{}` or `{"properties":[{"name":..,"value":..}]}`."""
+    if platform is None or not platform.properties:
+        return "{}"
+    props = []
+    for p in platform.properties:
+        entry: dict[str, str] = {}
+        if p.name:
+            entry["name"] = p.name
+        if p.value:
+            entry["value"] = p.value
+        props.append(entry)
+    return json.dumps({"properties": props}, separators=(",", ":"), ensure_ascii=False)
+
+
+def platform_from_json(text: str) -> re_pb2.Platform:
+    data = json.loads(text)
+    return re_pb2.Platform(
+        properties=[
+            re_pb2.Platform.Property(name=p.get("name", ""), value=p.get("value", ""))
+            for p in data.get("properties", [])
+        ]
+    )
+
+
+def tokens(pairs: Mapping[str, str]) -> str:
+    """Worker-id pairs (or a drain pattern) as "\\x1e<json pair>\\x1e..." for Lua subset tests."""
+    if not pairs:
+        return TOKEN_SEP
+    items = [json.dumps([k, v], separators=(",", ":")) for k, v in sorted(pairs.items())]
+    return TOKEN_SEP + TOKEN_SEP.join(items) + TOKEN_SEP
+
+
+def priority_field(priority: int) -> str:
+    return f"{priority + PRIORITY_OFFSET:010d}"
+
+
+def priority_from_field(field: str) -> int:
+    return int(field[:10]) - PRIORITY_OFFSET
+
+
+def dedup_key(digest_function: int, digest: re_pb2.Digest, instance_name: str) -> str:
+    """In-flight dedup key: the internal digest identity, hashed to a fixed short field."""
+    identity = f"{digest_function}-{digest.hash}-{digest.size_bytes}-{instance_name}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def digest_field(digest: re_pb2.Digest) -> str:
+    return f"{digest.hash}-{digest.size_bytes}"
+
+
+def digest_from_field(field: str) -> re_pb2.Digest:
+    h, _, size = field.rpartition("-")
+    return re_pb2.Digest(hash=h, size_bytes=int(size or 0))
+
+
+# Invocation paths -------------------------------------------------------------------
+
+CORRELATED = "c"
+TOOL = "t"
+
+
+def path_element(kind: str, invocation_id: str) -> str:
+    return kind + quote(invocation_id, safe="")
+
+
+def invocation_path(elements: Sequence[tuple[str, str]]) -> str:
+    """ "" for the root, else "/<el>/<el>" from (kind, id) pairs, root first."""
+    return "".join("/" + path_element(kind, iid) for kind, iid in elements)
+
+
+def parse_invocation_path(path: str) -> list[tuple[str, str]]:
+    if not path:
+        return []
+    return [(el[:1], unquote(el[1:])) for el in path.split("/")[1:]]
+
+
+def request_metadata_path(
+    md: re_pb2.RequestMetadata | None, *, correlated_level: bool
+) -> list[tuple[str, str]]:
+    """Buildbarn's invocation key extractors: [correlated_invocations_id], tool_invocation_id."""
+    levels: list[tuple[str, str]] = []
+    if correlated_level:
+        levels.append((CORRELATED, md.correlated_invocations_id if md else ""))
+    levels.append((TOOL, md.tool_invocation_id if md else ""))
+    return levels
+
+
+# Results ----------------------------------------------------------------------------
+
+
+def worker_result(response: re_pb2.ExecuteResponse) -> bytes:
+    """A worker's (or KillOperations') ExecuteResponse as a stored result."""
+    return b"R" + response.SerializeToString()
+
+
+def decode_result(raw: bytes) -> re_pb2.ExecuteResponse:
+    """A stored result: "R"+ExecuteResponse, or "E<code>\\x1f<message>" written by Lua."""
+    if raw[:1] == b"R":
+        return re_pb2.ExecuteResponse.FromString(raw[1:])
+    if raw[:1] == b"E":
+        code, _, message = raw[1:].partition(SEP.encode())
+        return re_pb2.ExecuteResponse(
+            status=status_pb2.Status(code=int(code), message=message.decode("utf-8", "replace"))
+        )
+    return re_pb2.ExecuteResponse()
+
+
+def response_failed(response: re_pb2.ExecuteResponse) -> bool:
+    """Buildbarn's failure test for the fallback analyzer: non-OK status or exit code."""
+    return response.status.code != 0 or response.result.exit_code != 0
+
+
+# Records (for reads; Lua writes them) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    stage: str  # "q" queued, "x" executing, "d" done
+    size_class: int
+    epoch: int
+    attempts: int
+    rehands: int
+    queued_ms: int
+    digest: str
+    digest_function: int
+    dedup: str
+    worker: str
+    fallback: bool
+    ops: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> TaskRecord:
+        f = raw.decode().split(SEP)
+        return cls(
+            stage=f[0],
+            size_class=int(f[1]),
+            epoch=int(f[2]),
+            attempts=int(f[3]),
+            rehands=int(f[4]),
+            queued_ms=int(f[5]),
+            digest=f[6],
+            digest_function=int(f[7] or 0),
+            dedup=f[8],
+            worker=f[9],
+            fallback=f[10] == "1",
+            ops=tuple(f[11].split()),
+        )
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    tid: str
+    priority: int
+    seq: int
+    path: str
+    fids: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> OpRecord:
+        f = raw.decode().split(SEP)
+        return cls(
+            tid=f[0],
+            priority=priority_from_field(f[1]),
+            seq=int(f[1][10:]),
+            path=f[2],
+            fids=tuple(f[3].split()) if len(f) > 3 else (),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    tid: str
+    epoch: int
+    holder: str
+    terminating: bool
+
+    @classmethod
+    def parse(cls, raw: bytes) -> WorkerRecord:
+        f = raw.decode().split(SEP)
+        return cls(tid=f[0], epoch=int(f[1]), holder=f[2], terminating=f[3] == "1")

@@ -1,0 +1,148 @@
+"""The key catalogue: every Redis key the scheduler uses, with its type, writers and lifetime.
+
+A *domain* is one platform queue: (instance-name prefix, canonical platform), with all
+its size classes, so that the size-class fallback (fail on a small class, rerun once on
+the largest) is one atomic script. Its id `P` is the first 16 hex digits of
+sha256(prefix + "\\0" + platform-json). Every domain key is `redbarn:v1:{P}:<what>`: the
+hash tag puts a domain in one Redis Cluster slot, and every script receives the same
+fixed list of twelve keys (`DOMAIN_KEYS`, in that order), so no script builds a key
+name. Per-entity records (a task, an operation, a worker, an invocation node) are
+fields of per-domain hashes or members of per-domain sorted sets, never keys of their
+own. Records are short strings of fields joined by \\x1f (see `codec`); Lua compares
+only those plain fields and scores. Protobuf payloads are opaque strings.
+
+Deviation from DESIGN.md rule 1 ("a domain is ... size class"): the size class is a
+prefix of members and fields inside the domain (`<sc>` = 10 digits) instead of a
+separate hash tag; decided by the lead so the fallback analyzer stays atomic.
+
+Ids: a task id is `t<n>` (per domain counter); an operation id is 32 hex digits and
+its public name is `<P>.<opid>`, so any frontend routes a name with no lookup. A
+worker key is `<sc> <worker-id-json>` (Go json.Marshal form, sorted keys).
+An invocation path is "" (root) or "/<el>/<el>" where an element is `c<id>` for a
+correlated_invocations_id or `t<id>` for a tool_invocation_id, percent-escaped.
+
+Global keys (no hash tag; touched by single small commands, never inside a script):
+
+redbarn:v1:platforms  HASH  P -> json {"instance_name_prefix": ..., "platform": <jsonpb>}
+    Written with HSETNX by a frontend the first time a worker synchronizes for a domain;
+    HDEL by the reaper when the domain is empty. Read (cached briefly) by Execute.
+    redis-cli HGETALL redbarn:v1:platforms
+redbarn:v1:started  STRING  server time (ms) of the first start (SET NX): start-up grace.
+    redis-cli GET redbarn:v1:started
+
+Domain keys (`redbarn:v1:{P}:<what>`; no TTL, bounded by the reaper; survive noeviction):
+
+meta      HASH  scs = "<sc> <sc>..." size classes; w<sc> = worker count; z<sc> = removal
+          time (ms) of a worker-less size class; seq/tseq counters. Writers: synchronize,
+          enqueue, reap. Lifetime: the domain's.
+          redis-cli HGETALL 'redbarn:v1:{P}:meta'
+workers   HASH  <wk> -> "tid ep holder-fid terminating tokens". One per worker; removed by
+          reap when its lease expires. Writers: synchronize, unpark, enqueue (direct
+          assignment), reap, terminate. "who runs what":
+          redis-cli HGETALL 'redbarn:v1:{P}:workers'
+leases    ZSET  <wk> scored by deadline ms (last sync end + worker_timeout; while parked,
+          park start + idle timeout + worker_timeout). Reaped when due.
+          redis-cli ZRANGE 'redbarn:v1:{P}:leases' 0 -1 WITHSCORES
+parked    ZSET(lex) <wk> of idle workers held in a Synchronize that may receive work
+          directly (drained ones are held but not here).
+          redis-cli ZRANGE 'redbarn:v1:{P}:parked' 0 -1
+tasks     HASH  <tid> -> "stage sc epoch attempts rehands queued_ms digest fn dedup worker
+          fallback ops"; <tid>|a = DesiredState.Executing bytes (dropped at completion);
+          <tid>|r = result ("R"+ExecuteResponse or "E<code>\\x1f<message>"). Deleted with
+          the task's last operation.
+          redis-cli HGET 'redbarn:v1:{P}:tasks' t42
+ops       HASH  <opid> -> "tid prio+seq path watcher-fids". Deleted by reap when the op's
+          opgc deadline passes. redis-cli HGET 'redbarn:v1:{P}:ops' <opid>
+queued    ZSET(lex, scores 0) "<sc> <path>\\x1f<prio+2^31:10><seq:16> <opid>": queued ops,
+          priority then FIFO per invocation. "what is queued":
+          redis-cli ZRANGE 'redbarn:v1:{P}:queued' 0 -1
+pick      ZSET(lex) "<sc> <parent>\\x1f<log2 score:15><last-started ms:15><child>": the
+          children of every invocation node that have queued work, best first.
+          redis-cli ZRANGE 'redbarn:v1:{P}:pick' 0 -1
+inv       HASH  "<sc> <path>" -> "executing last-started-ms first-prio pick-member":
+          invocation nodes with queued or executing work (others are deleted).
+          redis-cli HGETALL 'redbarn:v1:{P}:inv'
+inflight  HASH  dedup-key (sha256 of fn-hash-size-instance, 32 hex) -> tid, while the
+          task is queued or executing. redis-cli HGETALL 'redbarn:v1:{P}:inflight'
+drains    HASH  "<sc> <pattern-json>" -> "created_ms\\x1ftokens".
+          redis-cli HGETALL 'redbarn:v1:{P}:drains'
+opgc      ZSET  <opid> scored by last waiter touch + operation_retention. "why is this
+          stuck / when does it go": redis-cli ZRANGE 'redbarn:v1:{P}:opgc' 0 -1 WITHSCORES
+
+Pub/sub (not keys): scripts PUBLISH hints to `redbarn:v1:fe:<fid>`: "w <P> <wk>" when
+a parked worker got work, "o <P>.<opid>" when an operation changed stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PREFIX = "redbarn:v1"
+PLATFORMS = f"{PREFIX}:platforms"
+STARTED = f"{PREFIX}:started"
+CHANNEL_PREFIX = f"{PREFIX}:fe:"
+
+DOMAIN_KEYS = (
+    "meta",
+    "workers",
+    "leases",
+    "parked",
+    "tasks",
+    "ops",
+    "queued",
+    "pick",
+    "inv",
+    "inflight",
+    "drains",
+    "opgc",
+)
+
+_OP_NAME = re.compile(r"^([0-9a-f]{16})\.([0-9a-f]{32})$")
+
+
+def domain_id(instance_name_prefix: str, platform_json: str) -> str:
+    """The domain id P of a platform queue."""
+    raw = f"{instance_name_prefix}\0{platform_json}".encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def domain_key(domain: str, what: str) -> str:
+    return f"{PREFIX}:{{{domain}}}:{what}"
+
+
+def domain_keys(domain: str) -> list[str]:
+    """KEYS[1..12] of every script, in the fixed order of DOMAIN_KEYS."""
+    return [domain_key(domain, what) for what in DOMAIN_KEYS]
+
+
+def channel(fid: str) -> str:
+    return CHANNEL_PREFIX + fid
+
+
+def size_class_field(size_class: int) -> str:
+    return f"{size_class:010d}"
+
+
+def worker_key(size_class: int, worker_json: str) -> str:
+    return f"{size_class_field(size_class)} {worker_json}"
+
+
+def operation_name(domain: str, opid: str) -> str:
+    return f"{domain}.{opid}"
+
+
+def parse_operation_name(name: str) -> tuple[str, str] | None:
+    """(P, opid) of a routable operation name, or None if it is not one of ours."""
+    m = _OP_NAME.match(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def worker_topic(domain: str, wk: str) -> str:
+    """The hint published when parked worker `wk` of `domain` was given work."""
+    return f"w {domain} {wk}"
+
+
+def operation_topic(name: str) -> str:
+    """The hint published when operation `name` changed stage."""
+    return f"o {name}"

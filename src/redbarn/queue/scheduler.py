@@ -1,0 +1,615 @@
+"""The scheduler core: the operations a frontend performs, each one script call.
+
+`Scheduler` is used by the Execution, OperationQueue and BuildQueueState servicers.
+It raises the domain errors of `redbarn.errors`; it never imports grpc. Every state
+change is one Lua script (see `scripts`); the only state outside a script is the
+global platform registry and the start time (see `keys`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+
+from redbarn.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remoteworker_pb2 as rw_pb2
+from redbarn.queue import codec, keys, validate
+from redbarn.queue.config import SchedulerConfig
+from redbarn.queue.scripts import Reply, Scripts
+
+log = logging.getLogger(__name__)
+
+Stage = re_pb2.ExecutionStage
+_STAGES = {"q": Stage.QUEUED, "x": Stage.EXECUTING, "d": Stage.COMPLETED}
+
+
+class Hints(Protocol):
+    """Wake-up hints for this frontend (implemented by `redbarn.frontend.hub.Hub`).
+
+    `fid` names the frontend's channel `redbarn:v1:fe:<fid>`; `wait(topic, timeout)`
+    returns True when the topic was published, False on timeout.
+    """
+
+    fid: str
+
+    async def wait(self, topic: str, timeout: float) -> bool: ...
+
+
+class PollingHints:
+    """No pub/sub: every wait just sleeps (the waiter then re-reads state)."""
+
+    def __init__(self, fid: str | None = None, step: float = 0.05) -> None:
+        self.fid = fid or uuid.uuid4().hex[:12]
+        self._step = step
+
+    async def wait(self, topic: str, timeout: float) -> bool:
+        await asyncio.sleep(max(0.0, min(timeout, self._step)))
+        return False
+
+
+def ms_timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def _s(v: bytes | str | int) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    return str(v)
+
+
+@dataclass(frozen=True)
+class OperationView:
+    """What a waiter (or an admin read) sees of one operation."""
+
+    name: str
+    stage: int  # ExecutionStage.Value
+    action_digest: re_pb2.Digest
+    digest_function: int
+    response: re_pb2.ExecuteResponse | None
+    queued_ms: int
+    size_class: int
+    priority: int
+    invocation: tuple[tuple[str, str], ...]
+    worker: str  # worker-id JSON while executing (and after), else ""
+    gc_deadline_ms: int | None
+    now_ms: int
+
+    @property
+    def done(self) -> bool:
+        return self.stage == Stage.COMPLETED
+
+    def metadata(self) -> re_pb2.ExecuteOperationMetadata:
+        return re_pb2.ExecuteOperationMetadata(
+            stage=self.stage, action_digest=self.action_digest, digest_function=self.digest_function
+        )
+
+    def operation(self) -> operations_pb2.Operation:
+        """The longrunning.Operation message of REAPI (never `error`, R51)."""
+        op = operations_pb2.Operation(name=self.name)
+        op.metadata.Pack(self.metadata())
+        if self.done and self.response is not None:
+            op.done = True
+            op.response.Pack(self.response)
+        return op
+
+
+@dataclass
+class _Platform:
+    prefix: str
+    platform_json: str
+
+
+@dataclass
+class _Registry:
+    at: float = -1e9
+    entries: dict[str, _Platform] = field(default_factory=dict)
+
+
+def _prefix_matches(prefix: str, instance: str) -> bool:
+    return prefix == "" or instance == prefix or instance.startswith(prefix + "/")
+
+
+def _suffix(instance: str, prefix: str) -> str:
+    if prefix == "":
+        return instance
+    if instance == prefix:
+        return ""
+    return instance[len(prefix) + 1 :]
+
+
+class Scheduler:
+    """The scheduler as seen by a frontend. Stateless apart from caches: any number of
+    Scheduler objects (in any number of processes) may share one Redis."""
+
+    def __init__(
+        self,
+        redis: Any,
+        config: SchedulerConfig | None = None,
+        *,
+        hints: Hints | None = None,
+    ) -> None:
+        self.redis = redis
+        self.config = config or SchedulerConfig()
+        self.hints: Hints = hints or PollingHints()
+        self.scripts = Scripts(redis)
+        self._registry = _Registry()
+        self._registered: dict[str, float] = {}
+        self._cfg: dict[str, str] = {}
+
+    @property
+    def fid(self) -> str:
+        return self.hints.fid
+
+    def _config(self, domain: str) -> str:
+        c = self._cfg.get(domain)
+        if c is None:
+            c = self._cfg[domain] = self.config.script_config(domain)
+        return c
+
+    async def now_ms(self) -> int:
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def start(self) -> None:
+        """Record the first start time (drives the start-up grace period)."""
+        await self.redis.set(keys.STARTED, str(await self.now_ms()), nx=True)
+
+    # Domains -------------------------------------------------------------------
+
+    async def _register(self, domain: str, prefix: str, platform_json: str) -> None:
+        now = time.monotonic()
+        if now - self._registered.get(domain, -1e9) < 5 * self.config.platform_cache_ttl:
+            return
+        value = json.dumps({"instance_name_prefix": prefix, "platform": platform_json})
+        await self.redis.hsetnx(keys.PLATFORMS, domain, value)
+        self._registered[domain] = now
+
+    async def _platforms(self, *, fresh: bool = False) -> dict[str, _Platform]:
+        now = time.monotonic()
+        if fresh or now - self._registry.at > self.config.platform_cache_ttl:
+            raw = await self.redis.hgetall(keys.PLATFORMS)
+            entries = {}
+            for k, v in raw.items():
+                d = json.loads(v)
+                entries[_s(k)] = _Platform(d["instance_name_prefix"], d["platform"])
+            self._registry = _Registry(now, entries)
+        return self._registry.entries
+
+    async def _resolve(self, instance: str, platform_json: str) -> tuple[str, str] | None:
+        for fresh in (False, True):
+            best: tuple[str, str] | None = None
+            for domain, p in (await self._platforms(fresh=fresh)).items():
+                if p.platform_json == platform_json and _prefix_matches(p.prefix, instance):
+                    if best is None or len(p.prefix) > len(best[1]):
+                        best = (domain, p.prefix)
+            if best is not None:
+                return best
+        return None
+
+    async def _no_workers(self, instance: str, platform_json: str) -> Exception:
+        msg = f'No workers exist for instance name prefix "{instance}" platform {platform_json}'
+        started = await self.redis.get(keys.STARTED)
+        now = await self.now_ms()
+        if started is None:
+            await self.redis.set(keys.STARTED, str(now), nx=True)
+            started = str(now).encode()
+        if now < int(started) + self.config.platform_queue_timeout * 1000:
+            return Unavailable(msg)
+        return FailedPrecondition(msg)
+
+    # Execute and waiting -------------------------------------------------------
+
+    async def execute(
+        self,
+        *,
+        instance_name: str,
+        action_digest: re_pb2.Digest,
+        action: re_pb2.Action,
+        digest_function: int,
+        priority: int = 0,
+        request_metadata: re_pb2.RequestMetadata | None = None,
+        auxiliary_metadata: Sequence[any_pb2.Any] = (),
+        w3c_trace_context: Mapping[str, str] | None = None,
+    ) -> OperationView:
+        """Create or join an operation; returns its first view (QUEUED or EXECUTING).
+
+        The caller has validated the instance name, digest function and digest
+        (`validate`) and fetched `action` from the CAS. Raises InvalidArgument (platform,
+        timeout), Unavailable/FailedPrecondition (no workers), ResourceExhausted (full).
+        """
+        validate.platform(action.platform)
+        timeout = validate.action_timeout(
+            action,
+            default=self.config.default_action_timeout,
+            maximum=self.config.max_action_timeout,
+        )
+        pjson = codec.platform_json(action.platform)
+        found = await self._resolve(instance_name, pjson)
+        if found is None:
+            raise await self._no_workers(instance_name, pjson)
+        domain, prefix = found
+        routed = re_pb2.Action()
+        routed.CopyFrom(action)
+        routed.timeout.CopyFrom(
+            duration_pb2.Duration(seconds=int(timeout), nanos=round((timeout % 1) * 1e9))
+        )
+        executing = rw_pb2.DesiredState.Executing(
+            action_digest=action_digest,
+            action=routed,
+            auxiliary_metadata=list(auxiliary_metadata),
+            instance_name_suffix=_suffix(instance_name, prefix),
+            digest_function=digest_function,  # type: ignore[arg-type]
+            w3c_trace_context=dict(w3c_trace_context or {}),
+        )
+        path = codec.invocation_path(
+            codec.request_metadata_path(
+                request_metadata, correlated_level=self.config.correlated_invocations_level
+            )
+        )
+        dk = (
+            ""
+            if action.do_not_cache
+            else codec.dedup_key(digest_function, action_digest, instance_name)
+        )
+        reply = await self.scripts.enqueue_operation(
+            domain=domain,
+            config=self._config(domain),
+            opid=uuid.uuid4().hex,
+            dedup_key=dk,
+            path=path,
+            priority=codec.priority_field(priority),
+            executing=executing.SerializeToString(),
+            digest=codec.digest_field(action_digest),
+            digest_function=digest_function,
+            fid=self.fid,
+        )
+        kind = _s(reply[0])
+        if kind == "nodomain":
+            raise await self._no_workers(instance_name, pjson)
+        if kind == "full":
+            raise ResourceExhausted(
+                f'Platform queue for instance name prefix "{prefix}" platform {pjson} has '
+                f"{self.config.max_queued_per_platform} queued operations"
+            )
+        name = keys.operation_name(domain, _s(reply[1]))
+        return await self.get_operation_view(name)
+
+    async def get_operation_view(self, name: str, *, watch: bool = True) -> OperationView:
+        """Touch (watch=True: attach this frontend and renew the waiter lease) and read.
+
+        Unknown names raise NotFound `Operation with name "<n>" not found` (WaitExecution).
+        """
+        view = await self._view(name, watch=watch)
+        if view is None:
+            raise NotFound(f'Operation with name "{name}" not found')
+        return view
+
+    async def _view(self, name: str, *, watch: bool) -> OperationView | None:
+        parsed = keys.parse_operation_name(name)
+        if parsed is None:
+            return None
+        domain, opid = parsed
+        r = await self.scripts.touch_operation(
+            domain=domain, config=self._config(domain), opid=opid, fid=self.fid if watch else ""
+        )
+        if _s(r[0]) != "op":
+            return None
+        stage = _STAGES[_s(r[1])]
+        result = bytes(r[5])
+        qm = _s(r[7])
+        wk = _s(r[10])
+        return OperationView(
+            name=name,
+            stage=stage,
+            action_digest=codec.digest_from_field(_s(r[3])),
+            digest_function=int(_s(r[4]) or 0),
+            response=codec.decode_result(result) if stage == Stage.COMPLETED else None,
+            queued_ms=int(_s(r[2])),
+            size_class=int(_s(r[6])),
+            priority=codec.priority_from_field(qm),
+            invocation=tuple(codec.parse_invocation_path(_s(r[8]))),
+            worker=wk[11:] if wk else "",
+            gc_deadline_ms=int(float(_s(r[12]))) if r[12] else None,
+            now_ms=int(_s(r[11])),
+        )
+
+    async def watch_operation(
+        self, name: str, *, first: OperationView | None = None
+    ) -> AsyncIterator[OperationView]:
+        """The Execute/WaitExecution stream: the current view at once, then one on every
+        stage change and every execution_update_interval, ending after the done view."""
+        view = first or await self.get_operation_view(name)
+        yield view
+        loop = asyncio.get_running_loop()
+        sent_at, sent_stage = loop.time(), view.stage
+        topic = keys.operation_topic(name)
+        while not view.done:
+            keepalive_in = sent_at + self.config.execution_update_interval - loop.time()
+            await self.hints.wait(
+                topic, max(0.0, min(self.config.waiter_poll_interval, keepalive_in))
+            )
+            view = await self.get_operation_view(name)
+            if (
+                view.stage != sent_stage
+                or view.done
+                or loop.time() - sent_at >= self.config.execution_update_interval
+            ):
+                yield view
+                sent_at, sent_stage = loop.time(), view.stage
+
+    # Synchronize -----------------------------------------------------------------
+
+    async def synchronize(self, request: rw_pb2.SynchronizeRequest) -> rw_pb2.SynchronizeResponse:
+        """One worker report. Steady state is ONE script call; an idle or completed report
+        with nothing to do parks (holds the call until a hint or the jittered timeout)."""
+        prefix = request.instance_name_prefix
+        validate.instance_name(prefix)
+        validate.platform(request.platform)
+        pjson = codec.platform_json(request.platform)
+        domain = keys.domain_id(prefix, pjson)
+        await self._register(domain, prefix, pjson)
+        wk = keys.worker_key(request.size_class, codec.worker_json(request.worker_id))
+        state = request.current_state
+        which = state.WhichOneof("worker_state") if request.HasField("current_state") else None
+        digest, result, failed = "", b"", False
+        if which is None:
+            raise InvalidArgument("Worker did not provide its current state")
+        if which == "idle":
+            report = "i"
+        elif which == "executing":
+            ex = state.executing
+            if not ex.HasField("action_digest"):
+                raise InvalidArgument("Worker is executing, but provided no action digest")
+            digest = codec.digest_field(ex.action_digest)
+            if ex.WhichOneof("execution_state") == "completed":
+                report = "c"
+                result = codec.worker_result(ex.completed)
+                failed = codec.response_failed(ex.completed)
+            else:
+                report = "p"
+        else:
+            raise InvalidArgument("Worker provided an unknown current state")
+        reply = await self.scripts.synchronize_worker(
+            domain=domain,
+            config=self._config(domain),
+            wk=wk,
+            tokens=codec.tokens(request.worker_id),
+            fid=self.fid,
+            report=report,
+            digest=digest,
+            result=result,
+            failed=failed,
+            prefer_idle=request.prefer_being_idle,
+        )
+        kind = _s(reply[0])
+        if kind == "b":
+            raise ResourceExhausted(
+                "A worker with the same worker ID is already synchronizing with the scheduler"
+            )
+        if kind == "p":
+            reply = await self._park(domain, wk, int(_s(reply[1])))
+        return self._sync_response(reply)
+
+    async def _park(self, domain: str, wk: str, deadline_ms: int) -> Reply:
+        t = self.config.idle_sync_timeout
+        wait = random.uniform(t / 2, t) if t > 0 else 0.0
+        try:
+            await self.hints.wait(keys.worker_topic(domain, wk), wait)
+        finally:
+            unpark = asyncio.ensure_future(
+                self.scripts.unpark_worker(
+                    domain=domain, config=self._config(domain), wk=wk, fid=self.fid
+                )
+            )
+            reply = await asyncio.shield(unpark)
+        return reply
+
+    def _sync_response(self, reply: Reply) -> rw_pb2.SynchronizeResponse:
+        kind = _s(reply[0])
+        resp = rw_pb2.SynchronizeResponse()
+        if kind == "x":
+            resp.next_synchronization_at.CopyFrom(ms_timestamp(int(_s(reply[4]))))
+            ex = resp.desired_state.executing
+            ex.MergeFromString(bytes(reply[5]))
+            ex.queued_timestamp.CopyFrom(ms_timestamp(int(_s(reply[3]))))
+        elif kind == "c":
+            resp.next_synchronization_at.CopyFrom(ms_timestamp(int(_s(reply[1]))))
+        else:
+            resp.next_synchronization_at.CopyFrom(ms_timestamp(int(_s(reply[1]))))
+            resp.desired_state.idle.SetInParent()
+        return resp
+
+    # Housekeeping ------------------------------------------------------------------
+
+    async def reap(self) -> dict[str, int]:
+        """Run the reaper over every domain (idempotent; any frontend, any time)."""
+        totals = {"workers": 0, "operations": 0, "queued": 0, "domains_removed": 0}
+        for domain in list((await self._platforms(fresh=True)).keys()):
+            while True:
+                r = await self.scripts.reap_domain(
+                    domain=domain, config=self._config(domain), batch=self.config.reap_batch
+                )
+                totals["workers"] += int(r[0])
+                totals["operations"] += int(r[1])
+                totals["queued"] += int(r[2])
+                if int(r[4]):
+                    await self.redis.hdel(keys.PLATFORMS, domain)
+                    self._registered.pop(domain, None)
+                    totals["domains_removed"] += 1
+                if not int(r[3]):
+                    break
+        return totals
+
+    async def run_reaper(self, interval: float = 1.0) -> None:
+        """Reap forever on a jittered tick (a frontend runs this as a background task)."""
+        while True:
+            try:
+                await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reaper tick failed")
+            await asyncio.sleep(random.uniform(interval / 2, interval * 1.5))
+
+    # Admin transitions ---------------------------------------------------------------
+
+    async def kill_operation(self, name: str, status: Any) -> None:
+        """KillOperations by name: complete the task (all its operations) with `status`."""
+        parsed = keys.parse_operation_name(name)
+        if parsed is not None:
+            domain, opid = parsed
+            result = codec.worker_result(re_pb2.ExecuteResponse(status=status))
+            r = await self.scripts.kill_operation(
+                domain=domain, config=self._config(domain), opid=opid, result=result
+            )
+            if _s(r[0]) == "ok":
+                return
+        raise NotFound(f'Operation "{name}" not found')
+
+    async def _size_class_domain(self, prefix: str, platform: re_pb2.Platform) -> str:
+        domain = keys.domain_id(prefix, codec.platform_json(platform))
+        if domain not in await self._platforms(fresh=True):
+            raise NotFound("Size class queue not found")
+        return domain
+
+    async def kill_queued_operations(
+        self, *, instance_name_prefix: str, platform: re_pb2.Platform, size_class: int, status: Any
+    ) -> int:
+        """KillOperations filter size_class_queue_without_workers."""
+        domain = await self._size_class_domain(instance_name_prefix, platform)
+        result = codec.worker_result(re_pb2.ExecuteResponse(status=status))
+        killed = 0
+        while True:
+            r = await self.scripts.kill_queued(
+                domain=domain,
+                config=self._config(domain),
+                size_class=keys.size_class_field(size_class),
+                result=result,
+                batch=self.config.reap_batch,
+            )
+            kind = _s(r[0])
+            if kind == "none":
+                raise NotFound("Size class queue not found")
+            if kind == "busy":
+                raise FailedPrecondition(
+                    "Cannot kill operations, as size class queue still has workers"
+                )
+            killed += int(r[1])
+            if not int(r[2]):
+                return killed
+
+    async def add_drain(
+        self,
+        *,
+        instance_name_prefix: str,
+        platform: re_pb2.Platform,
+        size_class: int,
+        pattern: Mapping[str, str],
+    ) -> None:
+        domain = await self._size_class_domain(instance_name_prefix, platform)
+        r = await self.scripts.add_drain(
+            domain=domain,
+            config=self._config(domain),
+            size_class=keys.size_class_field(size_class),
+            pattern_json=codec.worker_json(pattern),
+            tokens=codec.tokens(pattern),
+        )
+        if _s(r[0]) != "ok":
+            raise NotFound("Size class queue not found")
+
+    async def remove_drain(
+        self,
+        *,
+        instance_name_prefix: str,
+        platform: re_pb2.Platform,
+        size_class: int,
+        pattern: Mapping[str, str],
+    ) -> None:
+        domain = await self._size_class_domain(instance_name_prefix, platform)
+        r = await self.scripts.remove_drain(
+            domain=domain,
+            config=self._config(domain),
+            size_class=keys.size_class_field(size_class),
+            pattern_json=codec.worker_json(pattern),
+        )
+        if _s(r[0]) != "ok":
+            raise NotFound("Size class queue not found")
+
+    async def list_drains(
+        self, *, instance_name_prefix: str, platform: re_pb2.Platform, size_class: int
+    ) -> list[tuple[dict[str, str], int]]:
+        """[(pattern, created_ms)] sorted by pattern JSON (R72)."""
+        domain = await self._size_class_domain(instance_name_prefix, platform)
+        raw = await self.redis.hgetall(keys.domain_key(domain, "drains"))
+        pre = keys.size_class_field(size_class) + " "
+        out = []
+        for k, v in raw.items():
+            ks = _s(k)
+            if ks.startswith(pre):
+                out.append(
+                    (ks[len(pre) :], json.loads(ks[len(pre) :]), int(_s(v).split(codec.SEP)[0]))
+                )
+        out.sort(key=lambda e: e[0])
+        return [(p, c) for _, p, c in out]
+
+    async def terminate_workers(
+        self, pattern: Mapping[str, str], *, wait: bool = True, poll: float = 0.2
+    ) -> int:
+        """Mark matching workers terminating in every domain; with wait, return once the
+        tasks they were executing have left that state. Returns the number matched."""
+        matched = 0
+        pending: list[tuple[str, str]] = []
+        for domain in (await self._platforms(fresh=True)).keys():
+            r = await self.scripts.terminate_workers(
+                domain=domain, config=self._config(domain), tokens=codec.tokens(pattern)
+            )
+            matched += int(r[0])
+            pending.extend((domain, _s(t)) for t in r[1:])
+        while wait and pending:
+            still = []
+            for domain, tid in pending:
+                raw = await self.redis.hget(keys.domain_key(domain, "tasks"), tid)
+                if raw is not None and codec.TaskRecord.parse(raw).stage == "x":
+                    still.append((domain, tid))
+            pending = still
+            if pending:
+                await asyncio.sleep(poll)
+        return matched
+
+    # Reads for BuildQueueState are in `redbarn.queue.admin`.
+
+
+def stage_name(stage: int) -> str:
+    return Stage.Name(stage)  # type: ignore[arg-type]
+
+
+def iter_chunks(items: Iterable[str], n: int) -> Iterable[list[str]]:
+    chunk: list[str] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+_ = contextlib  # reserved for the admin reads

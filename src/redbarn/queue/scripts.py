@@ -1,0 +1,135 @@
+"""Exactly one typed wrapper per Lua script in `redbarn/lua/`.
+
+Each script's text is `_lib.lua` (shared helpers over the fixed KEYS layout) followed by
+the script's own file; both are plain files, nothing is generated. Scripts are called
+through redis-py `Script` objects (EVALSHA, reloaded on NOSCRIPT), so they work on a
+single server and through `RedisCluster` (all KEYS share the domain's hash tag).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from redbarn.queue import keys
+
+SCRIPT_NAMES = (
+    "enqueue_operation",
+    "synchronize_worker",
+    "unpark_worker",
+    "touch_operation",
+    "reap_domain",
+    "kill_operation",
+    "kill_queued",
+    "add_drain",
+    "remove_drain",
+    "terminate_workers",
+)
+
+Reply = list[Any]
+
+
+def script_body(name: str) -> str:
+    return (resources.files("redbarn.lua") / f"{name}.lua").read_text()
+
+
+def script_source(name: str) -> str:
+    return script_body("_lib") + "\n" + script_body(name)
+
+
+def _b(v: str | bytes) -> bytes:
+    return v if isinstance(v, bytes) else v.encode()
+
+
+class Scripts:
+    """The registered scripts of one Redis (or RedisCluster) client."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._s = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self.calls = 0
+
+    async def _run(self, name: str, domain: str, args: list[str | bytes]) -> Reply:
+        self.calls += 1
+        out = await self._s[name](keys=keys.domain_keys(domain), args=[_b(a) for a in args])
+        return list(out)
+
+    async def enqueue_operation(
+        self,
+        *,
+        domain: str,
+        config: str,
+        opid: str,
+        dedup_key: str,
+        path: str,
+        priority: str,
+        executing: bytes,
+        digest: str,
+        digest_function: int,
+        fid: str,
+    ) -> Reply:
+        return await self._run(
+            "enqueue_operation",
+            domain,
+            [config, opid, dedup_key, path, priority, executing, digest, str(digest_function), fid],
+        )
+
+    async def synchronize_worker(
+        self,
+        *,
+        domain: str,
+        config: str,
+        wk: str,
+        tokens: str,
+        fid: str,
+        report: str,
+        digest: str,
+        result: bytes,
+        failed: bool,
+        prefer_idle: bool,
+    ) -> Reply:
+        return await self._run(
+            "synchronize_worker",
+            domain,
+            [
+                config,
+                wk,
+                tokens,
+                fid,
+                report,
+                digest,
+                result,
+                "1" if failed else "0",
+                "1" if prefer_idle else "0",
+            ],
+        )
+
+    async def unpark_worker(self, *, domain: str, config: str, wk: str, fid: str) -> Reply:
+        return await self._run("unpark_worker", domain, [config, wk, fid])
+
+    async def touch_operation(self, *, domain: str, config: str, opid: str, fid: str) -> Reply:
+        return await self._run("touch_operation", domain, [config, opid, fid])
+
+    async def reap_domain(self, *, domain: str, config: str, batch: int) -> Reply:
+        return await self._run("reap_domain", domain, [config, str(batch)])
+
+    async def kill_operation(self, *, domain: str, config: str, opid: str, result: bytes) -> Reply:
+        return await self._run("kill_operation", domain, [config, opid, result])
+
+    async def kill_queued(
+        self, *, domain: str, config: str, size_class: str, result: bytes, batch: int
+    ) -> Reply:
+        return await self._run("kill_queued", domain, [config, size_class, result, str(batch)])
+
+    async def add_drain(
+        self, *, domain: str, config: str, size_class: str, pattern_json: str, tokens: str
+    ) -> Reply:
+        return await self._run("add_drain", domain, [config, size_class, pattern_json, tokens])
+
+    async def remove_drain(
+        self, *, domain: str, config: str, size_class: str, pattern_json: str
+    ) -> Reply:
+        return await self._run("remove_drain", domain, [config, size_class, pattern_json])
+
+    async def terminate_workers(self, *, domain: str, config: str, tokens: str) -> Reply:
+        return await self._run("terminate_workers", domain, [config, tokens])
