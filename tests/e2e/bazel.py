@@ -23,6 +23,7 @@ quietly running here. The process summary Bazel prints last
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -195,12 +196,20 @@ class Bazel:
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as e:
-            out = e.output if isinstance(e.output, str) else (e.output or b"").decode(errors="replace")
-            raise BazelError(f"bazel timed out after {timeout}s: {' '.join(argv)}\n{out[-8000:]}") from e
+            out = (
+                e.output
+                if isinstance(e.output, str)
+                else (e.output or b"").decode(errors="replace")
+            )
+            raise BazelError(
+                f"bazel timed out after {timeout}s: {' '.join(argv)}\n{out[-8000:]}"
+            ) from e
         return Run(argv, proc.returncode, proc.stdout, time.monotonic() - start)
 
     def test(self, *extra: str, targets: Sequence[str] = ("//...",), timeout: float = 600) -> Run:
-        return self.run("test", *self.common_flags(), "--test_output=errors", *extra, *targets, timeout=timeout)
+        return self.run(
+            "test", *self.common_flags(), "--test_output=errors", *extra, *targets, timeout=timeout
+        )
 
     def build(self, *extra: str, targets: Sequence[str] = ("//...",), timeout: float = 600) -> Run:
         return self.run("build", *self.common_flags(), *extra, *targets, timeout=timeout)
@@ -213,10 +222,8 @@ class Bazel:
         return Path(r.output.strip().splitlines()[-1])
 
     def shutdown(self) -> None:
-        try:
+        with contextlib.suppress(BazelError):
             self.run("shutdown", timeout=60)
-        except BazelError:
-            pass
 
     def close(self) -> None:
         """Stop the server and delete a private output root made by __init__."""
@@ -245,7 +252,9 @@ class Bazel:
             timeout=30,
         )
         if proc.returncode != 0 or proc.stdout.strip() != EXPECTED_BIN_OUTPUT:
-            raise BazelError(f"bin printed {proc.stdout!r} (exit {proc.returncode}, stderr {proc.stderr!r})")
+            raise BazelError(
+                f"bin printed {proc.stdout!r} (exit {proc.returncode}, stderr {proc.stderr!r})"
+            )
         captured = (bin_dir / "bin_output.txt").read_text().strip()
         if captured != EXPECTED_BIN_OUTPUT:
             raise BazelError(f"//:run_bin captured {captured!r}")
@@ -317,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument("executor", help="e.g. grpc://127.0.0.1:8981")
     rp.add_argument("--instance-name", default="")
     rp.add_argument("--exec-property", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--output-user-root", type=Path, help="default: a fresh temporary directory")
+    parser.add_argument(
+        "--output-user-root", type=Path, help="default: a fresh temporary directory"
+    )
     args = parser.parse_args(argv)
 
     bazel_path = find_bazel(install=True)

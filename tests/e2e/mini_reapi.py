@@ -66,7 +66,9 @@ class Capabilities(re_grpc.CapabilitiesServicer):
         return re.ServerCapabilities(
             cache_capabilities=re.CacheCapabilities(
                 digest_functions=[re.DigestFunction.SHA256],
-                action_cache_update_capabilities=re.ActionCacheUpdateCapabilities(update_enabled=True),
+                action_cache_update_capabilities=re.ActionCacheUpdateCapabilities(
+                    update_enabled=True
+                ),
                 max_batch_total_size_bytes=4 << 20,
                 symlink_absolute_path_strategy=re.SymlinkAbsolutePathStrategy.ALLOWED,
             ),
@@ -94,7 +96,9 @@ class Cas(re_grpc.ContentAddressableStorageServicer):
                 self.store.put(r.data)
             code = code_pb2.OK if ok else code_pb2.INVALID_ARGUMENT
             out.append(
-                re.BatchUpdateBlobsResponse.Response(digest=r.digest, status=status_pb2.Status(code=code))
+                re.BatchUpdateBlobsResponse.Response(
+                    digest=r.digest, status=status_pb2.Status(code=code)
+                )
             )
         return re.BatchUpdateBlobsResponse(responses=out)
 
@@ -208,13 +212,18 @@ class Execution(re_grpc.ExecutionServicer):
             with self.store.lock:
                 cached = self.store.ac.get(request.action_digest.hash)
             if cached is not None:
-                return re.ExecuteResponse(result=re.ActionResult.FromString(cached), cached_result=True)
+                return re.ExecuteResponse(
+                    result=re.ActionResult.FromString(cached), cached_result=True
+                )
         command = self.store.get_msg(action.command_digest, re.Command)
         root = Path(tempfile.mkdtemp(prefix="mini-reapi-"))
         try:
             self._materialize(action.input_root_digest, root)
             cwd = root / command.working_directory
-            outs = list(command.output_paths) or [*command.output_files, *command.output_directories]
+            outs = list(command.output_paths) or [
+                *command.output_files,
+                *command.output_directories,
+            ]
             for o in outs:
                 (cwd / o).parent.mkdir(parents=True, exist_ok=True)
             timeout = action.timeout.seconds or 300
@@ -245,7 +254,9 @@ class Execution(re_grpc.ExecutionServicer):
                     )
                 elif p.is_file():
                     result.output_files.add(
-                        path=o, digest=self.store.put(p.read_bytes()), is_executable=os.access(p, os.X_OK)
+                        path=o,
+                        digest=self.store.put(p.read_bytes()),
+                        is_executable=os.access(p, os.X_OK),
                     )
             if exit_code == 0 and not action.do_not_cache:
                 with self.store.lock:
@@ -260,7 +271,9 @@ class Execution(re_grpc.ExecutionServicer):
         except KeyError as missing:
             violation = f"blobs/{missing.args[0]}"
             response = re.ExecuteResponse(
-                status=status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=f"missing {violation}")
+                status=status_pb2.Status(
+                    code=code_pb2.FAILED_PRECONDITION, message=f"missing {violation}"
+                )
             )
         op = operations_pb2.Operation(name=f"op-{request.action_digest.hash}", done=True)
         op.response.Pack(response)
@@ -271,7 +284,10 @@ def serve(port: int) -> grpc.Server:
     store = Store()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
     )
     re_grpc.add_CapabilitiesServicer_to_server(Capabilities(), server)
     re_grpc.add_ContentAddressableStorageServicer_to_server(Cas(store), server)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bazel as e2e  # noqa: E402
+import bazel as e2e
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -56,7 +57,9 @@ def bazel(bazel_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield b
     finally:
         b.shutdown()
-        subprocess.run(["chmod", "-R", "u+w", str(b.output_user_root)], check=False, capture_output=True)
+        subprocess.run(
+            ["chmod", "-R", "u+w", str(b.output_user_root)], check=False, capture_output=True
+        )
 
 
 @pytest.mark.timeout(900)
@@ -106,30 +109,53 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> None
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"redbarn up exited with {proc.returncode} before it was ready")
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode} before it was ready")
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                re_grpc.CapabilitiesStub(channel).GetCapabilities(re.GetCapabilitiesRequest(), timeout=2)
+                re_grpc.CapabilitiesStub(channel).GetCapabilities(
+                    re.GetCapabilitiesRequest(), timeout=2
+                )
             return
         except grpc.RpcError as err:
             last = err
             time.sleep(0.3)
-    raise AssertionError(f"redbarn up not ready on port {port} after {timeout}s: {last}")
+    raise AssertionError(f"{proc.args!r} not ready on port {port} after {timeout}s: {last}")
+
+
+def printed_flags(log: Path, timeout: float = 15) -> dict[str, object]:
+    """The instance name and exec properties among the Bazel flags `redbarn up` prints.
+
+    `redbarn up` prints the flags once ready; they are used when present so the test
+    follows whatever the cluster asks for. Nothing printed means the defaults.
+    """
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "--remote_executor" in text:
+            break
+        time.sleep(0.3)
+    instance = re.findall(r"--remote_instance_name[= ]['\"]?([^\s'\"]+)", text)
+    props = re.findall(r"--remote_default_exec_properties[= ]['\"]?([^\s'\"]+)", text)
+    return {
+        "instance_name": instance[-1] if instance else "",
+        "exec_properties": dict(p.split("=", 1) for p in props if "=" in p),
+    }
 
 
 @contextlib.contextmanager
-def redbarn_up(data_dir: Path, log: Path) -> Iterator[int]:
-    port = free_port()
+def serving(argv: list[str], port: int, log: Path, ready_timeout: float = 60) -> Iterator[int]:
+    """Run a REAPI server process until the block ends, then stop it with SIGTERM."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "redbarn", "up", "--port", str(port), "--data-dir", str(data_dir)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            wait_ready(proc, port, timeout=60)
+            wait_ready(proc, port, timeout=ready_timeout)
             yield port
         finally:
             if proc.poll() is None:
@@ -139,7 +165,13 @@ def redbarn_up(data_dir: Path, log: Path) -> Iterator[int]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-                    raise AssertionError("redbarn up ignored SIGTERM for 30s") from None
+                    raise AssertionError(f"{argv[:4]} ignored SIGTERM for 30s") from None
+
+
+def redbarn_up(data_dir: Path, log: Path) -> contextlib.AbstractContextManager[int]:
+    port = free_port()
+    argv = [sys.executable, "-m", "redbarn", "up", "--port", str(port), "--data-dir", str(data_dir)]
+    return serving(argv, port, log)
 
 
 @pytest.mark.timeout(900)
@@ -150,9 +182,12 @@ def test_redbarn_up_remote_execution(bazel: e2e.Bazel, tmp_path: Path) -> None:
     log = tmp_path / "redbarn-up.log"
     try:
         with redbarn_up(tmp_path / "data", log) as port:
-            report = e2e.remote_e2e(bazel, f"grpc://127.0.0.1:{port}")
-            print(report.describe())
+            flags = printed_flags(log)
+            report = e2e.remote_e2e(bazel, f"grpc://127.0.0.1:{port}", **flags)  # type: ignore[arg-type]
+            print(flags, report.describe())
     except BaseException:
         if log.exists():
-            sys.stderr.write("---- redbarn up output ----\n" + log.read_text(errors="replace")[-8000:])
+            sys.stderr.write(
+                "---- redbarn up output ----\n" + log.read_text(errors="replace")[-8000:]
+            )
         raise
