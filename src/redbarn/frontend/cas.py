@@ -1,0 +1,97 @@
+"""ContentAddressableStorage servicer: wire only, over a `BlobStore`.
+
+Whole-request errors (bad instance name, malformed digest, unsupported
+compressor, a batch over `max_batch_total_size_bytes`) are INVALID_ARGUMENT;
+per-blob outcomes (hash mismatch, blob not found) go in each response's status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from redbarn.errors import InvalidArgument, NotFound
+from redbarn.frontend.digests import Digest, parse_digests, parse_field, validate_instance_name
+from redbarn.frontend.errors import grpc_errors, status_of
+from redbarn.frontend.storage import BlobStore
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+
+IDENTITY = re_pb2.Compressor.IDENTITY
+
+
+def check_batch_size(digests: Iterable[Digest], limit: int) -> None:
+    total = sum(d.size_bytes for d in digests)
+    if total > limit:
+        raise InvalidArgument(
+            f"Batch of {total} bytes exceeds the limit of {limit} bytes (max_batch_total_size_bytes); "
+            "use ByteStream for large blobs"
+        )
+
+
+class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageServicer):
+    def __init__(self, blobs: BlobStore, *, max_batch_total_size: int) -> None:
+        self._blobs = blobs
+        self._max_batch = max_batch_total_size
+
+    @grpc_errors
+    async def FindMissingBlobs(
+        self, request: re_pb2.FindMissingBlobsRequest, context: Any
+    ) -> re_pb2.FindMissingBlobsResponse:
+        instance = validate_instance_name(request.instance_name)
+        digests = parse_digests(request.blob_digests, request.digest_function)
+        missing = await self._blobs.find_missing(instance, digests)
+        return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[d.to_proto() for d in missing])
+
+    @grpc_errors
+    async def BatchUpdateBlobs(
+        self, request: re_pb2.BatchUpdateBlobsRequest, context: Any
+    ) -> re_pb2.BatchUpdateBlobsResponse:
+        instance = validate_instance_name(request.instance_name)
+        digests = parse_digests([r.digest for r in request.requests], request.digest_function)
+        if any(r.compressor != IDENTITY for r in request.requests):
+            raise InvalidArgument(
+                "Unsupported compressor: this server accepts uncompressed (identity) blobs only"
+            )
+        check_batch_size(digests, self._max_batch)
+        results = await self._blobs.put_many(
+            instance, [(d, r.data) for d, r in zip(digests, request.requests, strict=True)]
+        )
+        Response = re_pb2.BatchUpdateBlobsResponse.Response
+        return re_pb2.BatchUpdateBlobsResponse(
+            responses=[
+                Response(digest=d.to_proto(), status=status_of(err))
+                for d, err in zip(digests, results, strict=True)
+            ]
+        )
+
+    @grpc_errors
+    async def BatchReadBlobs(
+        self, request: re_pb2.BatchReadBlobsRequest, context: Any
+    ) -> re_pb2.BatchReadBlobsResponse:
+        instance = validate_instance_name(request.instance_name)
+        digests = parse_digests(request.digests, request.digest_function)
+        check_batch_size(digests, self._max_batch)
+        datas = await self._blobs.get_many(instance, digests)
+        Response = re_pb2.BatchReadBlobsResponse.Response
+        return re_pb2.BatchReadBlobsResponse(
+            responses=[
+                Response(digest=d.to_proto(), data=data, status=status_of(None))
+                if data is not None
+                else Response(
+                    digest=d.to_proto(), status=status_of(NotFound(f"Blob {d} not found"))
+                )
+                for d, data in zip(digests, datas, strict=True)
+            ]
+        )
+
+    @grpc_errors
+    async def GetTree(
+        self, request: re_pb2.GetTreeRequest, context: Any
+    ) -> AsyncIterator[re_pb2.GetTreeResponse]:
+        instance = validate_instance_name(request.instance_name)
+        root = parse_field(request, "root_digest", request.digest_function)
+        async for page, token in self._blobs.get_tree(
+            instance, root, request.page_size, request.page_token
+        ):
+            yield re_pb2.GetTreeResponse(directories=page, next_page_token=token)

@@ -1,0 +1,158 @@
+"""Domain errors -> gRPC statuses, in one table and one decorator.
+
+`@grpc_errors` wraps every servicer method (unary, server-streaming, and
+stream-request such as ByteStream.Write):
+
+- a `redbarn.errors.RedbarnError` aborts with its code from `STATUS_CODES` and its
+  message; `FailedPrecondition.missing` also becomes a `google.rpc.PreconditionFailure`
+  with one MISSING violation per blob, sent as rich status
+  (`grpc-status-details-bin` trailing metadata, a serialized `google.rpc.Status`);
+- a Redis connection or timeout error aborts with UNAVAILABLE;
+- anything else is logged with the method and request type and aborts with INTERNAL.
+
+`status_of(err)` builds the `google.rpc.Status` used for per-blob results
+(BatchUpdateBlobs, BatchReadBlobs).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+import redis.exceptions
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from redbarn import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+STATUS_CODES: dict[type[errors.RedbarnError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.Canceled: grpc.StatusCode.CANCELLED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+}
+
+# Errors that mean "the backing Redis is not reachable right now": retry elsewhere/later.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+)
+
+
+_CLASSES_BY_CODE = {code: cls for cls, code in STATUS_CODES.items()}
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_for(code: grpc.StatusCode | int | None, message: str) -> errors.RedbarnError:
+    """The domain error for a status received from another server (the storage proxy)."""
+    status_code = (
+        _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN) if isinstance(code, int) else code
+    )
+    if status_code is None:
+        return errors.Unavailable(message)
+    return _CLASSES_BY_CODE.get(status_code, errors.Internal)(message or str(status_code.name))
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError) -> errors.RedbarnError:
+    return error_for(err.code(), err.details() or "")
+
+
+def status_code_of(err: errors.RedbarnError) -> grpc.StatusCode:
+    for cls in type(err).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+def status_of(err: errors.RedbarnError | None) -> status_pb2.Status:
+    """The `google.rpc.Status` for `err` (OK for None), with PreconditionFailure details."""
+    if err is None:
+        return status_pb2.Status(code=grpc.StatusCode.OK.value[0])
+    status = status_pb2.Status(code=status_code_of(err).value[0], message=err.message)
+    if isinstance(err, errors.FailedPrecondition) and err.missing:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(type="MISSING", subject=subject)
+                for subject in err.missing
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(failure)
+        status.details.append(detail)
+    return status
+
+
+def translate(exc: BaseException, where: str) -> errors.RedbarnError:
+    """Map any exception raised inside a servicer to a domain error (logging surprises)."""
+    if isinstance(exc, errors.RedbarnError):
+        return exc
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return errors.Unavailable(f"Storage unavailable: {exc}")
+    log.exception("internal error in %s", where)
+    return errors.Internal(f"Internal error in {where}: {type(exc).__name__}: {exc}")
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.RedbarnError) -> None:
+    status = status_of(err)
+    metadata: tuple[tuple[str, bytes], ...] = ()
+    if status.details:
+        metadata = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    await context.abort(status_code_of(err), err.message, trailing_metadata=metadata)
+
+
+def _where(method: Callable[..., Any], request: object) -> str:
+    kind = type(request).__name__
+    if inspect.isasyncgen(request) or hasattr(request, "__aiter__"):
+        kind = "request stream"
+    return f"{method.__qualname__}({kind})"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_errors(method: F) -> F:
+    """Decorate a servicer method so domain errors become gRPC statuses (module docstring)."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: object, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort(context, translate(exc, _where(method, request)))
+
+        return cast(F, stream_wrapper)
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: object, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, translate(exc, _where(method, request)))
+
+    return cast(F, unary_wrapper)

@@ -1,0 +1,331 @@
+"""`--storage grpc://host:port`: CAS, ByteStream and Action Cache of another REAPI server.
+
+`GrpcBlobStore` and `GrpcActionCache` forward each call to an existing storage
+(bb-storage, bazel-remote, NativeLink, another redbarn frontend) and turn its
+statuses back into `redbarn.errors` (same code, same message). The client's
+instance name is passed through unchanged; the digest function is SHA256.
+
+Reads the frontend makes for itself (Actions, Commands, Trees for the completeness
+check) go through `get_many`: BatchReadBlobs in batches under `max_batch_bytes`,
+and ByteStream for blobs bigger than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from redbarn.errors import InvalidArgument, NotFound, RedbarnError
+from redbarn.frontend.digests import SHA256, Digest, read_resource_name, write_resource_name
+from redbarn.frontend.errors import error_for, from_rpc_error
+from redbarn.proto import bytestream_pb2 as bs_pb2
+from redbarn.proto import bytestream_pb2_grpc as bs_grpc
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+
+DEFAULT_MAX_BATCH_BYTES = 2 << 20
+WRITE_PIECE = 1 << 20
+
+
+def open_channel(target: str, *, max_message_bytes: int) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+def _raise(err: grpc.aio.AioRpcError) -> RedbarnError:
+    return from_rpc_error(err)
+
+
+class GrpcBlobStore:
+    """`BlobStore` forwarding to a remote ContentAddressableStorage + ByteStream."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    ) -> None:
+        self.channel = channel
+        self._cas = re_grpc.ContentAddressableStorageStub(channel)  # type: ignore[no-untyped-call]
+        self._bs = bs_grpc.ByteStreamStub(channel)  # type: ignore[no-untyped-call]
+        self._caps = re_grpc.CapabilitiesStub(channel)  # type: ignore[no-untyped-call]
+        self._max_batch = max_batch_bytes
+
+    async def find_missing(self, instance_name: str, digests: Sequence[Digest]) -> list[Digest]:
+        request = re_pb2.FindMissingBlobsRequest(
+            instance_name=instance_name,
+            blob_digests=[d.to_proto() for d in dict.fromkeys(digests)],
+            digest_function=SHA256,
+        )
+        try:
+            reply = await self._cas.FindMissingBlobs(request)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+        return [Digest(d.hash, d.size_bytes) for d in reply.missing_blob_digests]
+
+    async def put_many(
+        self, instance_name: str, blobs: Sequence[tuple[Digest, bytes]]
+    ) -> list[RedbarnError | None]:
+        Request = re_pb2.BatchUpdateBlobsRequest.Request
+        request = re_pb2.BatchUpdateBlobsRequest(
+            instance_name=instance_name, digest_function=SHA256,
+            requests=[Request(digest=d.to_proto(), data=data) for d, data in blobs],
+        )  # fmt: skip
+        try:
+            reply = await self._cas.BatchUpdateBlobs(request)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+        by_digest = {Digest(r.digest.hash, r.digest.size_bytes): r.status for r in reply.responses}
+        results: list[RedbarnError | None] = []
+        for digest, _ in blobs:
+            status = by_digest.get(digest)
+            if status is None or status.code == 0:
+                results.append(None)
+            else:
+                results.append(error_for(status.code, status.message))
+        return results
+
+    async def get_many(self, instance_name: str, digests: Sequence[Digest]) -> list[bytes | None]:
+        found: dict[Digest, bytes | None] = {}
+        batch: list[Digest] = []
+        batch_bytes = 0
+        for d in dict.fromkeys(digests):
+            if d.size_bytes > self._max_batch:
+                found[d] = await self._read_whole(instance_name, d)
+                continue
+            if batch_bytes + d.size_bytes > self._max_batch:
+                found.update(await self._batch_read(instance_name, batch))
+                batch, batch_bytes = [], 0
+            batch.append(d)
+            batch_bytes += d.size_bytes
+        if batch:
+            found.update(await self._batch_read(instance_name, batch))
+        return [found[d] for d in digests]
+
+    async def _batch_read(
+        self, instance_name: str, digests: list[Digest]
+    ) -> dict[Digest, bytes | None]:
+        request = re_pb2.BatchReadBlobsRequest(
+            instance_name=instance_name,
+            digests=[d.to_proto() for d in digests],
+            digest_function=SHA256,
+        )
+        try:
+            reply = await self._cas.BatchReadBlobs(request)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+        out: dict[Digest, bytes | None] = dict.fromkeys(digests)
+        for r in reply.responses:
+            digest = Digest(r.digest.hash, r.digest.size_bytes)
+            if r.status.code == 0:
+                out[digest] = r.data
+            elif r.status.code != grpc.StatusCode.NOT_FOUND.value[0]:
+                raise error_for(r.status.code, r.status.message)
+        return out
+
+    async def _read_whole(self, instance_name: str, digest: Digest) -> bytes | None:
+        try:
+            return b"".join([piece async for piece in self.read(instance_name, digest)])
+        except NotFound:
+            return None
+
+    async def get(self, instance_name: str, digest: Digest) -> bytes:
+        (data,) = await self.get_many(instance_name, [digest])
+        if data is None:
+            raise NotFound(f"Blob {digest} not found")
+        return data
+
+    async def read(
+        self, instance_name: str, digest: Digest, offset: int = 0, limit: int = 0
+    ) -> AsyncIterator[bytes]:
+        request = bs_pb2.ReadRequest(
+            resource_name=read_resource_name(instance_name, digest),
+            read_offset=offset,
+            read_limit=limit,
+        )
+        try:
+            async for reply in self._bs.Read(request):
+                yield reply.data
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+
+    async def open_write(
+        self, instance_name: str, digest: Digest, upload_id: str
+    ) -> GrpcWriteSession:
+        session = GrpcWriteSession(
+            self._bs,
+            write_resource_name(instance_name, upload_id or str(uuid.uuid4()), digest),
+            digest,
+        )
+        await session.open()
+        return session
+
+    async def write_status(
+        self, instance_name: str, digest: Digest, upload_id: str
+    ) -> tuple[int, bool]:
+        request = bs_pb2.QueryWriteStatusRequest(
+            resource_name=write_resource_name(instance_name, upload_id, digest)
+        )
+        try:
+            reply = await self._bs.QueryWriteStatus(request)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+        return reply.committed_size, reply.complete
+
+    async def get_tree(
+        self, instance_name: str, root: Digest, page_size: int, page_token: str
+    ) -> AsyncIterator[tuple[list[re_pb2.Directory], str]]:
+        request = re_pb2.GetTreeRequest(
+            instance_name=instance_name, root_digest=root.to_proto(),
+            page_size=page_size, page_token=page_token, digest_function=SHA256,
+        )  # fmt: skip
+        try:
+            async for reply in self._cas.GetTree(request):
+                yield list(reply.directories), reply.next_page_token
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+
+    async def ping(self) -> None:
+        try:
+            await self._caps.GetCapabilities(re_pb2.GetCapabilitiesRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+
+
+_END = object()
+
+
+class GrpcWriteSession:
+    """`WriteSession` streaming to an upstream ByteStream.Write as data arrives.
+
+    The upstream call starts with the first write; requests go through a small
+    bounded queue, so at most a few pieces are in memory. The upstream checks the
+    hash; its answer (or early completion) is the session's outcome.
+    """
+
+    def __init__(self, stub: bs_grpc.ByteStreamStub, resource_name: str, digest: Digest) -> None:
+        self._stub = stub
+        self._resource_name = resource_name
+        self._digest = digest
+        self._received = 0
+        self._complete = False
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4)
+        self._call: Any = None
+        self._first = True
+
+    @property
+    def committed_size(self) -> int:
+        return self._digest.size_bytes if self._complete else self._received
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    async def open(self) -> None:
+        try:
+            status = await self._stub.QueryWriteStatus(
+                bs_pb2.QueryWriteStatusRequest(resource_name=self._resource_name)
+            )
+        except grpc.aio.AioRpcError:
+            return  # an unknown upload: start at 0
+        self._received = status.committed_size
+        self._complete = status.complete
+
+    async def _requests(self) -> AsyncIterator[bs_pb2.WriteRequest]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            assert isinstance(item, bs_pb2.WriteRequest)
+            yield item
+
+    async def _send(self, request: bs_pb2.WriteRequest) -> None:
+        if self._first:
+            request.resource_name = self._resource_name
+            self._first = False
+        if self._call is None:
+            self._call = self._stub.Write(self._requests())
+        put = asyncio.ensure_future(self._queue.put(request))
+        done_call = asyncio.ensure_future(self._wait_call())
+        done, _ = await asyncio.wait({put, done_call}, return_when=asyncio.FIRST_COMPLETED)
+        if done_call in done:
+            put.cancel()
+            await self._result()
+        else:
+            done_call.cancel()
+
+    async def _wait_call(self) -> None:
+        await asyncio.wait({self._call})
+
+    async def _result(self) -> int:
+        try:
+            reply = await self._call
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+        if reply.committed_size == self._digest.size_bytes:
+            self._complete = True
+        return int(reply.committed_size)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self._complete:
+            return
+        if offset != self._received:
+            raise InvalidArgument(
+                f"Invalid write offset {offset} for {self._resource_name}: expected offset {self._received}"
+            )
+        for start in range(0, len(data), WRITE_PIECE):
+            piece = data[start : start + WRITE_PIECE]
+            await self._send(bs_pb2.WriteRequest(write_offset=self._received, data=piece))
+            self._received += len(piece)
+            if self._complete:
+                return
+
+    async def finish(self) -> int:
+        if self._complete:
+            return self._digest.size_bytes
+        await self._send(bs_pb2.WriteRequest(write_offset=self._received, finish_write=True))
+        await self._queue.put(_END)
+        return await self._result()
+
+    async def close(self) -> None:
+        if self._call is None or self._call.done():
+            return
+        await self._queue.put(_END)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._call
+
+
+class GrpcActionCache:
+    """`ActionCacheStore` forwarding to a remote ActionCache."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._ac = re_grpc.ActionCacheStub(channel)  # type: ignore[no-untyped-call]
+
+    async def get(self, instance_name: str, action_digest: Digest) -> re_pb2.ActionResult:
+        request = re_pb2.GetActionResultRequest(
+            instance_name=instance_name,
+            action_digest=action_digest.to_proto(),
+            digest_function=SHA256,
+        )
+        try:
+            result: re_pb2.ActionResult = await self._ac.GetActionResult(request)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None
+        return result
+
+    async def put(
+        self, instance_name: str, action_digest: Digest, result: re_pb2.ActionResult
+    ) -> None:
+        request = re_pb2.UpdateActionResultRequest(
+            instance_name=instance_name, action_digest=action_digest.to_proto(),
+            action_result=result, digest_function=SHA256,
+        )  # fmt: skip
+        try:
+            await self._ac.UpdateActionResult(request)
+        except grpc.aio.AioRpcError as err:
+            raise _raise(err) from None

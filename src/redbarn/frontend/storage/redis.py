@@ -1,0 +1,456 @@
+"""CAS and Action Cache in Redis: the default storage of a frontend.
+
+Every key of one blob shares the hash tag `{<hash>}`, so a blob's keys live in one
+hash slot (Redis Cluster) and a commit is one MULTI. No value is larger than the
+chunk size (1 MiB): bigger blobs are a small manifest plus chunk keys, read in
+ranges without loading the blob whole. Keys expire; each use refreshes the TTL
+(default 7 days). The CAS is shared by all instance names (content is content);
+the Action Cache is keyed by instance name, as in Buildbarn.
+
+Key catalogue (`H` = SHA256 hex, `S` = size in bytes, `U` = client upload id)
+
+| key | type | holds | written by | lifetime |
+|---|---|---|---|---|
+| `redbarn:v1:cas:{H}:S` | STRING | the blob itself when S <= chunk size, else the manifest `redbarn-chunked:v1:<chunk size>:<count>` | BatchUpdateBlobs, Write commit | CAS TTL, refreshed on every find/read/write |
+| `redbarn:v1:cas:{H}:S:c<N>` | STRING | chunk N (0-based) of a chunked blob | same | same TTL as the manifest, refreshed with it |
+| `redbarn:v1:upload:{H}:S:U` | HASH | `committed` = bytes staged so far by ByteStream Write `U` | Write | upload TTL (default 1 h), refreshed per flush; deleted on commit |
+| `redbarn:v1:upload:{H}:S:U:c<N>` | STRING | staged chunk N, renamed to the CAS chunk on commit | Write | as above |
+| `redbarn:v1:ac:{H}:S:<instance>` | STRING | serialized `ActionResult` for action digest H-S | UpdateActionResult, workers | AC TTL, refreshed on every get |
+
+A value whose length equals S is the blob; anything else under a CAS main key is a
+manifest (a manifest is a few dozen bytes and only used when S > chunk size).
+
+Inspecting with redis-cli:
+
+    redis-cli --scan --pattern 'redbarn:v1:cas:*' | head           # some blobs
+    redis-cli STRLEN 'redbarn:v1:cas:{<hash>}:<size>'              # size, or manifest length
+    redis-cli GET 'redbarn:v1:cas:{<hash>}:<size>' | head -c 64    # manifest of a big blob
+    redis-cli TTL 'redbarn:v1:cas:{<hash>}:<size>'                 # seconds left
+    redis-cli --scan --pattern 'redbarn:v1:upload:*' | grep -v ':c' # uploads in progress
+    redis-cli HGET 'redbarn:v1:upload:{<hash>}:<size>:<uuid>' committed
+    redis-cli --scan --pattern 'redbarn:v1:ac:*'                   # cached actions
+    redis-cli GET 'redbarn:v1:ac:{<hash>}:<size>:<instance>' | protoc --decode_raw
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from redbarn.errors import (
+    Aborted,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    RedbarnError,
+    Unavailable,
+)
+from redbarn.frontend.digests import Digest, check_data, check_hasher
+from redbarn.frontend.storage import tree
+from redbarn.proto import remote_execution_pb2 as re_pb2
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_CAS_TTL = 7 * 24 * 3600.0
+DEFAULT_UPLOAD_TTL = 3600.0
+_MANIFEST_PREFIX = b"redbarn-chunked:v1:"
+_MIN_CHUNK_SIZE = 1024
+
+
+# ---------------------------------------------------------------- key builders
+
+
+def cas_key(digest: Digest) -> str:
+    return f"redbarn:v1:cas:{{{digest.hash}}}:{digest.size_bytes}"
+
+
+def cas_chunk_key(digest: Digest, index: int) -> str:
+    return f"{cas_key(digest)}:c{index}"
+
+
+def upload_key(digest: Digest, upload_id: str) -> str:
+    return f"redbarn:v1:upload:{{{digest.hash}}}:{digest.size_bytes}:{upload_id}"
+
+
+def upload_chunk_key(digest: Digest, upload_id: str, index: int) -> str:
+    return f"{upload_key(digest, upload_id)}:c{index}"
+
+
+def ac_key(instance_name: str, action_digest: Digest) -> str:
+    return f"redbarn:v1:ac:{{{action_digest.hash}}}:{action_digest.size_bytes}:{instance_name}"
+
+
+def _manifest(chunk_size: int, count: int) -> bytes:
+    return _MANIFEST_PREFIX + f"{chunk_size}:{count}".encode()
+
+
+def _parse_manifest(digest: Digest, value: bytes) -> tuple[int, int]:
+    """(chunk size, chunk count) of a manifest, or Internal-ish NotFound if corrupt."""
+    if not value.startswith(_MANIFEST_PREFIX):
+        raise NotFound(f"Blob {digest} not found: stored value has an unexpected format")
+    size_text, _, count_text = value[len(_MANIFEST_PREFIX) :].partition(b":")
+    return int(size_text), int(count_text)
+
+
+def _not_found(digest: Digest) -> NotFound:
+    return NotFound(f"Blob {digest} not found")
+
+
+class RedisBlobStore:
+    """`BlobStore` on a redis.asyncio client (the scheduler's, or a `--cas-redis` one)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        ttl: float = DEFAULT_CAS_TTL,
+        upload_ttl: float = DEFAULT_UPLOAD_TTL,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        flush_size: int = 256 * 1024,
+    ) -> None:
+        if chunk_size < _MIN_CHUNK_SIZE:
+            raise ValueError(f"chunk size {chunk_size} is below {_MIN_CHUNK_SIZE} bytes")
+        self.client = client
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.upload_ttl_ms = max(1, int(upload_ttl * 1000))
+        self.chunk_size = chunk_size
+        self.flush_size = min(flush_size, chunk_size)
+
+    def _chunk_count(self, size: int) -> int:
+        """0 for a blob stored in its main key, else the number of chunk keys."""
+        return 0 if size <= self.chunk_size else math.ceil(size / self.chunk_size)
+
+    # ------------------------------------------------------------ find / put / get
+
+    async def find_missing(self, instance_name: str, digests: Sequence[Digest]) -> list[Digest]:
+        unique = [d for d in dict.fromkeys(digests) if not d.is_empty]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for d in unique:
+                pipe.pexpire(cas_key(d), self.ttl_ms)
+                for i in range(self._chunk_count(d.size_bytes)):
+                    pipe.pexpire(cas_chunk_key(d, i), self.ttl_ms)
+            replies = await pipe.execute()
+        missing: list[Digest] = []
+        pos = 0
+        for d in unique:
+            n = 1 + self._chunk_count(d.size_bytes)
+            if not all(replies[pos : pos + n]):
+                missing.append(d)
+            pos += n
+        return missing
+
+    async def put_many(
+        self, instance_name: str, blobs: Sequence[tuple[Digest, bytes]]
+    ) -> list[RedbarnError | None]:
+        results: list[RedbarnError | None] = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for digest, data in blobs:
+                try:
+                    check_data(digest, data)
+                except InvalidArgument as err:
+                    results.append(err)
+                    continue
+                results.append(None)
+                if not digest.is_empty:
+                    self._queue_put(pipe, digest, data)
+            await pipe.execute()
+        return results
+
+    def _queue_put(self, pipe: aioredis.client.Pipeline, digest: Digest, data: bytes) -> None:
+        count = self._chunk_count(digest.size_bytes)
+        if count == 0:
+            pipe.set(cas_key(digest), data, px=self.ttl_ms)
+            return
+        view = memoryview(data)
+        for i in range(count):
+            chunk = view[i * self.chunk_size : (i + 1) * self.chunk_size]
+            pipe.set(cas_chunk_key(digest, i), bytes(chunk), px=self.ttl_ms)
+        # The manifest goes last: a reader never sees it before its chunks.
+        pipe.set(cas_key(digest), _manifest(self.chunk_size, count), px=self.ttl_ms)
+
+    async def _head(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        """Main-key values (blob or manifest), refreshing their TTL."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for d in digests:
+                pipe.get(cas_key(d))
+                pipe.pexpire(cas_key(d), self.ttl_ms)
+            replies = await pipe.execute()
+        return [replies[2 * i] for i in range(len(digests))]
+
+    async def _touch_chunks(self, digest: Digest, chunk_size: int, count: int) -> None:
+        """Refresh every chunk's TTL; a blob with a lost chunk is dropped and NotFound."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in range(count):
+                pipe.pexpire(cas_chunk_key(digest, i), self.ttl_ms)
+            present = await pipe.execute()
+        if not all(present):
+            await self.client.delete(cas_key(digest))
+            raise _not_found(digest)
+
+    async def get_many(self, instance_name: str, digests: Sequence[Digest]) -> list[bytes | None]:
+        heads = await self._head([d for d in digests if not d.is_empty])
+        values = iter(heads)
+        out: list[bytes | None] = []
+        for d in digests:
+            if d.is_empty:
+                out.append(b"")
+                continue
+            value = next(values)
+            if value is None or len(value) == d.size_bytes:
+                out.append(value)
+                continue
+            try:
+                out.append(
+                    b"".join(
+                        [piece async for piece in self._read_chunked(d, value, 0, d.size_bytes)]
+                    )
+                )
+            except NotFound:
+                out.append(None)
+        return out
+
+    async def get(self, instance_name: str, digest: Digest) -> bytes:
+        (data,) = await self.get_many(instance_name, [digest])
+        if data is None:
+            raise _not_found(digest)
+        return data
+
+    # ------------------------------------------------------------ ranged reads
+
+    async def read(
+        self, instance_name: str, digest: Digest, offset: int = 0, limit: int = 0
+    ) -> AsyncIterator[bytes]:
+        size = digest.size_bytes
+        if offset < 0 or offset > size:
+            raise OutOfRange(f"Read offset {offset} is outside blob {digest} of {size} bytes")
+        if limit < 0:
+            raise OutOfRange(f"Negative read limit {limit}")
+        end = size if limit == 0 else min(size, offset + limit)
+        if digest.is_empty:
+            return
+        (value,) = await self._head([digest])
+        if value is None:
+            raise _not_found(digest)
+        if len(value) == size:
+            for start in range(offset, end, self.chunk_size):
+                yield value[start : min(end, start + self.chunk_size)]
+            return
+        async for piece in self._read_chunked(digest, value, offset, end):
+            yield piece
+
+    async def _read_chunked(
+        self, digest: Digest, manifest: bytes, offset: int, end: int
+    ) -> AsyncIterator[bytes]:
+        chunk_size, count = _parse_manifest(digest, manifest)
+        await self._touch_chunks(digest, chunk_size, count)
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, chunk_size)
+            stop = min(chunk_size, within + (end - pos))
+            key = cas_chunk_key(digest, index)
+            piece = cast(bytes, await self.client.getrange(key, within, stop - 1))
+            if len(piece) != stop - within:
+                await self.client.delete(cas_key(digest))
+                raise Unavailable(f"Blob {digest} lost chunk {index} while being read")
+            yield piece
+            pos += len(piece)
+
+    # ------------------------------------------------------------ uploads
+
+    async def _exists(self, digest: Digest) -> bool:
+        if digest.is_empty:
+            return True
+        return not await self.find_missing("", [digest])
+
+    async def open_write(
+        self, instance_name: str, digest: Digest, upload_id: str
+    ) -> RedisWriteSession:
+        session = RedisWriteSession(self, digest, upload_id)
+        await session.open()
+        return session
+
+    async def write_status(
+        self, instance_name: str, digest: Digest, upload_id: str
+    ) -> tuple[int, bool]:
+        if await self._exists(digest):
+            return digest.size_bytes, True
+        committed = await self.client.hget(upload_key(digest, upload_id), "committed")
+        return int(committed or 0), False
+
+    def get_tree(
+        self, instance_name: str, root: Digest, page_size: int, page_token: str
+    ) -> AsyncIterator[tuple[list[re_pb2.Directory], str]]:
+        return tree.iter_tree_pages(self, instance_name, root, page_size, page_token)
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+
+class RedisWriteSession:
+    """`WriteSession`: stages data in upload chunk keys, hashing as it goes.
+
+    Data is flushed every `flush_size` bytes with one MULTI (APPEND to the staged
+    chunk, bump `committed`) under WATCH of the upload hash, so two streams writing
+    the same upload id cannot interleave. A resumed session re-reads the staged
+    prefix once to rebuild the hash state.
+    """
+
+    def __init__(self, store: RedisBlobStore, digest: Digest, upload_id: str) -> None:
+        self._store = store
+        self._digest = digest
+        self._upload_id = upload_id
+        self._meta = upload_key(digest, upload_id)
+        self._hasher = hashlib.sha256()
+        self._pending = bytearray()
+        self._committed = 0
+        self._complete = False
+
+    @property
+    def committed_size(self) -> int:
+        return self._digest.size_bytes if self._complete else self._committed
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    @property
+    def _received(self) -> int:
+        return self._committed + len(self._pending)
+
+    async def open(self) -> None:
+        if await self._store._exists(self._digest):
+            self._complete = True
+            return
+        client = self._store.client
+        self._committed = int(await client.hget(self._meta, "committed") or 0)
+        chunk = self._store.chunk_size
+        for i in range(math.ceil(self._committed / chunk)):
+            staged = await client.get(upload_chunk_key(self._digest, self._upload_id, i))
+            if staged is None:  # expired under us: start over
+                await self._discard()
+                self._committed, self._hasher = 0, hashlib.sha256()
+                return
+            self._hasher.update(cast(bytes, staged))
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self._complete:
+            return
+        if offset != self._received:
+            raise InvalidArgument(
+                f"Invalid write offset {offset} for upload {self._upload_id} of blob "
+                f"{self._digest}: expected offset {self._received}"
+            )
+        if self._received + len(data) > self._digest.size_bytes:
+            raise InvalidArgument(
+                f"Write of {len(data)} bytes at offset {offset} exceeds the size of blob "
+                f"{self._digest} ({self._digest.size_bytes} bytes)"
+            )
+        self._hasher.update(data)
+        self._pending += data
+        if len(self._pending) >= self._store.flush_size:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        store, chunk = self._store, self._store.chunk_size
+        async with store.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self._meta)
+                current = int(await pipe.hget(self._meta, "committed") or 0)
+                if current != self._committed:
+                    raise Aborted(
+                        f"Upload {self._upload_id} of blob {self._digest} has {current} bytes "
+                        f"committed by another stream, while this stream expected {self._committed}"
+                    )
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pos, data = self._committed, memoryview(self._pending)
+                while data:
+                    index, within = divmod(pos, chunk)
+                    piece = data[: chunk - within]
+                    key = upload_chunk_key(self._digest, self._upload_id, index)
+                    pipe.append(key, bytes(piece))
+                    pipe.pexpire(key, store.upload_ttl_ms)
+                    pos, data = pos + len(piece), data[len(piece) :]
+                pipe.hset(self._meta, "committed", str(pos))
+                pipe.pexpire(self._meta, store.upload_ttl_ms)
+                await pipe.execute()
+            except redis.exceptions.WatchError:
+                raise Aborted(
+                    f"Upload {self._upload_id} of blob {self._digest} was written by another stream"
+                ) from None
+        self._committed = pos
+        self._pending.clear()
+
+    async def finish(self) -> int:
+        if self._complete:
+            return self._digest.size_bytes
+        await self._flush()
+        try:
+            check_hasher(self._digest, self._hasher, self._committed)
+        except InvalidArgument:
+            await self._discard()
+            raise
+        await self._commit()
+        self._complete = True
+        return self._digest.size_bytes
+
+    async def close(self) -> None:
+        if not self._complete:
+            await self._flush()
+
+    async def _commit(self) -> None:
+        store, digest = self._store, self._digest
+        count = store._chunk_count(digest.size_bytes)
+        async with store.client.pipeline(transaction=True) as pipe:
+            if digest.size_bytes == 0:
+                pipe.set(cas_key(digest), b"", px=store.ttl_ms)
+            elif count == 0:
+                pipe.rename(upload_chunk_key(digest, self._upload_id, 0), cas_key(digest))
+                pipe.pexpire(cas_key(digest), store.ttl_ms)
+            else:
+                for i in range(count):
+                    pipe.rename(
+                        upload_chunk_key(digest, self._upload_id, i), cas_chunk_key(digest, i)
+                    )
+                    pipe.pexpire(cas_chunk_key(digest, i), store.ttl_ms)
+                pipe.set(cas_key(digest), _manifest(store.chunk_size, count), px=store.ttl_ms)
+            pipe.delete(self._meta)
+            try:
+                await pipe.execute()
+            except redis.exceptions.ResponseError as err:  # a staged chunk expired
+                raise Aborted(f"Upload {self._upload_id} of blob {digest} expired: {err}") from None
+
+    async def _discard(self) -> None:
+        count = math.ceil(self._digest.size_bytes / self._store.chunk_size)
+        keys = [upload_chunk_key(self._digest, self._upload_id, i) for i in range(count)]
+        await self._store.client.delete(self._meta, *keys)
+
+
+class RedisActionCache:
+    """`ActionCacheStore`: one key per (instance name, action digest), TTL refreshed on get."""
+
+    def __init__(self, client: aioredis.Redis, *, ttl: float = DEFAULT_CAS_TTL) -> None:
+        self.client = client
+        self.ttl_ms = max(1, int(ttl * 1000))
+
+    async def get(self, instance_name: str, action_digest: Digest) -> re_pb2.ActionResult:
+        key = ac_key(instance_name, action_digest)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pexpire(key, self.ttl_ms)
+            value, _ = await pipe.execute()
+        if value is None:
+            raise NotFound(f"Action result for action {action_digest} not found")
+        return re_pb2.ActionResult.FromString(value)
+
+    async def put(
+        self, instance_name: str, action_digest: Digest, result: re_pb2.ActionResult
+    ) -> None:
+        await self.client.set(
+            ac_key(instance_name, action_digest), result.SerializeToString(), px=self.ttl_ms
+        )
