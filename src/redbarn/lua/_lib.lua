@@ -124,8 +124,9 @@ local function parent(path) return string.match(path, '^(.*)/[^/]*$') end
 local function node_get(sc, path)
   local v = redis.call('HGET', K_INV, sc .. ' ' .. path)
   if not v then return {x = 0, l = NOW, p = '', k = ''} end
-  local f = split(v, S)
-  return {x = tonumber(f[1]), l = tonumber(f[2]), p = f[3], k = f[4]}
+  -- The pick member (last field) itself contains \31: it is the rest of the record.
+  local x, l, p, k = string.match(v, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
+  return {x = tonumber(x), l = tonumber(l), p = p, k = k}
 end
 
 local function node_put(sc, path, n)

@@ -1,0 +1,475 @@
+"""Every scheduler transition, on the private redis-server and on fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+import redis.asyncio as aioredis
+from google.rpc import status_pb2
+from qhelpers import FAST, action, assigned, execute, is_continue, is_idle, make, md, request
+
+from redbarn.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue import keys
+from redbarn.queue.scheduler import PollingHints, Scheduler
+
+Stage = re_pb2.ExecutionStage
+OK = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=0))
+FAIL = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=1))
+
+
+async def test_no_workers_grace_then_failed_precondition(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.start()
+    with pytest.raises(
+        Unavailable, match=r'No workers exist for instance name prefix "main" platform \{\}'
+    ):
+        await execute(s, 1, instance="main")
+    await any_redis.set(keys.STARTED, str(await s.now_ms() - 10_000))
+    with pytest.raises(FailedPrecondition) as err:
+        await execute(s, 1, instance="main")
+    assert err.value.message == 'No workers exist for instance name prefix "main" platform {}'
+
+
+async def test_platform_and_prefix_matching(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    linux = re_pb2.Platform(properties=[re_pb2.Platform.Property(name="os", value="linux")])
+    await s.synchronize(request("1", prefix="main", platform=linux))
+    await s.synchronize(request("2", prefix="", platform=linux))
+    digest, a = action(1, platform=linux)
+    v = await s.execute(instance_name="main/sub", action_digest=digest, action=a, digest_function=1)
+    resp = await s.synchronize(request("1", prefix="main", platform=linux))
+    assert assigned(resp) == digest
+    assert resp.desired_state.executing.instance_name_suffix == "sub"
+    assert v.stage == Stage.QUEUED
+    await s.start()
+    await any_redis.set(keys.STARTED, "0")
+    with pytest.raises(FailedPrecondition, match=r'"mainx" platform \{\}$'):
+        await execute(s, 2, instance="mainx")  # empty platform: no queue has it
+    # "mainx" is not under "main": the "" queue takes it.
+    digest, a = action(3, platform=linux)
+    await s.execute(instance_name="mainx", action_digest=digest, action=a, digest_function=1)
+    assert assigned(await s.synchronize(request("2", prefix="", platform=linux))) == digest
+
+
+async def test_validation_errors(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    bad = re_pb2.Platform(
+        properties=[
+            re_pb2.Platform.Property(name="os", value="x"),
+            re_pb2.Platform.Property(name="cpu", value="y"),
+        ]
+    )
+    with pytest.raises(
+        InvalidArgument, match="Platform properties are not lexicographically sorted"
+    ):
+        await execute(s, 1, platform=bad)
+    with pytest.raises(InvalidArgument) as err:
+        await execute(s, 1, timeout=9000)
+    assert err.value.message == (
+        "Failed to route action: Failed to analyze initial size class: "
+        "Execution timeout of 2h30m0s is outside permitted range [0s, 2h0m0s]"
+    )
+    v = await execute(s, 2, timeout=0)
+    assert v.stage == Stage.QUEUED
+    with pytest.raises(InvalidArgument, match="Worker did not provide its current state"):
+        req = request("1")
+        req.ClearField("current_state")
+        await s.synchronize(req)
+
+
+async def test_dedup_same_and_other_invocation(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    a = await execute(s, 1, tool="A")
+    a2 = await execute(s, 1, tool="A")
+    b = await execute(s, 1, tool="B")
+    assert a.name == a2.name
+    assert b.name != a.name
+    other = await execute(s, 1, instance="other", tool="A")
+    assert other.name != a.name  # the instance name is part of the dedup key
+    digest, _ = action(1)
+    resp = await s.synchronize(request("1"))
+    assert assigned(resp) == digest
+    assert (await s.get_operation_view(b.name)).stage == Stage.EXECUTING
+    await s.synchronize(request("1", "completed", digest, response=OK))
+    for name in (a.name, b.name):
+        v = await s.get_operation_view(name)
+        assert v.done and v.response == OK
+    # The completion report was answered with the next queued task: the other instance's.
+    assert (await s.get_operation_view(other.name)).stage == Stage.EXECUTING
+    # After completion a new Execute creates a fresh task.
+    again = await execute(s, 1, tool="A")
+    assert again.name != a.name and again.stage == Stage.QUEUED
+
+
+async def test_do_not_cache_is_not_deduplicated(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    a = await execute(s, 1, do_not_cache=True)
+    b = await execute(s, 1, do_not_cache=True)
+    assert a.name != b.name
+
+
+async def test_fairness_between_invocations_and_priority(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    names = {}
+    for i in range(4):
+        names[(await execute(s, 100 + i, tool="A")).name] = ("A", i)
+    for i in range(4):
+        names[(await execute(s, 200 + i, tool="B")).name] = ("B", i)
+    urgent = await execute(s, 300, tool="C", priority=-200)
+    order = []
+    digests = {action(n)[0].hash: n for n in [*range(100, 104), *range(200, 204), 300]}
+    resp = await s.synchronize(request("1"))
+    while assigned(resp) is not None:
+        d = assigned(resp)
+        assert d is not None
+        order.append(digests[d.hash])
+        resp = await s.synchronize(request("1", "completed", d, response=OK))
+    assert order[0] == 300
+    assert order[1:] == [100, 200, 101, 201, 102, 202, 103, 203]
+    assert (await s.get_operation_view(urgent.name)).done
+
+
+async def test_priority_then_fifo_within_invocation(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    for n, prio in [(1, 5), (2, 0), (3, 5), (4, -1)]:
+        await execute(s, n, tool="A", priority=prio)
+    order = []
+    resp = await s.synchronize(request("1"))
+    by_hash = {action(n)[0].hash: n for n in range(1, 5)}
+    while (d := assigned(resp)) is not None:
+        order.append(by_hash[d.hash])
+        resp = await s.synchronize(request("1", "completed", d, response=OK))
+    assert order == [4, 2, 1, 3]
+
+
+async def test_executing_count_steers_workers(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    for w in "123":
+        await s.synchronize(request(w))
+    for i in range(3):
+        await execute(s, 10 + i, tool="A")
+    await execute(s, 20, tool="B")
+    got = []
+    for w in "123":
+        d = assigned(await s.synchronize(request(w)))
+        assert d is not None
+        got.append(d.hash)
+    # A got one worker, then B (score 1 vs 2), then A again.
+    assert got == [action(10)[0].hash, action(20)[0].hash, action(11)[0].hash]
+
+
+async def test_park_and_direct_assignment(any_redis: aioredis.Redis) -> None:
+    cfg = dataclasses.replace(FAST, idle_sync_timeout=1.0)
+    s = Scheduler(any_redis, cfg, hints=PollingHints(step=10.0))
+    await s.synchronize(request("0"))  # create the domain
+    sync = asyncio.create_task(s.synchronize(request("1")))
+    await asyncio.sleep(0.1)
+    with pytest.raises(ResourceExhausted, match="same worker ID is already synchronizing"):
+        await make(any_redis).synchronize(request("1"))
+    digest, _ = action(1)
+    view = await execute(s, 1)
+    assert view.stage == Stage.EXECUTING  # handed straight to the parked worker
+    assert assigned(await sync) == digest
+
+
+async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
+    from redbarn.frontend.hub import Hub
+
+    hub = Hub(real_redis, "fe1")
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=5.0), hints=hub)
+        await s.synchronize(request("0"))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        sync = asyncio.create_task(s.synchronize(request("1")))
+        await asyncio.sleep(0.1)
+        await execute(make(real_redis), 1)
+        assert assigned(await sync) == action(1)[0]
+        assert loop.time() - t0 < 1.0
+    finally:
+        await hub.stop()
+
+
+async def test_prefer_being_idle(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    await execute(s, 1)
+    resp = await s.synchronize(request("1", prefer_idle=True))
+    assert is_idle(resp)
+    assert abs(resp.next_synchronization_at.seconds - (await s.now_ms()) // 1000) <= 1
+    d = assigned(await s.synchronize(request("1")))
+    assert d is not None
+    assert is_continue(await s.synchronize(request("1", "running", d, prefer_idle=True)))
+    assert is_idle(await s.synchronize(request("1", "completed", d, response=OK, prefer_idle=True)))
+
+
+async def test_progress_for_other_digest_gets_idle_without_blocking(
+    any_redis: aioredis.Redis,
+) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    stale, _ = action(99)
+    resp = await s.synchronize(request("1", "running", stale))
+    assert is_idle(resp)
+    await execute(s, 1)
+    resp = await s.synchronize(request("1", "running", stale))
+    assert assigned(resp) == action(1)[0]
+
+
+async def test_rehand_limit_then_internal(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    d = action(1)[0]
+    for _ in range(10):  # first assignment + 9 re-hands
+        assert assigned(await s.synchronize(request("1"))) == d
+    assert is_idle(await s.synchronize(request("1")))
+    done = await s.get_operation_view(v.name)
+    assert done.response is not None
+    assert done.response.status.code == 13
+    assert done.response.status.message == (
+        "Attempted to execute task 10 times, but it never completed. "
+        'This task may cause worker {"host":"h","thread":"1"} to crash.'
+    )
+
+
+async def test_lost_worker_requeued_then_failed_and_zombie_dropped(
+    any_redis: aioredis.Redis,
+) -> None:
+    cfg = dataclasses.replace(FAST, max_attempts=2, operation_retention=30)
+    s = make(any_redis, cfg)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    d = action(1)[0]
+    assert assigned(await s.synchronize(request("1"))) == d
+    await asyncio.sleep(0.35)
+    assert (await s.reap())["workers"] == 1
+    view = await s.get_operation_view(v.name)
+    assert view.stage == Stage.QUEUED
+    assert view.queued_ms == v.queued_ms  # original queued time kept
+    assert assigned(await s.synchronize(request("2"))) == d
+    # Worker 1 comes back as a zombie and reports the old completion: dropped.
+    await s.synchronize(request("1", "completed", d, response=FAIL))
+    assert (await s.get_operation_view(v.name)).stage == Stage.EXECUTING
+    await asyncio.sleep(0.35)
+    await s.reap()
+    done = await s.get_operation_view(v.name)
+    assert done.done and done.response is not None
+    assert done.response.status.code == 14
+    assert done.response.status.message == (
+        'Worker {"host":"h","thread":"2"} disappeared while task was executing (attempt 2 of 2)'
+    )
+
+
+async def test_operation_without_waiters_is_cancelled(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    queued = await execute(s, 1)
+    running = await execute(s, 2, tool="other")
+    d = assigned(await s.synchronize(request("1")))
+    assert d is not None
+    await asyncio.sleep(0.6)
+    await s.reap()
+    for name in (queued.name, running.name):
+        with pytest.raises(NotFound, match=f'Operation with name "{name}" not found'):
+            await s.get_operation_view(name)
+    # The worker running the abandoned task is told to go idle.
+    assert is_idle(await s.synchronize(request("1", "running", d)))
+    assert await any_redis.zcard(keys.domain_key(queued.name.split(".")[0], "queued")) == 0
+
+
+async def test_completed_operation_kept_while_watched_then_deleted(
+    any_redis: aioredis.Redis,
+) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    d = assigned(await s.synchronize(request("1")))
+    assert d is not None
+    await s.synchronize(request("1", "completed", d, response=OK))
+    for _ in range(4):
+        await asyncio.sleep(0.2)
+        await s.reap()
+        assert (await s.get_operation_view(v.name)).done
+    await asyncio.sleep(0.6)
+    await s.reap()
+    with pytest.raises(NotFound):
+        await s.get_operation_view(v.name)
+    domain = v.name.split(".")[0]
+    for what in ("tasks", "ops", "opgc", "queued", "pick", "inv", "inflight"):
+        assert not await any_redis.exists(keys.domain_key(domain, what)), what
+
+
+async def test_watch_operation_stream(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    stages = []
+
+    async def watch() -> None:
+        async for view in s.watch_operation(v.name):
+            stages.append(view.stage)
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.1)
+    d = assigned(await s.synchronize(request("1")))
+    assert d is not None
+    await asyncio.sleep(0.1)
+    await s.synchronize(request("1", "completed", d, response=OK))
+    await asyncio.wait_for(task, 2)
+    assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
+
+
+async def test_size_class_fallback_runs_once_on_largest(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("small", size_class=1))
+    await s.synchronize(request("big", size_class=4))
+    v = await execute(s, 1)
+    d = action(1)[0]
+    assert assigned(await s.synchronize(request("big", size_class=4))) is None
+    assert assigned(await s.synchronize(request("small", size_class=1))) == d
+    await s.synchronize(request("small", "completed", d, response=FAIL, size_class=1))
+    view = await s.get_operation_view(v.name)
+    assert view.stage == Stage.QUEUED and view.size_class == 4
+    assert assigned(await s.synchronize(request("big", size_class=4))) == d
+    await s.synchronize(request("big", "completed", d, response=FAIL, size_class=4))
+    done = await s.get_operation_view(v.name)
+    assert done.done and done.response == FAIL
+
+
+async def test_drains(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    await s.synchronize(request("2"))
+    await s.add_drain(
+        instance_name_prefix="", platform=re_pb2.Platform(), size_class=0, pattern={"thread": "1"}
+    )
+    drains = await s.list_drains(instance_name_prefix="", platform=re_pb2.Platform(), size_class=0)
+    assert [p for p, _ in drains] == [{"thread": "1"}]
+    await execute(s, 1)
+    assert is_idle(await s.synchronize(request("1")))
+    assert assigned(await s.synchronize(request("2"))) == action(1)[0]
+    await execute(s, 2)
+    await s.remove_drain(
+        instance_name_prefix="", platform=re_pb2.Platform(), size_class=0, pattern={"thread": "1"}
+    )
+    assert assigned(await s.synchronize(request("1"))) == action(2)[0]
+    with pytest.raises(NotFound, match="Size class queue not found"):
+        await s.add_drain(
+            instance_name_prefix="x", platform=re_pb2.Platform(), size_class=0, pattern={}
+        )
+
+
+async def test_kill_operations(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    running = await execute(s, 1)
+    queued = await execute(s, 2)
+    d = assigned(await s.synchronize(request("1")))
+    assert d is not None
+    status = status_pb2.Status(code=10, message="killed by admin")
+    await s.kill_operation(queued.name, status)
+    await s.kill_operation(running.name, status)
+    for name in (queued.name, running.name):
+        v = await s.get_operation_view(name)
+        assert v.done and v.response is not None and v.response.status == status
+    assert is_idle(await s.synchronize(request("1", "running", d)))
+    with pytest.raises(NotFound, match='Operation "nope" not found'):
+        await s.kill_operation("nope", status)
+
+
+async def test_kill_queued_operations_of_workerless_queue(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis, dataclasses.replace(FAST, platform_queue_timeout=60))
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    status = status_pb2.Status(code=10, message="gone")
+    kw = {
+        "instance_name_prefix": "",
+        "platform": re_pb2.Platform(),
+        "size_class": 0,
+        "status": status,
+    }
+    with pytest.raises(FailedPrecondition, match="still has workers"):
+        await s.kill_queued_operations(**kw)  # type: ignore[arg-type]
+    await asyncio.sleep(0.35)
+    await s.reap()
+    assert await s.kill_queued_operations(**kw) == 1  # type: ignore[arg-type]
+    assert (await s.get_operation_view(v.name)).done
+
+
+async def test_workerless_size_class_queue_is_removed(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    await asyncio.sleep(0.35)
+    await s.reap()  # worker gone; queue removal scheduled
+    assert (await s.get_operation_view(v.name)).stage == Stage.QUEUED
+    for _ in range(3):  # keep watching while the queue's removal comes due
+        await asyncio.sleep(0.2)
+        await s.get_operation_view(v.name)
+    await s.reap()
+    done = await s.get_operation_view(v.name)
+    assert done.response is not None and done.response.status.code == 14
+    assert done.response.status.message == (
+        "Workers for this instance name, platform and size class disappeared while task was queued"
+    )
+    await asyncio.sleep(0.6)
+    totals = await s.reap()
+    assert totals["domains_removed"] == 1
+    assert await any_redis.keys("redbarn:v1:{*") == []
+
+
+async def test_queue_depth_cap(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis, dataclasses.replace(FAST, max_queued_per_platform=2))
+    await s.synchronize(request("1"))
+    await execute(s, 1)
+    await execute(s, 2)
+    with pytest.raises(ResourceExhausted):
+        await execute(s, 3)
+
+
+async def test_terminate_workers(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    await execute(s, 1)
+    await execute(s, 2)
+    d = assigned(await s.synchronize(request("1")))
+    assert d is not None
+    waiter = asyncio.create_task(s.terminate_workers({"thread": "1"}, poll=0.02))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    assert is_idle(await s.synchronize(request("1", "completed", d, response=OK)))
+    assert await asyncio.wait_for(waiter, 2) == 1
+
+
+async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    digest, a = action(1)
+    v = await s.execute(
+        instance_name="",
+        action_digest=digest,
+        action=a,
+        digest_function=1,
+        request_metadata=md("tool/1", "build 7"),
+    )
+    assert v.invocation == (("c", "build 7"), ("t", "tool/1"))
+    raw = await any_redis.hgetall(keys.PLATFORMS)
+    assert json.loads(next(iter(raw.values()))) == {"instance_name_prefix": "", "platform": "{}"}
