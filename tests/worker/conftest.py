@@ -31,12 +31,12 @@ async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     )
     shutdown = asyncio.Event()
     worker = asyncio.create_task(serve(config, shutdown))
-    c = Cluster(storage, scheduler, config, port, shutdown, worker, tmp_path)
+    c = Cluster(storage, scheduler, config, port, server, shutdown, worker, tmp_path)
     try:
         yield c
     finally:
         shutdown.set()
         try:
-            await asyncio.wait_for(worker, 15)
+            await asyncio.wait_for(worker, 15)  # cancels the worker if it hangs
         finally:
-            await server.stop(None)
+            await c.server.stop(None)

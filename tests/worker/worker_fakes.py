@@ -139,6 +139,8 @@ class FakeScheduler(rw_grpc.OperationQueueServicer):
     assigned: dict[str, Assignment] = field(default_factory=dict)
     cancel: set[str] = field(default_factory=set)  # workers to send `idle` to
     fail_next: int = 0
+    busy_interval: float = 10.0  # next_synchronization_at offset for "continue"
+    preempt: bool = False  # hand queued work to busy workers (replacing their action)
     stages: dict[str, list[str]] = field(default_factory=dict)
 
     def submit(self, action_digest: re_pb2.Digest, action: re_pb2.Action) -> Assignment:
@@ -172,7 +174,11 @@ class FakeScheduler(rw_grpc.OperationQueueServicer):
                     self.cancel.discard(worker)
                     self.assigned.pop(worker, None)
                     return self._idle()
-                return rw_pb2.SynchronizeResponse(next_synchronization_at=_ts(_now() + 10))
+                if self.preempt and not self.queue.empty():
+                    return self._assign(worker, self.queue.get_nowait())
+                return rw_pb2.SynchronizeResponse(
+                    next_synchronization_at=_ts(_now() + self.busy_interval)
+                )
             if current is not None and key(current.desired.action_digest) == key(ex.action_digest):
                 del self.assigned[worker]
                 if not current.result.done():
@@ -183,6 +189,9 @@ class FakeScheduler(rw_grpc.OperationQueueServicer):
             a = await asyncio.wait_for(self.queue.get(), self.poll)
         except TimeoutError:
             return self._idle()
+        return self._assign(worker, a)
+
+    def _assign(self, worker: str, a: Assignment) -> rw_pb2.SynchronizeResponse:
         a.worker = worker
         self.assigned[worker] = a
         return rw_pb2.SynchronizeResponse(
@@ -204,7 +213,7 @@ def _now() -> float:
 
 
 async def start_server(
-    storage: FakeStorage, scheduler: FakeScheduler
+    storage: FakeStorage, scheduler: FakeScheduler, address: str = "127.0.0.1:0"
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
@@ -216,7 +225,7 @@ async def start_server(
     re_grpc.add_ActionCacheServicer_to_server(storage, server)
     bytestream_pb2_grpc.add_ByteStreamServicer_to_server(storage, server)
     rw_grpc.add_OperationQueueServicer_to_server(scheduler, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(address)
     await server.start()
     return server, port
 
@@ -301,6 +310,7 @@ class Cluster:
     scheduler: FakeScheduler
     config: WorkerConfig
     port: int
+    server: grpc.aio.Server
     shutdown: asyncio.Event
     worker: asyncio.Task[WorkerMetrics]
     tmp: Path
