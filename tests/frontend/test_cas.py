@@ -8,7 +8,7 @@ from google.rpc import code_pb2, status_pb2
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
-from .conftest import MiB, Client, digest_of, put_blobs
+from .conftest import Client, MiB, digest_of, put_blobs
 
 Req = re_pb2.BatchUpdateBlobsRequest.Request
 UpdateResponse = re_pb2.BatchUpdateBlobsResponse.Response
@@ -187,11 +187,15 @@ async def test_compressed_batch_update_is_rejected(redis_client: Client) -> None
 
 
 def _directory(
-    files: dict[str, bytes] = {}, dirs: dict[str, re_pb2.Digest] = {}
-) -> re_pb2.Directory:  # noqa: B006
+    files: dict[str, bytes] | None = None, dirs: dict[str, re_pb2.Digest] | None = None
+) -> re_pb2.Directory:
     return re_pb2.Directory(
-        files=[re_pb2.FileNode(name=n, digest=digest_of(b)) for n, b in sorted(files.items())],
-        directories=[re_pb2.DirectoryNode(name=n, digest=d) for n, d in sorted(dirs.items())],
+        files=[
+            re_pb2.FileNode(name=n, digest=digest_of(b)) for n, b in sorted((files or {}).items())
+        ],
+        directories=[
+            re_pb2.DirectoryNode(name=n, digest=d) for n, d in sorted((dirs or {}).items())
+        ],
     )
 
 

@@ -58,12 +58,9 @@ class FrontendConfig:
         _, sep, port = self.listen.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f'invalid --listen "{self.listen}": expected HOST:PORT')
-        for name in ("redis_url", "cas_redis_url"):
-            url = getattr(self, name)
+        for flag, url in (("--redis", self.redis_url), ("--cas-redis", self.cas_redis_url)):
             if url and not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(
-                    f'invalid {name.replace("_", "-")} "{url}": expected redis://host:port/db'
-                )
+                raise ConfigError(f'invalid {flag} "{url}": expected redis://host:port/db')
         if self.max_batch_total_size <= 0 or self.max_blob_size <= 0:
             raise ConfigError("--max-batch-size and --max-blob-size must be positive")
         if self.max_message_size < self.max_batch_total_size:

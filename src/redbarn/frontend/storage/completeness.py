@@ -16,12 +16,18 @@ The FindMissingBlobs it issues also refreshes the TTL of every referenced blob.
 from __future__ import annotations
 
 from redbarn.errors import InvalidArgument, NotFound
-from redbarn.frontend.digests import Digest, parse_digest
+from redbarn.frontend.digests import SHA256, Digest
+from redbarn.frontend.digests import parse_digest as _parse_any
 from redbarn.frontend.storage.base import ActionCacheStore, BlobStore
 from redbarn.frontend.storage.tree import parse_directory
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 DEFAULT_MAX_TREE_BYTES = 64 << 20
+
+
+def parse_digest(digest: re_pb2.Digest) -> Digest:
+    """Digests inside a result use the request's function, which is SHA256 here."""
+    return _parse_any(digest, SHA256)
 
 
 def direct_digests(result: re_pb2.ActionResult) -> list[Digest]:

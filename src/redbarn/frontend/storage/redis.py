@@ -368,7 +368,7 @@ class RedisWriteSession:
                         f"committed by another stream, while this stream expected {self._committed}"
                     )
                 pipe.multi()  # type: ignore[no-untyped-call]
-                pos, data = self._committed, memoryview(self._pending)
+                pos, data = self._committed, memoryview(bytes(self._pending))
                 while data:
                     index, within = divmod(pos, chunk)
                     piece = data[: chunk - within]
