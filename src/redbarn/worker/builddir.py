@@ -1,7 +1,6 @@
 """Per-action build directories under the worker's `--build-dir`.
 
     <build-dir>/<hash[:12]>-<random>/root     the input root
-    <build-dir>/<hash[:12]>-<random>/tmp      TMPDIR candidate for the action
     <build-dir>/<hash[:12]>-<random>/stdout, stderr
 
 Removed after every action; leftovers of a crashed worker are removed on start.

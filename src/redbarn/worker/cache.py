@@ -66,6 +66,7 @@ class LocalCache:
         self._index: OrderedDict[str, int] = OrderedDict()
         self._pins: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._bases: dict[tuple[bool, int], str] = {}
         self.total_bytes = 0
         self.evictions = 0
         self._rebuild()
@@ -94,14 +95,13 @@ class LocalCache:
 
     def path(self, scope: Scope, want: Want) -> str:
         d = want.digest
-        kind = "exec" if want.executable else "plain"
-        return os.path.join(
-            self.root,
-            kind,
-            digests.function_name(scope.digest_function),
-            d.hash[:2],
-            f"{d.hash}-{d.size_bytes}",
-        )
+        base = self._bases.get((want.executable, scope.digest_function))
+        if base is None:
+            kind = "exec" if want.executable else "plain"
+            base = os.path.join(self.root, kind, digests.function_name(scope.digest_function))
+            self._bases[(want.executable, scope.digest_function)] = base
+        h = d.hash
+        return f"{base}/{h[:2]}/{h}-{d.size_bytes}"
 
     # -- pins and LRU ------------------------------------------------------------
 

@@ -84,6 +84,7 @@ class WorkerThread:
         sync_timeout: float = 300.0,
         grace: float = 60.0,
         backoff_max: float = 5.0,
+        coalesce: float = 0.01,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = worker_name(worker_id)
@@ -101,6 +102,7 @@ class WorkerThread:
         self._grace = grace
         self._backoff = wait_random_exponential(multiplier=0.1, max=backoff_max)
         self._clock = clock
+        self._coalesce = coalesce
         self._state = rw_pb2.CurrentState(idle=empty_pb2.Empty())
         self._next_sync = clock()
         self._until: float | None = None  # scheduler may think we execute until then
@@ -130,15 +132,25 @@ class WorkerThread:
     def _executing(self) -> bool:
         return self._task is not None
 
+    async def _next_update(self, timeout: float) -> bool:
+        """Apply the next execution update if one comes within `timeout` seconds."""
+        get = asyncio.ensure_future(self._updates.get())
+        done, _ = await asyncio.wait({get}, timeout=max(timeout, 0.0))
+        if get in done:
+            self._apply_update(get.result())
+            return True
+        get.cancel()
+        return False
+
     async def _wait(self) -> None:
         delay = self._next_sync - self._clock()
         if self._executing():
-            get = asyncio.ensure_future(self._updates.get())
-            done, _ = await asyncio.wait({get}, timeout=max(delay, 0.0))
-            if get in done:
-                self._apply_update(get.result())
-            else:
-                get.cancel()
+            if await self._next_update(delay):
+                # A short action's stages follow each other within milliseconds:
+                # report the latest of them in one call instead of one call each.
+                settle = self._clock() + self._coalesce
+                while self._executing() and await self._next_update(settle - self._clock()):
+                    pass
         elif delay > 0 and not self._shutdown.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._shutdown.wait(), delay)

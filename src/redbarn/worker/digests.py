@@ -7,6 +7,7 @@ assignment fails the action with INVALID_ARGUMENT (bb_worker has no fallback eit
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ _HEX_LENGTHS = {
 }
 
 READ_CHUNK = 1 << 20
+_HEX_LENGTH = {f: h().digest_size * 2 for f, h in _HASHERS.items()}
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 
 def hasher(function: int) -> Callable[..., Any]:
@@ -76,13 +79,16 @@ def of_file(path: str, function: int) -> re_pb2.Digest:
 
 def validate(digest: re_pb2.Digest, function: int) -> None:
     """INVALID_ARGUMENT unless `digest` is well formed for `function` (bb-storage wording)."""
-    expected = hasher(function)().digest_size * 2
-    if len(digest.hash) != expected:
+    expected = _HEX_LENGTH.get(function)
+    if expected is None:
+        hasher(function)  # raises
+    h = digest.hash
+    if len(h) != expected:
         raise InvalidArgument(
-            f"Hash has length {len(digest.hash)}, while {expected} characters were expected"
+            f"Hash has length {len(h)}, while {expected} characters were expected"
         )
-    if any(c not in "0123456789abcdef" for c in digest.hash):
-        raise InvalidArgument(f"Non-hexadecimal character in digest hash: {digest.hash}")
+    if not _LOWER_HEX.fullmatch(h):
+        raise InvalidArgument(f"Non-hexadecimal character in digest hash: {h}")
     if digest.size_bytes < 0:
         raise InvalidArgument(f"Invalid digest size: {digest.size_bytes} bytes")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from redbarn.errors import InvalidArgument
@@ -35,6 +35,32 @@ class InputTree:
     files: list[tuple[str, Want]] = field(default_factory=list)
     symlinks: list[tuple[str, str]] = field(default_factory=list)
     directories_read: int = 0
+
+
+class DirectoryCache:
+    """Parsed, validated Directory messages by digest, LRU-bounded by encoded size.
+
+    Directories are immutable by digest, so a warm input root needs no CAS round trip."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, re_pb2.Directory] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> re_pb2.Directory | None:
+        msg = self._entries.get(key)
+        if msg is not None:
+            self._entries.move_to_end(key)
+        return msg
+
+    def put(self, key: str, size: int, msg: re_pb2.Directory) -> None:
+        if key in self._entries or size > self.max_bytes:
+            return
+        self._entries[key] = msg
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            old_key, _ = self._entries.popitem(last=False)
+            self._bytes -= int(old_key.rpartition("-")[2])
 
 
 def _shown(path: str) -> str:
@@ -65,13 +91,25 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-async def fetch_tree(cas: CasClient, scope: Scope, root: re_pb2.Digest) -> InputTree:
+async def fetch_tree(
+    cas: CasClient, scope: Scope, root: re_pb2.Digest, cache: DirectoryCache | None = None
+) -> InputTree:
     """Fetch and validate the input root `root`; FAILED_PRECONDITION if blobs are missing."""
     tree = InputTree()
     parsed: dict[str, re_pb2.Directory] = {}
     frontier: list[tuple[str, re_pb2.Digest]] = [("", root)]
+    prefix = f"{scope.digest_function}:"
     while frontier:
-        need = {digests.key(d): d for _, d in frontier if digests.key(d) not in parsed}
+        need: dict[str, re_pb2.Digest] = {}
+        for _, d in frontier:
+            k = digests.key(d)
+            if k in parsed or k in need:
+                continue
+            hit = cache.get(prefix + k) if cache is not None else None
+            if hit is not None:
+                parsed[k] = hit
+            else:
+                need[k] = d
         for d in need.values():
             digests.validate(d, scope.digest_function)
         small = [d for d in need.values() if d.size_bytes <= cas.batch_blob_limit]
@@ -85,6 +123,8 @@ async def fetch_tree(cas: CasClient, scope: Scope, root: re_pb2.Digest) -> Input
                 parsed[k] = re_pb2.Directory.FromString(data)
             except Exception as err:  # DecodeError
                 raise InvalidArgument(f"Failed to parse directory {k}: {err}") from None
+            if cache is not None:
+                cache.put(prefix + k, len(data), parsed[k])
         following: list[tuple[str, re_pb2.Digest]] = []
         for path, d in frontier:
             msg = parsed[digests.key(d)]

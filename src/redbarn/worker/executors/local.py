@@ -47,11 +47,13 @@ class LocalBuildExecutor:
         cache: LocalCache,
         build_dir: str,
         environment: Mapping[str, str] | None = None,
+        directories: inputs.DirectoryCache | None = None,
     ) -> None:
         self._cas = cas
         self._cache = cache
         self._build_dir = build_dir
         self._environment = dict(environment or {})
+        self._directories = directories or inputs.DirectoryCache()
 
     async def execute(self, job: Job) -> re_pb2.ExecuteResponse:
         response = new_response(job)
@@ -90,7 +92,6 @@ class LocalBuildExecutor:
         workdir.append(path)
         root = os.path.join(path, "root")
         os.mkdir(root)
-        os.mkdir(os.path.join(path, "tmp"))
         job.report(Stage.FETCHING_INPUTS)
 
         try:
@@ -103,7 +104,7 @@ class LocalBuildExecutor:
         decl = outputs.declared(command)
 
         try:
-            tree = await inputs.fetch_tree(cas, scope, action.input_root_digest)
+            tree = await inputs.fetch_tree(cas, scope, action.input_root_digest, self._directories)
             sources = await self._cache.ensure(cas, scope, [w for _, w in tree.files])
             try:
                 await asyncio.to_thread(inputs.link_tree, tree, root, sources)
