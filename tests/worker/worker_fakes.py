@@ -213,13 +213,17 @@ def _now() -> float:
 
 
 async def start_server(
-    storage: FakeStorage, scheduler: FakeScheduler, address: str = "127.0.0.1:0"
+    storage: FakeStorage,
+    scheduler: FakeScheduler,
+    address: str = "127.0.0.1:0",
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
-        ]
+        ],
     )
     re_grpc.add_ContentAddressableStorageServicer_to_server(storage, server)
     re_grpc.add_ActionCacheServicer_to_server(storage, server)

@@ -24,7 +24,8 @@ from redbarn.config import ConfigError, add_flag, parse_duration, parse_pair, pa
 from redbarn.errors import RedbarnError
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.worker import builddir
+from redbarn.worker import auth, builddir
+from redbarn.worker.auth import read_token
 from redbarn.worker.cache import LocalCache
 from redbarn.worker.cas import CasClient
 from redbarn.worker.client import WorkerThread, thread_worker_ids
@@ -86,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--cache-dir", d.cache_dir, "local content-addressed input cache")
     add_flag(parser, "--cache-size", "10GiB", "largest size of the input cache (LRU eviction)")
     add_flag(parser, "--hostname", None, "hostname label of worker_id (default: this host's name)")
+    add_flag(
+        parser,
+        "--token-file",
+        None,
+        "file holding this worker's bearer token (frontend worker role)",
+    )
     add_flag(parser, "--sync-timeout", "300s", "deadline of one Synchronize call")
     add_flag(parser, "--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -118,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         cache_size=parse_size(args.cache_size),
         hostname=args.hostname or None,
         sync_timeout=parse_duration(args.sync_timeout),
+        token=read_token(args.token_file) if args.token_file else None,
     )
 
 
@@ -168,9 +176,12 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
 
-    channel = grpc.aio.insecure_channel(config.frontend, options=CHANNEL_OPTIONS)
+    intercept = auth.interceptors(config.token)
+    channel = grpc.aio.insecure_channel(
+        config.frontend, options=CHANNEL_OPTIONS, interceptors=intercept
+    )
     cas_channel = (
-        grpc.aio.insecure_channel(config.cas, options=CHANNEL_OPTIONS)
+        grpc.aio.insecure_channel(config.cas, options=CHANNEL_OPTIONS, interceptors=intercept)
         if config.cas and config.cas != config.frontend
         else channel
     )

@@ -34,6 +34,8 @@ class WorkerConfig:
     environment: tuple[tuple[str, str], ...] = ()
     # Hostname label of worker_id; None means socket.gethostname().
     hostname: str | None = None
+    # Bearer token sent on every call (the frontend's worker role); None sends none.
+    token: str | None = field(default=None, repr=False)
     # Deadline of one Synchronize call (it may long-poll).
     sync_timeout: float = 300.0
     # Longest backoff between failed Synchronize calls.
