@@ -1,9 +1,10 @@
 """The local input cache: LRU eviction within its size, pins, rebuilt after restart."""
 
-# ruff: noqa: ASYNC240  (tiny local stat calls in test assertions)
+# ruff: noqa: ASYNC230, ASYNC240  (tiny local file reads in test assertions)
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -70,6 +71,29 @@ async def test_corrupt_blob_is_rejected(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="has contents with digest"):
             await cache.ensure(CasClient(channel), SCOPE, [Want(d, False)])
         assert len(cache) == 0
+        cache.close()
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_shared_fetch_survives_the_owner_being_cancelled(tmp_path: Path) -> None:
+    storage = FakeStorage()
+    server, port = await start_server(storage, FakeScheduler())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        cas = CasClient(channel)
+        want = Want(storage.put(b"shared" * 1000), False)
+        cache = LocalCache(str(tmp_path / "c"), 1 << 20)
+        first = asyncio.ensure_future(cache.ensure(cas, SCOPE, [want]))
+        await asyncio.sleep(0)  # first now owns the download
+        second = asyncio.ensure_future(cache.ensure(cas, SCOPE, [want]))
+        await asyncio.sleep(0)
+        first.cancel()
+        paths = await asyncio.wait_for(second, 10)
+        with open(paths[0], "rb") as f:
+            assert f.read() == b"shared" * 1000
+        cache.unpin(paths)
         cache.close()
     finally:
         await channel.close()

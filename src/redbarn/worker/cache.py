@@ -164,29 +164,28 @@ class LocalCache:
         return paths
 
     async def _fill(self, cas: CasClient, scope: Scope, absent: dict[str, Want]) -> None:
-        waits: list[asyncio.Future[None]] = []
-        mine: dict[str, Want] = {}
-        loop = asyncio.get_running_loop()
-        for p, w in absent.items():
-            fut = self._inflight.get(p)
-            if fut is not None:
-                waits.append(fut)
-            else:
-                self._inflight[p] = loop.create_future()
-                mine[p] = w
-        try:
-            await self._fetch(cas, scope, mine)
-        except BaseException as err:
-            for p in mine:
-                f = self._inflight.pop(p)
-                if not f.done():
-                    f.set_exception(err if isinstance(err, Exception) else asyncio.CancelledError())
-                    f.exception()  # mark retrieved
-            raise
-        for p in mine:
-            self._inflight.pop(p).set_result(None)
-        if waits:
-            await asyncio.gather(*waits)
+        """Fetch `absent`, sharing downloads with concurrent callers: a path another
+        action is already fetching is waited for, then fetched here if that failed."""
+        while absent:
+            waits: list[asyncio.Future[None]] = []
+            mine: dict[str, Want] = {}
+            loop = asyncio.get_running_loop()
+            for p, w in absent.items():
+                fut = self._inflight.get(p)
+                if fut is not None:
+                    waits.append(fut)
+                elif p not in self._index:
+                    self._inflight[p] = loop.create_future()
+                    mine[p] = w
+            try:
+                if mine:
+                    await self._fetch(cas, scope, mine)
+            finally:
+                for p in mine:
+                    self._inflight.pop(p).set_result(None)  # waiters re-check the index
+            if waits:
+                await asyncio.gather(*waits)
+            absent = {p: w for p, w in absent.items() if p not in self._index}
 
     async def _fetch(self, cas: CasClient, scope: Scope, wants: dict[str, Want]) -> None:
         small: dict[str, Want] = {}

@@ -124,7 +124,11 @@ class WorkerThread:
                     response = await self._synchronize()
                 except RetryError:
                     break  # shutting down and the scheduler could not be told
-                await self._apply(response)
+                try:
+                    await self._apply(response)
+                except Exception:  # a bug, not the scheduler's fault: keep the thread alive
+                    log.exception("%s: cannot apply the scheduler's response", self.name)
+                    await asyncio.sleep(1.0)
         finally:
             await self._stop_execution()
         log.info("%s: stopped", self.name)

@@ -10,9 +10,11 @@ failed start). The build directory is removed afterwards, also on cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 
@@ -26,6 +28,19 @@ from redbarn.worker.executors.base import Job, Stage, new_response
 from redbarn.worker.status import attach_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` in a thread; if cancelled meanwhile, let it finish before re-raising,
+    so that the build directory is never removed while a thread still writes into it."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
 
 
 def _wrapped(prefix: str, err: Exception) -> Exception:
@@ -68,7 +83,10 @@ class LocalBuildExecutor:
             attach_error(response, err)
         finally:
             if workdir:
-                await asyncio.shield(asyncio.to_thread(builddir.remove, workdir[0]))
+                try:
+                    await asyncio.shield(asyncio.to_thread(builddir.remove, workdir[0]))
+                except OSError as err:  # left for the next start's cleanup
+                    log.warning("cannot remove build directory %s: %s", workdir[0], err)
         return response
 
     async def _execute(
@@ -107,7 +125,7 @@ class LocalBuildExecutor:
             tree = await inputs.fetch_tree(cas, scope, action.input_root_digest, self._directories)
             sources = await self._cache.ensure(cas, scope, [w for _, w in tree.files])
             try:
-                await asyncio.to_thread(inputs.link_tree, tree, root, sources)
+                await _in_thread(inputs.link_tree, tree, root, sources)
             finally:
                 self._cache.unpin(sources)
         except Exception as err:
@@ -119,7 +137,7 @@ class LocalBuildExecutor:
             for _, rel in decl.paths:
                 outputs.make_parents(root, rel)
 
-        await asyncio.to_thread(prepare)
+        await _in_thread(prepare)
 
         env = dict(self._environment)
         env.update((v.name, v.value) for v in command.environment_variables)
@@ -177,7 +195,7 @@ class LocalBuildExecutor:
             return outputs.collect(root, decl, fn)
 
         try:
-            collected = await asyncio.to_thread(gather)
+            collected = await _in_thread(gather)
             blobs.extend(collected.blobs)
             await self._cas.upload(job.scope, blobs)
         except Exception as err:
