@@ -214,3 +214,17 @@ async def test_uploads_only_missing_blobs(cluster: Cluster) -> None:
     await cluster.run(["sh", "-c", "echo same > f; true"], output_paths=["f"])
     # stdout empty, the file and nothing else known already: no upload at all.
     assert cluster.storage.calls.get("BatchUpdateBlobs", 0) == before
+
+
+async def test_directory_format_uploads_directories(cluster: Cluster) -> None:
+    resp = await cluster.run(
+        ["sh", "-c", "mkdir -p d/s && echo 1 > d/s/f"],
+        output_paths=["d"],
+        output_directory_format=re_pb2.Command.TREE_AND_DIRECTORY,
+    )
+    [d] = resp.result.output_directories
+    root = re_pb2.Directory.FromString(cluster.storage.get(d.root_directory_digest))
+    [sub] = root.directories
+    child = re_pb2.Directory.FromString(cluster.storage.get(sub.digest))
+    assert cluster.storage.get(child.files[0].digest) == b"1\n"
+    assert d.HasField("tree_digest")

@@ -285,6 +285,7 @@ def make_action(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
     do_not_cache: bool = False,
+    output_directory_format: int = 0,
 ) -> tuple[re_pb2.Digest, re_pb2.Action]:
     command = re_pb2.Command(
         arguments=arguments,
@@ -296,6 +297,7 @@ def make_action(
         output_files=output_files or [],
         output_directories=output_directories or [],
         working_directory=working_directory,
+        output_directory_format=output_directory_format,  # type: ignore[arg-type]
     )
     if root is None:
         root = upload_tree(storage, tree or Tree())

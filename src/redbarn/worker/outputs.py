@@ -47,6 +47,9 @@ class Declared:
     paths: list[tuple[str, str]]  # (as declared, relative to the input root)
     legacy: bool  # output_files/output_directories were used (REAPI < 2.1)
     legacy_directories: set[str] = field(default_factory=set)
+    # Also upload each Directory and set root_directory_digest (DIRECTORY_ONLY and
+    # TREE_AND_DIRECTORY); the Tree is uploaded in every case, as Buildbarn does.
+    directories: bool = False
 
 
 def declared(command: re_pb2.Command) -> Declared:
@@ -57,7 +60,11 @@ def declared(command: re_pb2.Command) -> Declared:
         names = list(command.output_files) + list(command.output_directories)
         legacy, dirs = True, set(command.output_directories)
     paths = [(p, normalise(wd, p, "Output path")) for p in names]
-    return Declared(wd, paths, legacy, dirs)
+    directories = command.output_directory_format in (
+        re_pb2.Command.DIRECTORY_ONLY,
+        re_pb2.Command.TREE_AND_DIRECTORY,
+    )
+    return Declared(wd, paths, legacy, dirs, directories)
 
 
 def _inside(root: str, path: str) -> bool:
@@ -174,9 +181,19 @@ def collect(root: str, decl: Declared, function: int) -> Collected:
             data = tree.SerializeToString(deterministic=True)
             tree_blob = Blob(digests.of_bytes(data, function), data=data)
             blobs.append(tree_blob)
-            result.output_directories.add(
+            out = result.output_directories.add(
                 path=shown, tree_digest=tree_blob.digest, is_topologically_sorted=topo
             )
+            if decl.directories:
+                dir_blobs = [
+                    Blob(digests.of_bytes(encoded, function), data=encoded)
+                    for encoded in (
+                        msg.SerializeToString(deterministic=True)
+                        for msg in [tree.root, *tree.children]
+                    )
+                ]
+                blobs.extend(dir_blobs)
+                out.root_directory_digest.CopyFrom(dir_blobs[0].digest)
         else:
             raise InvalidArgument(
                 f'Output path "{shown}" is not a directory, regular file or symlink'
