@@ -147,7 +147,8 @@ class WorkerThread:
         return False
 
     async def _wait(self) -> None:
-        delay = self._next_sync - self._clock()
+        # Capped, so that a scheduler clock running ahead cannot starve the heartbeat.
+        delay = min(self._next_sync - self._clock(), self._grace / 2)
         if self._executing():
             if await self._next_update(delay):
                 # A short action's stages follow each other within milliseconds:
