@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import grpc
 
@@ -215,7 +214,7 @@ class GrpcWriteSession:
         self._received = 0
         self._complete = False
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4)
-        self._call: Any = None
+        self._call: asyncio.Future[bs_pb2.WriteResponse] | None = None
         self._first = True
 
     @property
@@ -249,20 +248,25 @@ class GrpcWriteSession:
             request.resource_name = self._resource_name
             self._first = False
         if self._call is None:
-            self._call = self._stub.Write(self._requests())
-        put = asyncio.ensure_future(self._queue.put(request))
-        done_call = asyncio.ensure_future(self._wait_call())
-        done, _ = await asyncio.wait({put, done_call}, return_when=asyncio.FIRST_COMPLETED)
-        if done_call in done:
+            self._call = asyncio.ensure_future(self._run_call())
+        await self._enqueue(request)
+
+    async def _run_call(self) -> bs_pb2.WriteResponse:
+        reply: bs_pb2.WriteResponse = await self._stub.Write(self._requests())
+        return reply
+
+    async def _enqueue(self, item: object) -> None:
+        """Queue `item` for the upstream call, unless that call ends first (early or failed)."""
+        assert self._call is not None
+        put: asyncio.Future[object] = asyncio.ensure_future(self._queue.put(item))
+        call: asyncio.Future[object] = self._call  # type: ignore[assignment]
+        done, _ = await asyncio.wait({put, call}, return_when=asyncio.FIRST_COMPLETED)
+        if put not in done:
             put.cancel()
             await self._result()
-        else:
-            done_call.cancel()
-
-    async def _wait_call(self) -> None:
-        await asyncio.wait({self._call})
 
     async def _result(self) -> int:
+        assert self._call is not None
         try:
             reply = await self._call
         except grpc.aio.AioRpcError as err:
@@ -289,15 +293,17 @@ class GrpcWriteSession:
         if self._complete:
             return self._digest.size_bytes
         await self._send(bs_pb2.WriteRequest(write_offset=self._received, finish_write=True))
-        await self._queue.put(_END)
+        if self._call is not None and not self._call.done():
+            await self._enqueue(_END)
         return await self._result()
 
     async def close(self) -> None:
+        """Half-close the upstream stream so it keeps what it got (for a resuming client)."""
         if self._call is None or self._call.done():
             return
-        await self._queue.put(_END)
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._call
+        with contextlib.suppress(RedbarnError):
+            await self._enqueue(_END)
+            await self._result()
 
 
 class GrpcActionCache:
