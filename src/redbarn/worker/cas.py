@@ -10,6 +10,7 @@ FindMissingBlobs first and send only what the CAS lacks. Transient RPC failures
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.worker import digests
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
@@ -90,6 +92,7 @@ class CasClient:
         attempts: int = 5,
         rpc_timeout: float = 300.0,
     ) -> None:
+        self._capabilities = re_grpc.CapabilitiesStub(channel)  # type: ignore[no-untyped-call]
         self._cas = re_grpc.ContentAddressableStorageStub(channel)  # type: ignore[no-untyped-call]
         self._ac = re_grpc.ActionCacheStub(channel)  # type: ignore[no-untyped-call]
         self._bs = bytestream_pb2_grpc.ByteStreamStub(channel)  # type: ignore[no-untyped-call]
@@ -98,6 +101,22 @@ class CasClient:
         self._sem = asyncio.Semaphore(concurrency)
         self._attempts = attempts
         self._timeout = rpc_timeout
+
+    async def fit_to_server(self, instance_name: str, timeout: float = 5.0) -> None:
+        """Shrink the batch limits to the server's `max_batch_total_size_bytes`, if it
+        advertises one. Best effort: the defaults stay when Capabilities fails."""
+        try:
+            caps = await self._capabilities.GetCapabilities(
+                re_pb2.GetCapabilitiesRequest(instance_name=instance_name), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            log.info("GetCapabilities failed (%s); keeping default batch sizes", err.code().name)
+            return
+        limit = caps.cache_capabilities.max_batch_total_size_bytes
+        if limit > 0:
+            # Leave room for the request's framing and per-blob digests.
+            self.batch_request_limit = min(self.batch_request_limit, limit * 3 // 4)
+            self.batch_blob_limit = min(self.batch_blob_limit, self.batch_request_limit)
 
     async def _retry(self, fn: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(

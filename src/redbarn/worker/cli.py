@@ -187,6 +187,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     )
     metrics = WorkerMetrics()
     cas = CasClient(cas_channel)
+    await cas.fit_to_server(config.instance_name_prefix)
     executor = build_executor(cas, cache, config, metrics)
     stub = rw_grpc.OperationQueueStub(channel)  # type: ignore[no-untyped-call]
     platform = re_pb2.Platform(
