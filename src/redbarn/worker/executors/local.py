@@ -92,17 +92,7 @@ class LocalBuildExecutor:
     async def _execute(
         self, job: Job, response: re_pb2.ExecuteResponse, workdir: list[str]
     ) -> None:
-        action, scope, cas = job.action, job.scope, self._cas
-        if not action.HasField("timeout"):
-            raise InvalidArgument("Invalid execution timeout: No timeout provided")
-        timeout = action.timeout.ToTimedelta().total_seconds()
-        if timeout <= 0:
-            raise InvalidArgument(f"Invalid execution timeout: {timeout}s is not positive")
-        try:
-            digests.validate(job.action_digest, scope.digest_function)
-        except RedbarnError as err:
-            raise errors.wrap("Failed to extract digest for action", err) from None
-
+        timeout = _timeout(job)
         try:
             path = await asyncio.to_thread(builddir.create, self._build_dir, job.action_digest.hash)
         except OSError as err:
@@ -111,7 +101,18 @@ class LocalBuildExecutor:
         root = os.path.join(path, "root")
         os.mkdir(root)
         job.report(Stage.FETCHING_INPUTS)
+        command, decl = await self._inputs(job, root)
+        job.report(Stage.RUNNING)
+        stdout_path = os.path.join(path, "stdout")
+        stderr_path = os.path.join(path, "stderr")
+        await self._run(job, response, command, os.path.join(root, decl.working_directory),
+                        stdout_path, stderr_path, timeout)  # fmt: skip
+        job.report(Stage.UPLOADING_OUTPUTS)
+        await self._upload(job, response, root, decl, stdout_path, stderr_path)
 
+    async def _inputs(self, job: Job, root: str) -> tuple[re_pb2.Command, outputs.Declared]:
+        """Load and check the Command, populate the input root, create output parents."""
+        action, scope, cas = job.action, job.scope, self._cas
         try:
             digests.validate(action.command_digest, scope.digest_function)
             command = re_pb2.Command.FromString(await cas.read_blob(scope, action.command_digest))
@@ -120,7 +121,6 @@ class LocalBuildExecutor:
         if not command.arguments:
             raise InvalidArgument("Insufficient number of command arguments")
         decl = outputs.declared(command)
-
         try:
             tree = await inputs.fetch_tree(cas, scope, action.input_root_digest, self._directories)
             sources = await self._cache.ensure(cas, scope, [w for _, w in tree.files])
@@ -131,46 +131,41 @@ class LocalBuildExecutor:
         except Exception as err:
             raise _wrapped("Failed to obtain input root", err) from None
 
-        def prepare() -> None:
-            # the working directory itself, then every output's parent
-            outputs.make_parents(root, f"{decl.working_directory}/.")
+        def make_parents() -> None:
+            outputs.make_parents(root, f"{decl.working_directory}/.")  # the directory itself
             for _, rel in decl.paths:
                 outputs.make_parents(root, rel)
 
-        await _in_thread(prepare)
+        await _in_thread(make_parents)
+        return command, decl
 
+    async def _run(
+        self,
+        job: Job,
+        response: re_pb2.ExecuteResponse,
+        command: re_pb2.Command,
+        cwd: str,
+        stdout_path: str,
+        stderr_path: str,
+        timeout: float,
+    ) -> None:
+        """Run the command; its exit code, rusage or failure go into `response`/`job`."""
         env = dict(self._environment)
         env.update((v.name, v.value) for v in command.environment_variables)
-        stdout_path = os.path.join(path, "stdout")
-        stderr_path = os.path.join(path, "stderr")
-        job.report(Stage.RUNNING)
         try:
-            ran = await runner.run(
-                command.arguments,
-                env,
-                os.path.join(root, decl.working_directory),
-                stdout_path,
-                stderr_path,
-                timeout,
-            )
+            ran = await runner.run(command.arguments, env, cwd, stdout_path, stderr_path, timeout)
         except Exception as err:
             attach_error(response, _wrapped("Failed to run command", err))
+            return
+        job.usage.rusage = ran.rusage
+        job.usage.termination_signal = ran.termination_signal
+        if ran.timed_out:
+            message = (
+                f"Failed to run command: Timeout of {timeout:g}s exceeded; process group killed"
+            )
+            attach_error(response, errors.DeadlineExceeded(message))
         else:
-            job.usage.rusage = ran.rusage
-            job.usage.termination_signal = ran.termination_signal
-            if ran.timed_out:
-                attach_error(
-                    response,
-                    errors.DeadlineExceeded(
-                        f"Failed to run command: Timeout of {timeout:g}s exceeded; "
-                        "process group killed"
-                    ),
-                )
-            else:
-                response.result.exit_code = ran.exit_code
-
-        job.report(Stage.UPLOADING_OUTPUTS)
-        await self._upload(job, response, root, decl, stdout_path, stderr_path)
+            response.result.exit_code = ran.exit_code
 
     async def _upload(
         self,
@@ -181,30 +176,53 @@ class LocalBuildExecutor:
         stdout_path: str,
         stderr_path: str,
     ) -> None:
+        """Upload stdout, stderr and the outputs; a failed output collection still
+        uploads the logs, a failed upload removes every digest from the result."""
         fn = job.scope.digest_function
-        blobs: list[Blob] = []
         result = response.result
 
-        def gather() -> outputs.Collected:
+        def gather() -> tuple[list[Blob], outputs.Collected | None, Exception | None]:
+            blobs: list[Blob] = []
             for attr, p in (("stdout_digest", stdout_path), ("stderr_digest", stderr_path)):
-                if os.path.exists(p):
-                    blob = outputs.log_blob(p, fn)
-                    if blob is not None:
-                        blobs.append(blob)
-                        getattr(result, attr).CopyFrom(blob.digest)
-            return outputs.collect(root, decl, fn)
+                blob = outputs.log_blob(p, fn) if os.path.exists(p) else None
+                if blob is not None:
+                    blobs.append(blob)
+                    getattr(result, attr).CopyFrom(blob.digest)
+            try:
+                collected = outputs.collect(root, decl, fn)
+            except Exception as err:
+                return blobs, None, err
+            return blobs + collected.blobs, collected, None
 
         try:
-            collected = await _in_thread(gather)
-            blobs.extend(collected.blobs)
+            blobs, collected, failed = await _in_thread(gather)
+            if failed is not None:
+                attach_error(response, _wrapped("Failed to collect outputs", failed))
             await self._cas.upload(job.scope, blobs)
         except Exception as err:
             attach_error(response, _wrapped("Failed to upload outputs", err))
             result.ClearField("stdout_digest")
             result.ClearField("stderr_digest")
             return
-        result.output_files.extend(collected.result.output_files)
-        result.output_directories.extend(collected.result.output_directories)
-        result.output_symlinks.extend(collected.result.output_symlinks)
-        result.output_file_symlinks.extend(collected.result.output_file_symlinks)
-        result.output_directory_symlinks.extend(collected.result.output_directory_symlinks)
+        if collected is not None:
+            got = collected.result
+            result.output_files.extend(got.output_files)
+            result.output_directories.extend(got.output_directories)
+            result.output_symlinks.extend(got.output_symlinks)
+            result.output_file_symlinks.extend(got.output_file_symlinks)
+            result.output_directory_symlinks.extend(got.output_directory_symlinks)
+
+
+def _timeout(job: Job) -> float:
+    """The action's timeout in seconds; also checks the action digest (Buildbarn order)."""
+    action = job.action
+    if not action.HasField("timeout"):
+        raise InvalidArgument("Invalid execution timeout: No timeout provided")
+    timeout = float(action.timeout.ToTimedelta().total_seconds())
+    if timeout <= 0:
+        raise InvalidArgument(f"Invalid execution timeout: {timeout:g}s is not positive")
+    try:
+        digests.validate(job.action_digest, job.scope.digest_function)
+    except RedbarnError as err:
+        raise errors.wrap("Failed to extract digest for action", err) from None
+    return timeout
