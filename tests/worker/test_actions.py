@@ -228,3 +228,17 @@ async def test_directory_format_uploads_directories(cluster: Cluster) -> None:
     child = re_pb2.Directory.FromString(cluster.storage.get(sub.digest))
     assert cluster.storage.get(child.files[0].digest) == b"1\n"
     assert d.HasField("tree_digest")
+
+
+async def test_read_only_leftovers_are_removed(cluster: Cluster) -> None:
+    resp = await cluster.run(["sh", "-c", "mkdir -p a/b && touch a/b/f && chmod -R a-w a"])
+    assert resp.status.code == code_pb2.OK
+    assert cluster.build_dirs() == []
+
+
+async def test_transient_cas_errors_are_retried(cluster: Cluster) -> None:
+    cluster.storage.fail_next = 2  # two UNAVAILABLE answers before serving
+    resp = await cluster.run(["sh", "-c", "echo retried"])
+    assert resp.status.code == code_pb2.OK, resp.status
+    assert cluster.storage.get(resp.result.stdout_digest) == b"retried\n"
+    assert cluster.storage.fail_next == 0

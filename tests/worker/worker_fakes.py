@@ -46,6 +46,7 @@ class FakeStorage(
         self.blobs: dict[str, bytes] = {}
         self.ac: dict[str, re_pb2.ActionResult] = {}
         self.calls: dict[str, int] = {}
+        self.fail_next = 0  # answer this many BatchReadBlobs with UNAVAILABLE
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -69,6 +70,9 @@ class FakeStorage(
 
     async def BatchReadBlobs(self, request, context):  # type: ignore[no-untyped-def]
         self._count("BatchReadBlobs")
+        if self.fail_next:
+            self.fail_next -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "storage restarting")
         out = re_pb2.BatchReadBlobsResponse()
         for d in request.digests:
             data = self.blobs.get(key(d))

@@ -1,1 +1,18 @@
-"""The worker: Synchronize loop, executor chain, input cache and runner."""
+"""The worker: Synchronize loop, executor chain, input cache and runner.
+
+Module map (composition root: `cli.serve`; `python -m redbarn.worker` runs it alone):
+
+    client.py        WorkerThread: one worker identity's Synchronize loop (bb_worker BuildClient)
+    executors/       BuildExecutor chain, innermost first: local, timestamped,
+                     resource_usage, caching, metrics, logging (see cli.build_executor)
+    inputs.py        fetch + validate input roots, hardlink them into build directories
+    cache.py         LocalCache: content-addressed files on disk, LRU, survives restarts
+    outputs.py       output path checks, parent creation, collection (Tree blobs)
+    runner.py        one command in its own process group, deadline, wait4 rusage
+    cas.py           CAS/AC/ByteStream client (batched small blobs, streamed large ones)
+    builddir.py      per-action build directories
+    digests.py       digest functions, validation, resource names
+    status.py        errors -> google.rpc.Status, first error wins
+    auth.py          bearer token on every call
+    config.py, cli.py  WorkerConfig and `redbarn worker`
+"""
