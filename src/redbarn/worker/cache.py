@@ -210,8 +210,15 @@ class LocalCache:
 
     def _publish(self, tmp: str, path: str, want: Want) -> None:
         os.chmod(tmp, 0o555 if want.executable else 0o444)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.replace(tmp, path)
+        self._rename(tmp, path)
+
+    def _rename(self, tmp: str, path: str) -> None:
+        """Move a complete file into place (so a crash never leaves a partial entry)."""
+        try:
+            os.rename(tmp, path)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.rename(tmp, path)
 
     async def _copy_local(self, src: str, dst: str, want: Want) -> None:
         def copy() -> None:
@@ -230,11 +237,18 @@ class LocalCache:
         blobs = await cas.read_small(scope, [w.digest for w in wants.values()])
 
         def write_all() -> None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
             for p, w in wants.items():
                 tmp = self._tmp_name()
-                with open(tmp, "wb") as f:
-                    f.write(blobs[digests.key(w.digest)])
-                self._publish(tmp, p, w)
+                # Created with its final mode: one syscall fewer than a chmod per file.
+                fd = os.open(tmp, flags, 0o555 if w.executable else 0o444)
+                try:
+                    data = memoryview(blobs[digests.key(w.digest)])
+                    while data:
+                        data = data[os.write(fd, data) :]
+                finally:
+                    os.close(fd)
+                self._rename(tmp, p)
 
         await asyncio.to_thread(write_all)
         for p, w in wants.items():
