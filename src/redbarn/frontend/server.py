@@ -122,9 +122,10 @@ class FrontendServer:
         await self.server.stop(grace)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=1.0)
+            for task in pending:
+                log.warning("background task %r ignored cancellation", task.get_coro())
         for close in self.frontend.closers:
             with contextlib.suppress(Exception):
                 await close()
