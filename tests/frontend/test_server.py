@@ -256,3 +256,47 @@ def test_subcommand_registration_shape() -> None:
     # The lead registers `frontend` in redbarn.cli.SUBCOMMANDS; the module has the shape it needs.
     assert callable(frontend_cli.add_arguments) and callable(frontend_cli.run)
     build_parser()
+
+
+async def test_cas_redis_is_a_separate_database(frontend_config: FrontendConfig) -> None:
+    import redis.asyncio as aioredis
+
+    cas_url = frontend_config.redis_url.rsplit("/", 1)[0] + "/1"
+    config = dataclasses.replace(frontend_config, cas_redis_url=cas_url)
+    server, port = await start_frontend(config)
+    channel = open_client_channel(port)
+    scheduler_db, cas_db = (
+        aioredis.Redis.from_url(config.redis_url),
+        aioredis.Redis.from_url(cas_url),
+    )
+    try:
+        client = client_for(channel, server, config)
+        Req = re_pb2.BatchUpdateBlobsRequest.Request
+        request = re_pb2.BatchUpdateBlobsRequest(
+            requests=[Req(digest=digest_of(b"blob"), data=b"blob")]
+        )
+        await client.cas.BatchUpdateBlobs(request)
+        assert await scheduler_db.keys("redbarn:v1:cas:*") == []
+        assert len(await cas_db.keys("redbarn:v1:cas:*")) == 1
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await scheduler_db.aclose()
+        await cas_db.aclose()
+
+
+async def test_proxy_to_a_dead_upstream_is_unavailable(frontend_config: FrontendConfig) -> None:
+    config = dataclasses.replace(frontend_config, storage=f"grpc://127.0.0.1:{free_port()}")
+    server, port = await start_frontend(config)
+    channel = open_client_channel(port)
+    try:
+        client = client_for(channel, server, config)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            request = re_pb2.FindMissingBlobsRequest(blob_digests=[digest_of(b"x")])
+            await client.cas.FindMissingBlobs(request)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        reply = await client.health.Check(health_pb2.HealthCheckRequest())
+        assert reply.status == NOT_SERVING
+    finally:
+        await channel.close()
+        await server.stop(0)
