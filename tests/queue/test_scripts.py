@@ -1,0 +1,89 @@
+"""Script contracts: every header's KEYS/ARGV count matches its wrapper; one slot per call."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from importlib import resources
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from redbarn.queue import keys
+from redbarn.queue.scripts import SCRIPT_NAMES, Scripts, script_body
+
+
+class _Recorder:
+    """Stands in for redis: register_script returns callables that record their calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[Any]]] = []
+
+    def register_script(self, _source: str) -> Any:
+        async def run(keys: list[str], args: list[Any]) -> list[Any]:
+            self.calls.append((keys, args))
+            return [b"ok"]
+
+        return run
+
+
+def _header(name: str) -> list[str]:
+    lines = []
+    for line in script_body(name).splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line)
+    return lines
+
+
+def test_every_lua_file_has_a_wrapper() -> None:
+    files = {
+        p.name[:-4] for p in resources.files("redbarn.lua").iterdir() if p.name.endswith(".lua")
+    }
+    assert files - {"_lib"} == set(SCRIPT_NAMES)
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+async def test_header_matches_wrapper(name: str) -> None:
+    header = _header(name)
+    assert header[0].startswith(f"-- {name}.lua: ")
+    assert any(line.startswith("-- Returns:") for line in header)
+    text = "\n".join(header)
+    key_ix = {int(i) for i in re.findall(r"KEYS\[(\d+)\]", text)}
+    argv_ix = {int(i) for i in re.findall(r"ARGV\[(\d+)\]", text)}
+    rec = _Recorder()
+    scripts = Scripts(rec)
+    method = getattr(scripts, name)
+    kwargs: dict[str, Any] = {}
+    for pname, param in inspect.signature(method).parameters.items():
+        ann = str(param.annotation)
+        kwargs[pname] = (
+            "0123456789abcdef"
+            if pname == "domain"
+            else 1
+            if "int" in ann
+            else False
+            if "bool" in ann
+            else b"x"
+            if "bytes" in ann
+            else "x"
+        )
+    await method(**kwargs)
+    ((call_keys, call_args),) = rec.calls
+    assert key_ix == set(range(1, len(call_keys) + 1)), name
+    assert argv_ix == set(range(1, len(call_args) + 1)), name
+    # Every key of the call is in the domain's slot.
+    assert len({key_slot(k.encode()) for k in call_keys}) == 1
+    assert call_keys == keys.domain_keys("0123456789abcdef")
+
+
+def test_domain_keys_share_one_slot() -> None:
+    for domain in ("0123456789abcdef", keys.domain_id("main", "{}")):
+        assert len({key_slot(k.encode()) for k in keys.domain_keys(domain)}) == 1
+
+
+def test_no_key_names_built_in_lua() -> None:
+    for name in (*SCRIPT_NAMES, "_lib"):
+        body = script_body(name)
+        assert "redbarn:v1:{" not in body, name
