@@ -53,9 +53,9 @@ def expected_capabilities(exec_enabled: bool) -> re_pb2.ServerCapabilities:
                 ]
             ),
         ),
-        deprecated_api_version=semver_pb2.SemVer(major=2, minor=2),
-        low_api_version=semver_pb2.SemVer(major=2, minor=3),
-        high_api_version=semver_pb2.SemVer(major=2, minor=12),
+        deprecated_api_version=semver_pb2.SemVer(major=2, minor=0),
+        low_api_version=semver_pb2.SemVer(major=2, minor=0),
+        high_api_version=semver_pb2.SemVer(major=2, minor=3),
     )
 
 

@@ -5,9 +5,13 @@
   symlinks escaping the input root);
 - `exec_enabled` is a constructor argument: true only when the Execution servicer
   is wired in;
-- API versions as bb_scheduler reports them (reference §2.16 R74): deprecated 2.2,
-  low 2.3, high 2.12. Everything REAPI added after 2.3 is optional and negotiated
-  through these capabilities (split/splice stay false).
+- API versions: deprecated 2.0, low 2.0, high 2.3. Buildbarn's scheduler reports
+  deprecated 2.2 / low 2.3 / high 2.12 (reference §2.16 R74), but a REAPI 2.0
+  client such as Bazel 4.x (the e2e workspace) rejects a server whose low version
+  is above its own ("client version 2.0 is not supported"), and redbarn does serve
+  2.0 semantics (output_files/output_directories). High is 2.3: everything we
+  implement is in 2.3; later optional features (compressed blobs, split/splice)
+  are not offered, and their capability fields say so.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.proto import semver_pb2
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-DEPRECATED_API_VERSION = semver_pb2.SemVer(major=2, minor=2)
-LOW_API_VERSION = semver_pb2.SemVer(major=2, minor=3)
-HIGH_API_VERSION = semver_pb2.SemVer(major=2, minor=12)
+DEPRECATED_API_VERSION = semver_pb2.SemVer(major=2, minor=0)
+LOW_API_VERSION = semver_pb2.SemVer(major=2, minor=0)
+HIGH_API_VERSION = semver_pb2.SemVer(major=2, minor=3)
 
 
 def server_capabilities(
