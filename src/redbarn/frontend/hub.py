@@ -40,10 +40,16 @@ class Hub:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._retry_delay = retry_delay
+        self._closing = False
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"hub-{self.fid}")
+        self._task = asyncio.create_task(self.run(), name=f"hub-{self.fid}")
+
+    def close(self) -> None:
+        """Shutting down: wake every waiter now, and never wait again."""
+        self._closing = True
+        self.notify_all()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -54,6 +60,8 @@ class Hub:
 
     async def wait(self, topic: str, timeout: float) -> bool:
         """Wait until `topic` is published or `timeout` seconds pass."""
+        if self._closing:
+            return True
         event = asyncio.Event()
         waiters = self._waiters[topic]
         waiters.add(event)
@@ -83,7 +91,8 @@ class Hub:
         self.connected.set()
         self.notify_all()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Subscribe and dispatch until cancelled, resubscribing after errors."""
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:

@@ -1,0 +1,178 @@
+"""The Execution service (Execute, WaitExecution): wire only, over `redbarn.queue`.
+
+Execute validates the request in Buildbarn's order (instance name, digest function,
+action digest), reads the Action from the CAS, answers from the Action Cache when
+`skip_cache_lookup` is false and a complete result is there, and otherwise enqueues
+and streams the operation: the first Operation at once, one on every stage change,
+a keep-alive every execution-update interval, and the done Operation carrying its
+ExecuteResponse. `Operation.error` is never set. When this frontend shuts down, open
+streams end with UNAVAILABLE so clients reattach with WaitExecution elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+from redbarn import errors
+from redbarn.frontend import digests
+from redbarn.frontend.errors import grpc_errors
+from redbarn.frontend.storage import ActionCacheStore, BlobStore
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+from redbarn.queue.scheduler import OperationView, Scheduler
+
+REQUEST_METADATA_HEADER = "build.bazel.remote.execution.v2.requestmetadata-bin"
+
+
+def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> re_pb2.RequestMetadata | None:
+    """The first `requestmetadata-bin` header value that parses (Buildbarn, IMBQ:412)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_METADATA_HEADER and isinstance(value, bytes):
+            try:
+                return re_pb2.RequestMetadata.FromString(value)
+            except DecodeError:
+                continue
+    return None
+
+
+async def read_action(
+    blobs: BlobStore, instance_name: str, digest: digests.Digest
+) -> re_pb2.Action:
+    """The Action, with its Command and input root checked present in one round trip."""
+    try:
+        action = re_pb2.Action.FromString(await blobs.get(instance_name, digest))
+    except errors.NotFound as err:
+        raise errors.FailedPrecondition(
+            f"Failed to obtain action: {err.message}", [digest.subject]
+        ) from err
+    except DecodeError as err:
+        raise errors.InvalidArgument(
+            f"Failed to obtain action: Action {digest} is not an Action: {err}"
+        ) from err
+    needed = [
+        digests.parse_field(action, field)
+        for field in ("command_digest", "input_root_digest")
+        if action.HasField(field)
+    ]
+    if not action.HasField("command_digest"):
+        raise errors.InvalidArgument(f"Action {digest} has no command digest")
+    missing = await blobs.find_missing(instance_name, needed)
+    if missing:
+        names = ", ".join(str(d) for d in missing)
+        raise errors.FailedPrecondition(
+            f"Failed to obtain inputs of action {digest}: Blobs {names} not found",
+            [d.subject for d in missing],
+        )
+    return action
+
+
+def cached_operation(
+    action_digest: digests.Digest, result: re_pb2.ActionResult
+) -> operations_pb2.Operation:
+    """A done Operation for an Action Cache hit (`cached_result=true`)."""
+    op = operations_pb2.Operation(name=f"cached/{uuid.uuid4()}", done=True)
+    op.metadata.Pack(
+        re_pb2.ExecuteOperationMetadata(
+            stage=re_pb2.ExecutionStage.COMPLETED,
+            action_digest=action_digest.to_proto(),
+            digest_function=re_pb2.DigestFunction.SHA256,
+        )
+    )
+    op.response.Pack(re_pb2.ExecuteResponse(result=result, cached_result=True))
+    return op
+
+
+class ExecutionServicer(re_grpc.ExecutionServicer):
+    def __init__(
+        self, scheduler: Scheduler, blobs: BlobStore, action_cache: ActionCacheStore
+    ) -> None:
+        self._scheduler = scheduler
+        self._blobs = blobs
+        self._ac = action_cache
+        self._closing = asyncio.Event()
+
+    async def close_streams(self) -> None:
+        """On shutdown: every open stream ends with UNAVAILABLE (clients reattach)."""
+        self._closing.set()
+
+    @grpc_errors
+    async def Execute(
+        self, request: re_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        instance = digests.validate_instance_name(request.instance_name)
+        function = digests.resolve_function(
+            request.digest_function, len(request.action_digest.hash)
+        )
+        try:
+            digest = digests.parse_field(request, "action_digest", function)
+        except errors.InvalidArgument as err:
+            raise errors.wrap("Failed to extract digest for action", err) from err
+        action = await read_action(self._blobs, instance, digest)
+        if not request.skip_cache_lookup and not action.do_not_cache:
+            try:
+                result = await self._ac.get(instance, digest)
+            except errors.NotFound:
+                pass
+            else:
+                yield cached_operation(digest, result)
+                return
+        metadata = request_metadata(context)
+        aux = []
+        if metadata is not None:
+            packed = any_pb2.Any()
+            packed.Pack(metadata)
+            aux.append(packed)
+        first = await self._scheduler.execute(
+            instance_name=instance,
+            action_digest=digest.to_proto(),
+            action=action,
+            digest_function=function,
+            priority=request.execution_policy.priority,
+            request_metadata=metadata,
+            auxiliary_metadata=aux,
+        )
+        async for op in self._stream(first.name, first):
+            yield op
+
+    @grpc_errors
+    async def WaitExecution(
+        self, request: re_pb2.WaitExecutionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        async for op in self._stream(request.name, None):
+            yield op
+
+    async def _stream(
+        self, name: str, first: OperationView | None
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        views = self._scheduler.watch_operation(name, first=first).__aiter__()
+        closing = asyncio.ensure_future(self._closing.wait())
+        step: asyncio.Future[OperationView] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(views.__anext__())
+                await asyncio.wait({step, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    raise errors.Unavailable(
+                        f"Frontend is shutting down; reattach to operation {name} with WaitExecution"
+                    )
+                try:
+                    view = step.result()
+                except StopAsyncIteration:
+                    return
+                yield view.operation()
+        finally:
+            closing.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+            await views.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,52 @@
+"""Wires the scheduler into a frontend: Execution, OperationQueue, the hint hub and
+the reaper. `scheduling_hook(config)` is a `create_server` hook (see `server`)."""
+
+from __future__ import annotations
+
+import logging
+
+from redbarn.frontend.execution import ExecutionServicer
+from redbarn.frontend.hub import Hub, new_frontend_id
+from redbarn.frontend.operation_queue import OperationQueueServicer
+from redbarn.frontend.server import EXECUTION, Frontend, Hook
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+from redbarn.proto import remoteworker_pb2, remoteworker_pb2_grpc
+from redbarn.queue.config import SchedulerConfig
+from redbarn.queue.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+OPERATION_QUEUE = remoteworker_pb2.DESCRIPTOR.services_by_name["OperationQueue"].full_name
+
+
+def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) -> Hook:
+    """A hook adding remote execution to a frontend (and returning its Scheduler via
+    `hook.scheduler` once run, for tests)."""
+
+    async def add_scheduling(frontend: Frontend) -> None:
+        hub = Hub(frontend.redis, new_frontend_id())
+        scheduler = Scheduler(frontend.redis, config, hints=hub)
+        add_scheduling.scheduler = scheduler  # type: ignore[attr-defined]
+        try:
+            await scheduler.start()
+        except Exception as err:  # Redis may be down at start; the grace period waits.
+            log.warning("could not record the scheduler start time yet: %s", err)
+        execution = ExecutionServicer(scheduler, frontend.blobs, frontend.action_cache)
+        frontend.add_service(re_grpc.add_ExecutionServicer_to_server, execution, EXECUTION)
+        frontend.add_service(
+            remoteworker_pb2_grpc.add_OperationQueueServicer_to_server,
+            OperationQueueServicer(scheduler),
+            OPERATION_QUEUE,
+        )
+        frontend.exec_enabled = True
+        frontend.add_background(hub.run)
+        frontend.add_background(lambda: scheduler.run_reaper(reaper_interval))
+
+        async def shutdown() -> None:
+            # Parked Synchronize calls answer `idle` now; streams end so clients reattach.
+            hub.close()
+            await execution.close_streams()
+
+        frontend.on_shutdown(shutdown)
+
+    return add_scheduling
