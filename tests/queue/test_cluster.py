@@ -1,0 +1,155 @@
+"""The scripts on a real 3-master Redis Cluster that this test starts itself."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from qhelpers import FAST, action, assigned, is_idle, request
+from redis.asyncio.cluster import RedisCluster
+
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue import keys
+from redbarn.queue.scheduler import PollingHints, Scheduler
+from redbarn.redisserver import find_redis_server, free_port
+
+Stage = re_pb2.ExecutionStage
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is needed to create a cluster")
+    binary = find_redis_server()
+    base: Path = tmp_path_factory.mktemp("cluster")
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for port in ports:
+        d = base / str(port)
+        d.mkdir()
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(d / "nodes.conf"),
+                    "--dir",
+                    str(d),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while (
+                subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip()
+                != b"PONG"
+            ):
+                assert time.monotonic() < deadline, "cluster node did not start"
+                time.sleep(0.05)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 20
+        while (
+            b"cluster_state:ok"
+            not in subprocess.run(
+                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True
+            ).stdout
+        ):
+            assert time.monotonic() < deadline, "cluster did not converge"
+            time.sleep(0.1)
+        yield ports
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+async def test_scripts_on_redis_cluster(cluster: list[int]) -> None:
+    rc = RedisCluster(host="127.0.0.1", port=cluster[0])
+    try:
+        s = Scheduler(rc, FAST, hints=PollingHints())
+        await s.start()
+        linux = re_pb2.Platform(properties=[re_pb2.Platform.Property(name="os", value="linux")])
+        # Two domains: their keys land in different slots (and likely different nodes).
+        for prefix in ("a", "b"):
+            assert is_idle(await s.synchronize(request("1", prefix=prefix, platform=linux)))
+        for prefix in ("a", "b"):
+            digest, a = action(1, platform=linux)
+            v = await s.execute(
+                instance_name=prefix, action_digest=digest, action=a, digest_function=1
+            )
+            assert v.stage == Stage.QUEUED
+            got = assigned(await s.synchronize(request("1", prefix=prefix, platform=linux)))
+            assert got == digest
+            done = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=0))
+            await s.synchronize(
+                request("1", "completed", digest, response=done, prefix=prefix, platform=linux)
+            )
+            assert (await s.get_operation_view(v.name)).done
+        # Park + direct assignment, kill, drain and the reaper, on the cluster.
+        sync = asyncio.create_task(s.synchronize(request("2", prefix="a", platform=linux)))
+        await asyncio.sleep(0.05)
+        await s.add_drain(
+            instance_name_prefix="a", platform=linux, size_class=0, pattern={"thread": "9"}
+        )
+        await s.remove_drain(
+            instance_name_prefix="a", platform=linux, size_class=0, pattern={"thread": "9"}
+        )
+        await sync
+        await asyncio.sleep(0.4)
+        totals = await s.reap()
+        assert totals["workers"] == 3
+        slots = {
+            keys.domain_key(
+                keys.domain_id(p, '{"properties":[{"name":"os","value":"linux"}]}'), "meta"
+            )
+            for p in "ab"
+        }
+        assert len({rc.keyslot(k) for k in slots}) == 2
+        digest, a = action(5, platform=linux)  # the domain still has a (worker-less) queue
+        v = await s.execute(instance_name="a/x", action_digest=digest, action=a, digest_function=1)
+        assert v.stage == Stage.QUEUED
+    finally:
+        await rc.aclose()
+
+
+async def test_plain_client_is_not_required(redis_url: str) -> None:
+    # Sanity: the same Scheduler works on a single server (what the other tests use).
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        s = Scheduler(r, FAST, hints=PollingHints())
+        assert is_idle(await s.synchronize(request("1")))
+    finally:
+        await r.aclose()
