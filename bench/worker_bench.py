@@ -1,9 +1,11 @@
 """Worker benchmarks, run by hand: `.venv/bin/python bench/worker_bench.py`.
 
 1. Input materialisation: an input tree of 10,000 files (1 KiB each, distinct
-   contents, 100 directories), cold (every blob fetched from a CAS server into an
-   empty local cache, then hardlinked) and warm (local cache hit: the Directory
-   messages are still fetched, files are only hardlinked). Reported in files/s.
+   contents, 100 directories), cold (every Directory and file blob fetched from a
+   CAS server into an empty local cache, then hardlinked) and warm (a second build
+   directory from the same worker: Directory messages from its in-memory cache,
+   files hardlinked from its local file cache). Reported in files/s; cold is bound
+   by creating 10,000 files on disk and varies a lot on a shared VM.
 2. Worker CPU overhead per no-op action (`true`): a real `redbarn worker` process
    (concurrency 1) runs N actions handed out by an in-process fake scheduler; the
    worker's own user+system CPU (from /proc/<pid>/stat, which excludes its waited-for
