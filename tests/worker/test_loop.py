@@ -6,8 +6,9 @@ import asyncio
 import glob
 import os
 
+import pytest
 from google.rpc import code_pb2
-from worker_fakes import Cluster, key, make_action
+from worker_fakes import Cluster, Tree, key, make_action
 
 from redbarn.worker.client import thread_worker_ids, worker_name
 
@@ -97,7 +98,7 @@ async def test_scheduler_restart_is_a_pause(cluster: Cluster) -> None:
     assert cluster.storage.get(resp.result.stdout_digest) == b"back\n"
 
 
-@__import__("pytest").mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3], indirect=True)
 async def test_threads_are_separate_workers(cluster: Cluster) -> None:
     runs = [cluster.run(["sh", "-c", "sleep 0.3; echo $PWD"]) for _ in range(3)]
     results = await asyncio.gather(*runs)
@@ -118,3 +119,21 @@ def test_worker_ids_follow_bb_worker() -> None:
     assert worker_name({"thread": "3", "hostname": "w<1>"}) == (
         '{"hostname":"w\\u003c1\\u003e","thread":"3"}'
     )
+
+
+@pytest.mark.parametrize("cluster", [2], indirect=True)
+async def test_threads_share_the_cache_and_its_downloads(cluster: Cluster) -> None:
+    files = {f"d{i % 7}/f{i}": (f"content {i}\n".encode() * 50, i % 5 == 0) for i in range(300)}
+    tree = Tree(files=files)
+    runs = [cluster.run(["sh", "-c", f"cat d*/f* | wc -c; echo {n}"], tree=tree) for n in range(6)]
+    results = await asyncio.gather(*runs)
+    total = sum(len(c) for c, _ in files.values())
+    for n, r in enumerate(results):
+        assert r.status.code == code_pb2.OK, r.status
+        assert cluster.storage.get(r.result.stdout_digest) == f"{total}\n{n}\n".encode()
+    cache = cluster.config.cache_dir
+    cached = [
+        f for kind in ("plain", "exec") for _d, _s, fs in os.walk(f"{cache}/{kind}") for f in fs
+    ]
+    assert len(cached) == 300  # every file once
+    assert cluster.build_dirs() == []

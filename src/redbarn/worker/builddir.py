@@ -8,9 +8,11 @@ Removed after every action; leftovers of a crashed worker are removed on start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from collections.abc import Callable
@@ -56,6 +58,31 @@ def lock(build_dir: str) -> int:
             f"Build directory {build_dir} is in use by another worker process"
         ) from None
     return fd
+
+
+def kill_leftovers(build_dir: str) -> int:
+    """SIGKILL processes still running inside `build_dir`: actions orphaned when a
+    previous worker process was killed (its children are in their own sessions, so
+    they outlive it). Matched by working directory, so an unrelated process that
+    reused a pid is never hit. Linux only; returns how many were killed."""
+    prefix = os.path.realpath(build_dir) + "/"
+    killed = 0
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if (cwd + "/").startswith(prefix):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def clean(build_dir: str) -> None:

@@ -155,6 +155,9 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         lock_fd = builddir.lock(config.build_dir)
     except RedbarnError as err:
         raise ConfigError(err.message) from None
+    killed = await asyncio.to_thread(builddir.kill_leftovers, config.build_dir)
+    if killed:
+        log.warning("killed %d processes left running by a previous worker", killed)
     await asyncio.to_thread(builddir.clean, config.build_dir)
 
     signals = 0
