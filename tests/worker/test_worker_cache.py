@@ -98,3 +98,16 @@ async def test_shared_fetch_survives_the_owner_being_cancelled(tmp_path: Path) -
     finally:
         await channel.close()
         await server.stop(None)
+
+
+def test_restart_drops_truncated_entries(tmp_path: Path) -> None:
+    cache = LocalCache(str(tmp_path / "c"), 1 << 20)
+    cache.close()
+    shard = tmp_path / "c" / "plain" / "sha256" / "ab"
+    shard.mkdir(parents=True)
+    (shard / ("ab" * 32 + "-10")).write_bytes(b"short")
+    (shard / ("ab" * 31 + "cd-5")).write_bytes(b"whole")
+    again = LocalCache(str(tmp_path / "c"), 1 << 20)
+    assert (len(again), again.total_bytes) == (1, 5)
+    assert sorted(os.listdir(shard)) == ["ab" * 31 + "cd-5"]
+    again.close()

@@ -83,6 +83,9 @@ class LocalCache:
                 for name in files:
                     path = os.path.join(dirpath, name)
                     st = os.lstat(path)
+                    if not name.endswith(f"-{st.st_size}"):  # truncated or foreign: drop it
+                        os.unlink(path)
+                        continue
                     found.append((st.st_ctime, path, st.st_size))
         found.sort()
         for _ctime, path, size in found:
