@@ -220,9 +220,11 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         len(cache),
     )
     tasks.extend(asyncio.create_task(t.run(), name=t.name) for t in threads)
+    reporter = asyncio.create_task(_report_metrics(metrics, config.metrics_interval))
     try:
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        reporter.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
         await channel.close()
@@ -232,6 +234,17 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         os.close(lock_fd)
         log.info("worker stopped; %s", metrics.summary())
     return metrics
+
+
+async def _report_metrics(metrics: WorkerMetrics, interval: float) -> None:
+    """Log the counters every `interval` seconds while they change."""
+    last = ""
+    while interval > 0:
+        await asyncio.sleep(interval)
+        summary = metrics.summary()
+        if summary != last:
+            log.info("%s", summary)
+            last = summary
 
 
 def run(args: argparse.Namespace) -> int:

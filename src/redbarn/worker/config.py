@@ -38,5 +38,7 @@ class WorkerConfig:
     token: str | None = field(default=None, repr=False)
     # Deadline of one Synchronize call (it may long-poll).
     sync_timeout: float = 300.0
+    # Log the action counters this often (0: only at exit).
+    metrics_interval: float = 60.0
     # Longest backoff between failed Synchronize calls.
     backoff_max: float = 5.0
