@@ -46,6 +46,8 @@ def test_flags_fill_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--platform", "novalue"],
         ["--cache-size", "lots"],
         ["--platform", "a=1", "--platform", "a=1"],
+        ["--instance-name-prefix", "/leading"],
+        ["--instance-name-prefix", "a/blobs"],
     ],
 )
 def test_bad_flags_are_config_errors(argv: list[str]) -> None:

@@ -24,6 +24,7 @@ from redbarn.config import ConfigError, add_flag, parse_duration, parse_pair, pa
 from redbarn.errors import RedbarnError
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
+from redbarn.queue import validate
 from redbarn.worker import auth, builddir
 from redbarn.worker.auth import read_token
 from redbarn.worker.cache import LocalCache
@@ -111,6 +112,10 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     platform = tuple(sorted(parse_pair(p, "--platform") for p in args.platform))
     if len(set(platform)) != len(platform):
         raise ConfigError("duplicate --platform property")
+    try:  # the scheduler would refuse every Synchronize; say so once, at start
+        validate.instance_name(args.instance_name_prefix)
+    except RedbarnError as err:
+        raise ConfigError(f"--instance-name-prefix: {err.message}") from None
     return WorkerConfig(
         frontend=args.frontend,
         cas=args.cas or None,
