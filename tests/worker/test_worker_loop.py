@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+from pathlib import Path
 
 import pytest
 from google.rpc import code_pb2
-from worker_fakes import Cluster, Tree, key, make_action
+from worker_fakes import Cluster, FakeScheduler, FakeStorage, Tree, key, make_action, start_server
 
+from redbarn.worker.cli import serve
 from redbarn.worker.client import thread_worker_ids, worker_name
+from redbarn.worker.config import WorkerConfig
 
 
 def _gone(pid: int) -> bool:
@@ -137,3 +140,29 @@ async def test_threads_share_the_cache_and_its_downloads(cluster: Cluster) -> No
     ]
     assert len(cached) == 300  # every file once
     assert cluster.build_dirs() == []
+
+
+async def test_separate_cas_endpoint(tmp_path: Path) -> None:
+    storage, scheduler = FakeStorage(), FakeScheduler()
+    empty = FakeStorage()
+    sched_server, sched_port = await start_server(empty, scheduler)
+    cas_server, cas_port = await start_server(storage, FakeScheduler())
+    config = WorkerConfig(
+        frontend=f"127.0.0.1:{sched_port}",
+        cas=f"127.0.0.1:{cas_port}",
+        concurrency=1,
+        build_dir=str(tmp_path / "build"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    shutdown = asyncio.Event()
+    worker = asyncio.create_task(serve(config, shutdown))
+    try:
+        digest, action = make_action(storage, ["sh", "-c", "echo elsewhere"])
+        resp = await asyncio.wait_for(scheduler.submit(digest, action).result, 20)
+        assert storage.get(resp.result.stdout_digest) == b"elsewhere\n"
+        assert empty.calls == {}
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(worker, 15)
+        await sched_server.stop(None)
+        await cas_server.stop(None)
