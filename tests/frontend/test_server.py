@@ -22,6 +22,7 @@ from redbarn.frontend.config import FrontendConfig
 from redbarn.frontend.server import EXECUTION, Frontend, create_server
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import semver_pb2
+from redbarn.queue.config import SchedulerConfig
 from redbarn.redisserver import RedisServer, free_port
 
 from .conftest import Client, MiB, client_for, digest_of, open_client_channel, start_frontend
@@ -169,6 +170,16 @@ def test_cli_builds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_cli_scheduling_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDBARN_MAX_ATTEMPTS", "5")
+    config = parse(
+        "--worker-timeout", "500ms", "--idle-sync-timeout", "2s", "--max-action-timeout", "3h"
+    )
+    assert config.scheduler == SchedulerConfig(
+        worker_timeout=0.5, idle_sync_timeout=2.0, max_action_timeout=3 * 3600.0, max_attempts=5
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -181,6 +192,14 @@ def test_cli_builds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
         (
             ["--max-blob-size", "big"],
             'invalid size "big": use a number with K, M, G or T, e.g. 10GiB',
+        ),
+        (
+            ["--max-attempts", "0"],
+            'invalid --max-attempts "0": expected a whole number of at least 1',
+        ),
+        (
+            ["--default-action-timeout", "3h"],
+            "--default-action-timeout 3h exceeds --max-action-timeout 2h",
         ),
         (
             ["--redis", "localhost:6379"],
@@ -227,6 +246,7 @@ def test_frontend_process_serves_and_exits_on_sigterm(redis_url: str) -> None:
 
         reply = re_grpc.CapabilitiesStub(channel).GetCapabilities(re_pb2.GetCapabilitiesRequest())
         assert reply.cache_capabilities.digest_functions == [re_pb2.DigestFunction.SHA256]
+        assert reply.execution_capabilities.exec_enabled  # the scheduling hook is wired in
         channel.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -1,7 +1,9 @@
 """`redbarn frontend`: flags and `REDBARN_*` variables -> `FrontendConfig` -> `serve()`.
 
 Exposes `add_arguments(parser)` and `run(args) -> int` for `redbarn.cli`. Sizes
-accept `4MiB`, `1G`; durations `500ms`, `2s`, `5m`, `7d` is written `168h`.
+accept `4MiB`, `1G`; durations `500ms`, `2s`, `5m`, `1h` (a week is `168h`). The
+frontend serves storage (CAS, ByteStream, AC, Capabilities) and, through
+`scheduling_hook`, Execution and OperationQueue over the Redis scheduler.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import argparse
 import asyncio
 import logging
 
-from redbarn.config import add_flag, parse_duration, parse_size
+from redbarn.config import ConfigError, add_flag, parse_duration, parse_size
 from redbarn.frontend.config import FrontendConfig
+from redbarn.queue.config import SchedulerConfig
 
 _D = FrontendConfig()
 
@@ -33,6 +36,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--upload-ttl", "1h", "how long an interrupted upload stays resumable")
     add_flag(parser, "--grace-period", "10s", "time in-flight calls get to finish on SIGTERM")
     add_flag(parser, "--log-level", "info", "debug, info, warning or error")
+    sched = parser  # scheduling flags (redbarn.queue.config.SchedulerConfig)
+    add_flag(
+        sched, "--worker-timeout", "60s", "a worker is lost this long after its last Synchronize"
+    )
+    add_flag(sched, "--idle-sync-timeout", "60s", "longest hold of an idle Synchronize")
+    add_flag(
+        sched, "--busy-sync-interval", "10s", "next_synchronization_at offset for busy workers"
+    )
+    add_flag(
+        sched,
+        "--operation-retention",
+        "60s",
+        "operation kept after its last waiter; also the no-waiter cancel delay",
+    )
+    add_flag(
+        sched,
+        "--execution-update-interval",
+        "60s",
+        "keep-alive period of Execute/WaitExecution streams",
+    )
+    add_flag(
+        sched,
+        "--platform-queue-timeout",
+        "15m",
+        "a platform queue without workers is removed after this; also the start-up grace",
+    )
+    add_flag(sched, "--default-action-timeout", "30m", "action timeout when the Action sets none")
+    add_flag(sched, "--max-action-timeout", "2h", "largest action timeout accepted")
+    add_flag(sched, "--max-attempts", "3", "assignments of an action before a lost worker fails it")
+    add_flag(
+        sched,
+        "--max-queued-per-platform",
+        "1000000",
+        "queued actions per platform queue before RESOURCE_EXHAUSTED",
+    )
+
+
+def _count(flag: str, text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f'invalid {flag} "{text}": expected a whole number of at least 1')
+    return int(text)
+
+
+def scheduler_from_args(args: argparse.Namespace) -> SchedulerConfig:
+    default_timeout = parse_duration(args.default_action_timeout)
+    max_timeout = parse_duration(args.max_action_timeout)
+    if default_timeout > max_timeout:
+        raise ConfigError(
+            f"--default-action-timeout {args.default_action_timeout} exceeds "
+            f"--max-action-timeout {args.max_action_timeout}"
+        )
+    return SchedulerConfig(
+        worker_timeout=parse_duration(args.worker_timeout),
+        idle_sync_timeout=parse_duration(args.idle_sync_timeout),
+        busy_sync_interval=parse_duration(args.busy_sync_interval),
+        operation_retention=parse_duration(args.operation_retention),
+        execution_update_interval=parse_duration(args.execution_update_interval),
+        platform_queue_timeout=parse_duration(args.platform_queue_timeout),
+        default_action_timeout=default_timeout,
+        max_action_timeout=max_timeout,
+        max_attempts=_count("--max-attempts", args.max_attempts),
+        max_queued_per_platform=_count("--max-queued-per-platform", args.max_queued_per_platform),
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FrontendConfig:
@@ -50,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         ac_ttl=parse_duration(args.ac_ttl),
         upload_ttl=parse_duration(args.upload_ttl),
         grace_period=parse_duration(args.grace_period),
+        scheduler=scheduler_from_args(args),
     )
 
 
@@ -58,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from redbarn.frontend.scheduling import scheduling_hook
     from redbarn.frontend.server import serve
 
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, hooks=[scheduling_hook(config.scheduler)]))

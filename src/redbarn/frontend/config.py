@@ -2,14 +2,16 @@
 
 Filled by `redbarn frontend` flags and `REDBARN_*` variables (`frontend/cli.py`);
 tests build it directly. The scheduling timings (worker timeout, sync intervals,
-retention, action timeouts, queue caps) are added here by the Execution work.
+retention, action timeouts, queue caps) live in `scheduler`, the queue core's own
+`SchedulerConfig`, which `scheduling_hook` receives.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redbarn.config import ConfigError
+from redbarn.queue.config import SchedulerConfig
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DAY = 24 * 3600.0
@@ -47,6 +49,8 @@ class FrontendConfig:
     health_interval: float = 1.0
     # SIGTERM: seconds in-flight calls get to finish before they are cancelled.
     grace_period: float = 10.0
+    # Scheduling timings and caps (Execution, OperationQueue, reaper).
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
         if self.storage != "redis" and not self.storage.startswith("grpc://"):
