@@ -59,7 +59,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
         )
     try:
         for port in ports:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while (
                 subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip()
                 != b"PONG"
@@ -79,7 +79,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
             check=True,
             capture_output=True,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while (
             b"cluster_state:ok"
             not in subprocess.run(

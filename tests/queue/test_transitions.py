@@ -460,7 +460,7 @@ async def test_terminate_workers(any_redis: aioredis.Redis) -> None:
 
 
 async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
-    s = make(any_redis)
+    s = make(any_redis, dataclasses.replace(FAST, correlated_invocations_level=True))
     await s.synchronize(request("1"))
     digest, a = action(1)
     v = await s.execute(
@@ -473,3 +473,7 @@ async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
     assert v.invocation == (("c", "build 7"), ("t", "tool/1"))
     raw = await any_redis.hgetall(keys.PLATFORMS)
     assert json.loads(next(iter(raw.values()))) == {"instance_name_prefix": "", "platform": "{}"}
+
+    # Without the correlated level, the tool invocation sits right under the root.
+    v2 = await execute(make(any_redis), 2, tool="x")
+    assert v2.invocation == (("t", "x"),)

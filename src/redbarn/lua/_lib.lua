@@ -18,13 +18,11 @@ local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 
 local CFG = {}
 do
-  local i = 0
-  for w in string.gmatch(ARGV[1], '%S+') do
-    i = i + 1
-    if i == 1 then CFG.domain = w else CFG[i] = tonumber(w) end
-  end
-  CFG.worker_timeout, CFG.busy, CFG.idle, CFG.retention = CFG[2], CFG[3], CFG[4], CFG[5]
-  CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = CFG[6], CFG[7], CFG[8], CFG[9]
+  local d, a, b, c, e, f, g, h, i = string.match(ARGV[1],
+    '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  CFG.domain = d
+  CFG.worker_timeout, CFG.busy, CFG.idle, CFG.retention = tonumber(a), tonumber(b), tonumber(c), tonumber(e)
+  CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = tonumber(f), tonumber(g), tonumber(h), tonumber(i)
 end
 
 local function int(n) return string.format('%d', math.floor(n)) end
@@ -65,15 +63,21 @@ local function task_put(tid, t)
     t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S))
 end
 
--- Operation record: tid qm path fids
+-- Operation record: tid qm path fids (memoised for the duration of one script call)
+local OPS = {}
 local function op_get(opid)
+  local o = OPS[opid]
+  if o then return o end
   local v = redis.call('HGET', K_OPS, opid)
   if not v then return nil end
   local f = split(v, S)
-  return {tid = f[1], qm = f[2], path = f[3], fids = f[4] or ''}
+  o = {tid = f[1], qm = f[2], path = f[3], fids = f[4] or ''}
+  OPS[opid] = o
+  return o
 end
 
 local function op_put(opid, o)
+  OPS[opid] = o
   redis.call('HSET', K_OPS, opid, table.concat({o.tid, o.qm, o.path, o.fids}, S))
 end
 
@@ -144,11 +148,17 @@ local function score(x, p)
   return string.format('%015.6f', math.log(x + 1) / LOG2 + prio / 100 + 30000000)
 end
 
--- Recompute a node's first priority and its member in its parent's pick set, then
--- walk up while something changed (always up to the root when force is set).
-local function refresh(sc, path, force)
+-- Walk from a node up to the root: add delta executing workers to each node, recompute
+-- its first queued priority and its member in its parent's pick set. With delta == 0 the
+-- walk stops at the first node that did not change.
+local function update(sc, path, delta)
+  local child, child_p = nil, nil
   while true do
     local n = node_get(sc, path)
+    if delta ~= 0 then
+      n.x = n.x + delta
+      if delta > 0 then n.l = NOW end
+    end
     local pre = sc .. ' ' .. path .. S
     local p = ''
     local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
@@ -156,7 +166,10 @@ local function refresh(sc, path, force)
       p = string.sub(head[1], #pre + 1, #pre + 10)
     else
       local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-      if best[1] then p = node_get(sc, string.sub(best[1], #pre + 31)).p end
+      if best[1] then
+        local c = string.sub(best[1], #pre + 31)
+        if c == child then p = child_p else p = node_get(sc, c).p end
+      end
     end
     local k = ''
     if path ~= '' and p ~= '' then
@@ -169,31 +182,21 @@ local function refresh(sc, path, force)
     end
     n.p = p
     n.k = k
-    node_put(sc, path, n)
-    if path == '' or not (changed or force) then return end
+    if changed or delta ~= 0 then node_put(sc, path, n) end
+    if path == '' or (delta == 0 and not changed) then return end
+    child, child_p = path, p
     path = parent(path)
   end
 end
 
--- Add delta executing workers to every node from path up to the root.
-local function add_exec(sc, path, delta)
-  local cur = path
-  while cur do
-    local n = node_get(sc, cur)
-    n.x = n.x + delta
-    if delta > 0 then n.l = NOW end
-    node_put(sc, cur, n)
-    if cur == '' then break end
-    cur = parent(cur)
-  end
-  refresh(sc, path, true)
-end
+local function refresh(sc, path) update(sc, path, 0) end
+local function add_exec(sc, path, delta) update(sc, path, delta) end
 
 local function enqueue_ops(t)
   for _, opid in ipairs(t.ops) do
     local o = op_get(opid)
     redis.call('ZADD', K_QUEUED, 0, qmember(t.sc, o, opid))
-    refresh(t.sc, o.path, false)
+    refresh(t.sc, o.path)
   end
 end
 
@@ -201,7 +204,7 @@ local function dequeue_ops(t)
   for _, opid in ipairs(t.ops) do
     local o = op_get(opid)
     redis.call('ZREM', K_QUEUED, qmember(t.sc, o, opid))
-    refresh(t.sc, o.path, false)
+    refresh(t.sc, o.path)
   end
 end
 
@@ -260,7 +263,8 @@ local function complete(tid, t, result)
   task_put(tid, t)
   redis.call('HSET', K_TASKS, tid .. '|r', result)
   redis.call('HDEL', K_TASKS, tid .. '|a')
-  if t.dk ~= '' and redis.call('HGET', K_INFLIGHT, t.dk) == tid then redis.call('HDEL', K_INFLIGHT, t.dk) end
+  -- A task that is not done yet owns its dedup entry.
+  if t.dk ~= '' then redis.call('HDEL', K_INFLIGHT, t.dk) end
   notify_task(t)
 end
 
@@ -341,13 +345,14 @@ local function detach(opid)
   redis.call('ZREM', K_OPGC, opid)
   if not o then return end
   redis.call('HDEL', K_OPS, opid)
+  OPS[opid] = nil
   local t = task_get(o.tid)
   if not t then return end
   local rest = {}
   for _, id in ipairs(t.ops) do if id ~= opid then rest[#rest + 1] = id end end
   if t.st == 'q' then
     redis.call('ZREM', K_QUEUED, qmember(t.sc, o, opid))
-    refresh(t.sc, o.path, false)
+    refresh(t.sc, o.path)
   elseif t.st == 'x' then
     add_exec(t.sc, o.path, -1)
   end

@@ -33,7 +33,7 @@ if dk ~= '' then
     task_put(tid, t)
     if t.st == 'q' then
       redis.call('ZADD', K_QUEUED, 0, qmember(t.sc, o, opid))
-      refresh(t.sc, path, false)
+      refresh(t.sc, path)
     else
       add_exec(t.sc, path, 1)
     end
@@ -63,5 +63,5 @@ redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
 if offer(tid, t) then return {'op', opid, 'x', t.qt} end
 redis.call('ZADD', K_QUEUED, 0, qmember(sc, o, opid))
-refresh(sc, path, false)
+refresh(sc, path)
 return {'op', opid, 'q', t.qt}

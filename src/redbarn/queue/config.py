@@ -36,7 +36,7 @@ class SchedulerConfig:
     # Waiters re-read state this often even without a hint (and refresh their lease).
     waiter_poll_interval: float = 5.0
     # Use correlated_invocations_id as a fairness level above tool_invocation_id.
-    correlated_invocations_level: bool = True
+    correlated_invocations_level: bool = False
     # How long the platform registry is cached in-process.
     platform_cache_ttl: float = 2.0
     # Entries of each kind one reaper call handles.

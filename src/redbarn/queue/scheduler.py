@@ -9,15 +9,14 @@ global platform registry and the start time (see `keys`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
@@ -98,7 +97,9 @@ class OperationView:
 
     def metadata(self) -> re_pb2.ExecuteOperationMetadata:
         return re_pb2.ExecuteOperationMetadata(
-            stage=self.stage, action_digest=self.action_digest, digest_function=self.digest_function
+            stage=cast(Any, self.stage),
+            action_digest=self.action_digest,
+            digest_function=cast(Any, self.digest_function),
         )
 
     def operation(self) -> operations_pb2.Operation:
@@ -197,9 +198,12 @@ class Scheduler:
         for fresh in (False, True):
             best: tuple[str, str] | None = None
             for domain, p in (await self._platforms(fresh=fresh)).items():
-                if p.platform_json == platform_json and _prefix_matches(p.prefix, instance):
-                    if best is None or len(p.prefix) > len(best[1]):
-                        best = (domain, p.prefix)
+                if (
+                    p.platform_json == platform_json
+                    and _prefix_matches(p.prefix, instance)
+                    and (best is None or len(p.prefix) > len(best[1]))
+                ):
+                    best = (domain, p.prefix)
             if best is not None:
                 return best
         return None
@@ -577,7 +581,7 @@ class Scheduler:
         tasks they were executing have left that state. Returns the number matched."""
         matched = 0
         pending: list[tuple[str, str]] = []
-        for domain in (await self._platforms(fresh=True)).keys():
+        for domain in await self._platforms(fresh=True):
             r = await self.scripts.terminate_workers(
                 domain=domain, config=self._config(domain), tokens=codec.tokens(pattern)
             )
@@ -595,21 +599,3 @@ class Scheduler:
         return matched
 
     # Reads for BuildQueueState are in `redbarn.queue.admin`.
-
-
-def stage_name(stage: int) -> str:
-    return Stage.Name(stage)  # type: ignore[arg-type]
-
-
-def iter_chunks(items: Iterable[str], n: int) -> Iterable[list[str]]:
-    chunk: list[str] = []
-    for it in items:
-        chunk.append(it)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-_ = contextlib  # reserved for the admin reads

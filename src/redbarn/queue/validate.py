@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
@@ -16,7 +18,7 @@ RESERVED = (
 )
 
 _DF = re_pb2.DigestFunction
-HASH_LENGTHS = {
+HASH_LENGTHS: dict[int, int] = {
     _DF.MD5: 32,
     _DF.SHA1: 40,
     _DF.SHA256: 64,
@@ -26,7 +28,13 @@ HASH_LENGTHS = {
     _DF.BLAKE3: 64,
     _DF.GITSHA1: 40,
 }
-_BY_LENGTH = {32: _DF.MD5, 40: _DF.SHA1, 64: _DF.SHA256, 96: _DF.SHA384, 128: _DF.SHA512}
+_BY_LENGTH: dict[int, int] = {
+    32: _DF.MD5,
+    40: _DF.SHA1,
+    64: _DF.SHA256,
+    96: _DF.SHA384,
+    128: _DF.SHA512,
+}
 
 
 def instance_name(name: str) -> None:
@@ -47,7 +55,7 @@ def instance_name(name: str) -> None:
 def platform(p: re_pb2.Platform) -> None:
     """Properties must be sorted by (name, value) with no exact duplicates (R6)."""
     props = list(p.properties)
-    for a, b in zip(props, props[1:], strict=False):
+    for a, b in itertools.pairwise(props):
         if (a.name, a.value) >= (b.name, b.value):
             raise InvalidArgument(
                 "Platform properties are not lexicographically sorted, as property "
