@@ -16,7 +16,10 @@ from redbarn import __version__
 from redbarn.config import ConfigError
 
 # name -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "frontend": ("redbarn.frontend.cli", "serve REAPI to clients and Synchronize to workers"),
+    "worker": ("redbarn.worker.cli", "run actions for the cluster"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
