@@ -27,11 +27,13 @@ CHUNK = 64 * 1024
 DAY = 24 * 3600
 
 
-@pytest.fixture
-def store(any_redis: aioredis.Redis) -> RedisBlobStore:
+@pytest.fixture(params=["script", "pipeline"])
+def store(request: pytest.FixtureRequest, any_redis: aioredis.Redis) -> RedisBlobStore:
+    """FindMissing through touch_blobs.lua, and through the cluster-safe pipeline."""
     return RedisBlobStore(
-        any_redis, ttl=DAY, upload_ttl=600, chunk_size=CHUNK, flush_size=16 * 1024
-    )
+        any_redis, ttl=DAY, upload_ttl=600, chunk_size=CHUNK, flush_size=16 * 1024,
+        use_scripts=request.param == "script",
+    )  # fmt: skip
 
 
 async def keys(client: aioredis.Redis) -> list[str]:
@@ -172,3 +174,12 @@ async def test_action_cache_keys_by_instance(any_redis: aioredis.Redis) -> None:
     assert await ac.get("a/b", action) == result
     with pytest.raises(NotFound):
         await ac.get("other", action)
+
+
+async def test_find_missing_many_in_batches(store: RedisBlobStore) -> None:
+    blobs = [os.urandom(8) for _ in range(2500)] + [os.urandom(CHUNK + 1)]
+    digests = [Digest.of(b) for b in blobs]
+    stored = list(zip(digests, blobs, strict=True))[::2]
+    await store.put_many("", stored)
+    stored_set = {d for d, _ in stored}
+    assert await store.find_missing("", digests) == [d for d in digests if d not in stored_set]
