@@ -19,6 +19,7 @@ from redbarn.config import ConfigError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "frontend": ("redbarn.frontend.cli", "serve REAPI to clients and Synchronize to workers"),
     "worker": ("redbarn.worker.cli", "run actions for the cluster"),
+    "up": ("redbarn.up", "run a whole cluster on this machine: Redis, a frontend and a worker"),
 }
 
 
