@@ -18,6 +18,7 @@ from redbarn.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import keys
 from redbarn.queue.scheduler import PollingHints, Scheduler
@@ -25,6 +26,7 @@ from redbarn.queue.scheduler import PollingHints, Scheduler
 Stage = re_pb2.ExecutionStage
 OK = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=0))
 FAIL = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=1))
+SCQ0 = bq_pb2.SizeClassQueueName(platform_queue_name=bq_pb2.PlatformQueueName(), size_class=0)
 
 
 async def test_no_workers_grace_then_failed_precondition(any_redis: aioredis.Redis) -> None:
@@ -361,8 +363,8 @@ async def test_drains(any_redis: aioredis.Redis) -> None:
     await s.add_drain(
         instance_name_prefix="", platform=re_pb2.Platform(), size_class=0, pattern={"thread": "1"}
     )
-    drains = await s.list_drains(instance_name_prefix="", platform=re_pb2.Platform(), size_class=0)
-    assert [p for p, _ in drains] == [{"thread": "1"}]
+    drains = await s.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ0))
+    assert [dict(d.worker_id_pattern) for d in drains.drains] == [{"thread": "1"}]
     await execute(s, 1)
     assert is_idle(await s.synchronize(request("1")))
     assert assigned(await s.synchronize(request("2"))) == action(1)[0]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
@@ -87,6 +88,10 @@ def digest_field(digest: re_pb2.Digest) -> str:
 def digest_from_field(field: str) -> re_pb2.Digest:
     h, _, size = field.rpartition("-")
     return re_pb2.Digest(hash=h, size_bytes=int(size or 0))
+
+
+def ms_timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
 # Invocation paths -------------------------------------------------------------------

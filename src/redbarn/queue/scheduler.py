@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from google.longrunning import operations_pb2
-from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from redbarn.errors import (
     FailedPrecondition,
@@ -28,9 +28,11 @@ from redbarn.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue import codec, keys, validate
+from redbarn.queue.admin import AdminReads
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scripts import Reply, Scripts
 
@@ -64,8 +66,7 @@ class PollingHints:
         return False
 
 
-def ms_timestamp(ms: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+ms_timestamp = codec.ms_timestamp
 
 
 def _s(v: bytes | str | int) -> str:
@@ -151,6 +152,7 @@ class Scheduler:
         self.config = config or SchedulerConfig()
         self.hints: Hints = hints or PollingHints()
         self.scripts = Scripts(redis)
+        self.admin = AdminReads(redis, self.config)
         self._registry = _Registry()
         self._registered: dict[str, float] = {}
         self._cfg: dict[str, str] = {}
@@ -293,8 +295,21 @@ class Scheduler:
                 f'Platform queue for instance name prefix "{prefix}" platform {pjson} has '
                 f"{self.config.max_queued_per_platform} queued operations"
             )
-        name = keys.operation_name(domain, _s(reply[1]))
-        return await self.get_operation_view(name)
+        wk = _s(reply[6])
+        return OperationView(
+            name=keys.operation_name(domain, _s(reply[1])),
+            stage=_STAGES[_s(reply[2])],
+            action_digest=action_digest,
+            digest_function=digest_function,
+            response=None,
+            queued_ms=int(_s(reply[3])),
+            size_class=int(_s(reply[4])),
+            priority=codec.priority_from_field(_s(reply[5])),
+            invocation=tuple(codec.parse_invocation_path(path)),
+            worker=wk[11:] if wk else "",
+            gc_deadline_ms=int(_s(reply[8])),
+            now_ms=int(_s(reply[7])),
+        )
 
     async def get_operation_view(self, name: str, *, watch: bool = True) -> OperationView:
         """Touch (watch=True: attach this frontend and renew the waiter lease) and read.
@@ -557,23 +572,6 @@ class Scheduler:
         if _s(r[0]) != "ok":
             raise NotFound("Size class queue not found")
 
-    async def list_drains(
-        self, *, instance_name_prefix: str, platform: re_pb2.Platform, size_class: int
-    ) -> list[tuple[dict[str, str], int]]:
-        """[(pattern, created_ms)] sorted by pattern JSON (R72)."""
-        domain = await self._size_class_domain(instance_name_prefix, platform)
-        raw = await self.redis.hgetall(keys.domain_key(domain, "drains"))
-        pre = keys.size_class_field(size_class) + " "
-        out = []
-        for k, v in raw.items():
-            ks = _s(k)
-            if ks.startswith(pre):
-                out.append(
-                    (ks[len(pre) :], json.loads(ks[len(pre) :]), int(_s(v).split(codec.SEP)[0]))
-                )
-        out.sort(key=lambda e: e[0])
-        return [(p, c) for _, p, c in out]
-
     async def terminate_workers(
         self, pattern: Mapping[str, str], *, wait: bool = True, poll: float = 0.2
     ) -> int:
@@ -598,4 +596,64 @@ class Scheduler:
                 await asyncio.sleep(poll)
         return matched
 
-    # Reads for BuildQueueState are in `redbarn.queue.admin`.
+    async def kill_operations(self, request: bq_pb2.KillOperationsRequest) -> None:
+        """KillOperations (R57-R59)."""
+        which = request.filter.WhichOneof("type") if request.HasField("filter") else None
+        if which == "operation_name":
+            await self.kill_operation(request.filter.operation_name, request.status)
+        elif which == "size_class_queue_without_workers":
+            scq = request.filter.size_class_queue_without_workers
+            if not scq.HasField("platform_queue_name"):
+                raise InvalidArgument("No platform queue name provided")
+            await self.kill_queued_operations(
+                instance_name_prefix=scq.platform_queue_name.instance_name_prefix,
+                platform=scq.platform_queue_name.platform,
+                size_class=scq.size_class,
+                status=request.status,
+            )
+        else:
+            raise InvalidArgument("Unknown filter provided")
+
+    async def modify_drain(self, request: bq_pb2.AddOrRemoveDrainRequest, *, add: bool) -> None:
+        """AddDrain (add=True) / RemoveDrain (R60)."""
+        if not request.HasField("size_class_queue_name"):
+            raise InvalidArgument("No size class queue name provided")
+        scq = request.size_class_queue_name
+        if not scq.HasField("platform_queue_name"):
+            raise InvalidArgument("No platform queue name provided")
+        kw = {
+            "instance_name_prefix": scq.platform_queue_name.instance_name_prefix,
+            "platform": scq.platform_queue_name.platform,
+            "size_class": scq.size_class,
+            "pattern": dict(request.worker_id_pattern),
+        }
+        await (self.add_drain(**kw) if add else self.remove_drain(**kw))  # type: ignore[arg-type]
+
+    # BuildQueueState reads (see `redbarn.queue.admin`) ---------------------------------
+
+    async def get_operation(self, name: str) -> bq_pb2.GetOperationResponse:
+        return await self.admin.get_operation(name)
+
+    async def list_operations(
+        self, request: bq_pb2.ListOperationsRequest
+    ) -> bq_pb2.ListOperationsResponse:
+        return await self.admin.list_operations(request)
+
+    async def list_platform_queues(self) -> bq_pb2.ListPlatformQueuesResponse:
+        return await self.admin.list_platform_queues()
+
+    async def list_invocation_children(
+        self, request: bq_pb2.ListInvocationChildrenRequest
+    ) -> bq_pb2.ListInvocationChildrenResponse:
+        return await self.admin.list_invocation_children(request)
+
+    async def list_queued_operations(
+        self, request: bq_pb2.ListQueuedOperationsRequest
+    ) -> bq_pb2.ListQueuedOperationsResponse:
+        return await self.admin.list_queued_operations(request)
+
+    async def list_workers(self, request: bq_pb2.ListWorkersRequest) -> bq_pb2.ListWorkersResponse:
+        return await self.admin.list_workers(request)
+
+    async def list_drains(self, request: bq_pb2.ListDrainsRequest) -> bq_pb2.ListDrainsResponse:
+        return await self.admin.list_drains(request)

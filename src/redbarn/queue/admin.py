@@ -1,0 +1,445 @@
+"""BuildQueueState reads (reference §2.15): plain reads of the domain keys, no scripts.
+
+Reads are not atomic across keys (an admin page may mix two instants); every value is
+read from Redis, so any frontend answers the same. Pagination follows Buildbarn:
+`start_after` is exclusive, `pagination_info` = (index of the first entry, total).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from google.protobuf import any_pb2
+
+from redbarn.errors import InvalidArgument, NotFound
+from redbarn.proto import buildqueuestate_pb2 as bq_pb2
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remoteworker_pb2 as rw_pb2
+from redbarn.queue import codec, keys
+from redbarn.queue.config import SchedulerConfig
+
+HI = "\xff"
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: str
+    prefix: str
+    platform_json: str
+
+    @property
+    def platform(self) -> re_pb2.Platform:
+        return codec.platform_from_json(self.platform_json)
+
+    def sc_name(self, size_class: int) -> bq_pb2.SizeClassQueueName:
+        return bq_pb2.SizeClassQueueName(
+            platform_queue_name=bq_pb2.PlatformQueueName(
+                instance_name_prefix=self.prefix, platform=self.platform
+            ),
+            size_class=size_class,
+        )
+
+
+_ts = codec.ms_timestamp
+
+
+def invocation_id(kind: str, value: str) -> any_pb2.Any:
+    md = re_pb2.RequestMetadata()
+    if kind == codec.CORRELATED:
+        md.correlated_invocations_id = value
+    else:
+        md.tool_invocation_id = value
+    out = any_pb2.Any()
+    out.Pack(md)
+    return out
+
+
+def _id_value(a: any_pb2.Any) -> tuple[str, str]:
+    md = re_pb2.RequestMetadata()
+    if not a.Unpack(md):
+        raise NotFound("Invocation not found")
+    if md.correlated_invocations_id and not md.tool_invocation_id:
+        return codec.CORRELATED, md.correlated_invocations_id
+    return codec.TOOL, md.tool_invocation_id
+
+
+class AdminReads:
+    """The read side of BuildQueueState over one Redis."""
+
+    def __init__(self, redis: Any, config: SchedulerConfig) -> None:
+        self.redis = redis
+        self.config = config
+
+    async def domains(self) -> list[Domain]:
+        raw = await self.redis.hgetall(keys.PLATFORMS)
+        out = []
+        for k, v in raw.items():
+            d = json.loads(v)
+            out.append(Domain(_s(k), d["instance_name_prefix"], d["platform"]))
+        out.sort(key=lambda d: (d.prefix, d.platform_json))
+        return out
+
+    async def _domain_for(
+        self, name: bq_pb2.SizeClassQueueName, *, what: str = "size class queue"
+    ) -> Domain:
+        if not name.HasField("platform_queue_name"):
+            raise InvalidArgument("No platform queue name provided")
+        pq = name.platform_queue_name
+        did = keys.domain_id(pq.instance_name_prefix, codec.platform_json(pq.platform))
+        for d in await self.domains():
+            if d.id == did:
+                classes = _s(
+                    await self.redis.hget(keys.domain_key(did, "meta"), "scs") or b""
+                ).split()
+                if keys.size_class_field(name.size_class) in classes:
+                    return d
+        raise NotFound("Size class queue not found")
+
+    # Operations -----------------------------------------------------------------
+
+    async def _operation_state(
+        self, domain: Domain, opid: str, op_raw: bytes
+    ) -> bq_pb2.OperationState | None:
+        op = codec.OpRecord.parse(op_raw)
+        tasks = keys.domain_key(domain.id, "tasks")
+        task_raw, ex_raw, res_raw = await self.redis.hmget(
+            tasks, op.tid, op.tid + "|a", op.tid + "|r"
+        )
+        if task_raw is None:
+            return None
+        t = codec.TaskRecord.parse(task_raw)
+        gc = await self.redis.zscore(keys.domain_key(domain.id, "opgc"), opid)
+        st = bq_pb2.OperationState(
+            name=keys.operation_name(domain.id, opid),
+            invocation_name=bq_pb2.InvocationName(
+                size_class_queue_name=domain.sc_name(t.size_class),
+                ids=[invocation_id(k, v) for k, v in codec.parse_invocation_path(op.path)],
+            ),
+            queued_timestamp=_ts(t.queued_ms),
+            action_digest=codec.digest_from_field(t.digest),
+            priority=op.priority,
+            digest_function=cast(Any, t.digest_function),
+        )
+        if gc is not None:
+            st.timeout.CopyFrom(_ts(int(gc)))
+        if ex_raw is not None:
+            ex = rw_pb2.DesiredState.Executing.FromString(ex_raw)
+            st.instance_name_suffix = ex.instance_name_suffix
+            st.expected_duration.CopyFrom(ex.action.timeout)
+        if t.stage == "q":
+            st.queued.SetInParent()
+        elif t.stage == "x":
+            st.executing.SetInParent()
+        else:
+            st.completed.CopyFrom(codec.decode_result(res_raw or b""))
+        return st
+
+    async def get_operation(self, name: str) -> bq_pb2.GetOperationResponse:
+        parsed = keys.parse_operation_name(name)
+        if parsed is not None:
+            did, opid = parsed
+            for d in await self.domains():
+                if d.id == did:
+                    raw = await self.redis.hget(keys.domain_key(did, "ops"), opid)
+                    st = raw is not None and await self._operation_state(d, opid, raw)
+                    if st:
+                        st.ClearField("name")
+                        return bq_pb2.GetOperationResponse(operation=st)
+        raise NotFound(f'Operation "{name}" not found')
+
+    async def list_operations(
+        self, request: bq_pb2.ListOperationsRequest
+    ) -> bq_pb2.ListOperationsResponse:
+        want_id = (
+            _id_value(request.filter_invocation_id)
+            if request.HasField("filter_invocation_id")
+            else None
+        )
+        stage_filter = {
+            re_pb2.ExecutionStage.QUEUED: "queued",
+            re_pb2.ExecutionStage.EXECUTING: "executing",
+            re_pb2.ExecutionStage.COMPLETED: "completed",
+        }.get(request.filter_stage)
+        states = []
+        for d in await self.domains():
+            for opid, raw in (await self.redis.hgetall(keys.domain_key(d.id, "ops"))).items():
+                st = await self._operation_state(d, _s(opid), raw)
+                if st is None:
+                    continue
+                if stage_filter and st.WhichOneof("stage") != stage_filter:
+                    continue
+                if want_id is not None:
+                    path = codec.parse_invocation_path(codec.OpRecord.parse(raw).path)
+                    if want_id not in path:
+                        continue
+                states.append(st)
+        states.sort(key=lambda s: s.name)
+        start = 0
+        if request.HasField("start_after"):
+            after = request.start_after.operation_name
+            start = next((i for i, s in enumerate(states) if s.name > after), len(states))
+        page = states[start : start + request.page_size]
+        return bq_pb2.ListOperationsResponse(
+            operations=page,
+            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(states)),
+        )
+
+    # Invocations ----------------------------------------------------------------
+
+    async def _nodes(self, domain: Domain, sc: str) -> dict[str, tuple[int, int]]:
+        """path -> (executing, last_started_ms) of the size class's live nodes."""
+        out = {}
+        for field, v in (await self.redis.hgetall(keys.domain_key(domain.id, "inv"))).items():
+            f = _s(field)
+            if f.startswith(sc + " "):
+                parts = _s(v).split(codec.SEP)
+                out[f[len(sc) + 1 :]] = (int(parts[0]), int(parts[1]))
+        return out
+
+    async def _invocation_state(
+        self,
+        domain: Domain,
+        sc: str,
+        path: str,
+        nodes: dict[str, tuple[int, int]],
+        workers: list[tuple[str, Any, bool]],
+    ) -> bq_pb2.InvocationState:
+        queued = keys.domain_key(domain.id, "queued")
+        direct = await self.redis.zlexcount(queued, f"[{sc} {path}\x1f", f"[{sc} {path}\x1f{HI}")
+        below = await self.redis.zlexcount(queued, f"[{sc} {path}/", f"[{sc} {path}/{HI}")
+        children = [p for p in nodes if p.rsplit("/", 1)[0] == path and p != path and p]
+        active = queued_children = 0
+        for c in children:
+            n_q = await self.redis.zlexcount(queued, f"[{sc} {c}\x1f", f"[{sc} {c}/{HI}")
+            queued_children += n_q > 0
+            active += n_q > 0 or nodes[c][0] > 0
+        idle = (
+            [w for w in workers if w[0].startswith(sc + " ") and not w[1].tid] if path == "" else []
+        )
+        return bq_pb2.InvocationState(
+            queued_operations_count=bq_pb2.InvocationState.InvocationObjectCount(
+                direct=direct, indirect=direct + below
+            ),
+            executing_workers_count=nodes.get(path, (0, 0))[0],
+            idle_workers_count=len(idle),
+            idle_synchronizing_workers_count=sum(1 for w in idle if w[2]),
+            children_count=len(children),
+            active_children_count=active,
+            queued_children_count=queued_children,
+        )
+
+    async def _workers(self, domain: Domain) -> list[tuple[str, Any, bool]]:
+        raw = await self.redis.hgetall(keys.domain_key(domain.id, "workers"))
+        out = []
+        for k, v in raw.items():
+            rec = codec.WorkerRecord.parse(v)
+            out.append((_s(k), rec, bool(rec.holder)))
+        return out
+
+    async def list_platform_queues(self) -> bq_pb2.ListPlatformQueuesResponse:
+        resp = bq_pb2.ListPlatformQueuesResponse()
+        for d in await self.domains():
+            meta = {
+                _s(k): _s(v)
+                for k, v in (await self.redis.hgetall(keys.domain_key(d.id, "meta"))).items()
+            }
+            classes = meta.get("scs", "").split()
+            if not classes:
+                continue
+            workers = await self._workers(d)
+            drains = [_s(k) for k in await self.redis.hkeys(keys.domain_key(d.id, "drains"))]
+            pq = resp.platform_queues.add()
+            pq.name.instance_name_prefix = d.prefix
+            pq.name.platform.CopyFrom(d.platform)
+            for sc in classes:
+                nodes = await self._nodes(d, sc)
+                scq = pq.size_class_queues.add(
+                    size_class=int(sc),
+                    workers_count=int(meta.get("w" + sc, "0")),
+                    drains_count=sum(1 for k in drains if k.startswith(sc + " ")),
+                    root_invocation=await self._invocation_state(d, sc, "", nodes, workers),
+                )
+                if "z" + sc in meta:
+                    scq.timeout.CopyFrom(_ts(int(meta["z" + sc])))
+        return resp
+
+    def _path(self, ids: Sequence[any_pb2.Any]) -> str:
+        elements = []
+        for depth, a in enumerate(ids):
+            kind, value = _id_value(a)
+            if self.config.correlated_invocations_level:
+                kind = codec.CORRELATED if depth == 0 else codec.TOOL
+            elements.append((kind, value))
+        return codec.invocation_path(elements)
+
+    async def list_invocation_children(
+        self, request: bq_pb2.ListInvocationChildrenRequest
+    ) -> bq_pb2.ListInvocationChildrenResponse:
+        if not request.HasField("invocation_name"):
+            raise InvalidArgument("No invocation name provided")
+        name = request.invocation_name
+        d = await self._domain_for(name.size_class_queue_name)
+        sc = keys.size_class_field(name.size_class_queue_name.size_class)
+        path = self._path(name.ids)
+        nodes = await self._nodes(d, sc)
+        if path and path not in nodes:
+            raise NotFound("Invocation not found")
+        workers = await self._workers(d)
+        F = bq_pb2.ListInvocationChildrenRequest.Filter
+        children = []
+        if request.filter == F.QUEUED:
+            pick = keys.domain_key(d.id, "pick")
+            pre = f"{sc} {path}\x1f"
+            for m in await self.redis.zrangebylex(pick, f"[{pre}", f"[{pre}{HI}"):
+                children.append(_s(m)[len(pre) + 30 :])
+        else:
+            for c in sorted(p for p in nodes if p and p.rsplit("/", 1)[0] == path):
+                st = await self._invocation_state(d, sc, c, nodes, workers)
+                if request.filter == F.ACTIVE and not (
+                    st.queued_operations_count.indirect or st.executing_workers_count
+                ):
+                    continue
+                children.append(c)
+        resp = bq_pb2.ListInvocationChildrenResponse()
+        for c in children:
+            kind, value = codec.parse_invocation_path(c)[-1]
+            resp.children.add(
+                id=invocation_id(kind, value),
+                state=await self._invocation_state(d, sc, c, nodes, workers),
+            )
+        return resp
+
+    async def list_queued_operations(
+        self, request: bq_pb2.ListQueuedOperationsRequest
+    ) -> bq_pb2.ListQueuedOperationsResponse:
+        if not request.HasField("invocation_name"):
+            raise InvalidArgument("No invocation name provided")
+        name = request.invocation_name
+        d = await self._domain_for(name.size_class_queue_name)
+        sc = keys.size_class_field(name.size_class_queue_name.size_class)
+        pre = f"{sc} {self._path(name.ids)}\x1f"
+        members = [
+            _s(m)
+            for m in await self.redis.zrangebylex(
+                keys.domain_key(d.id, "queued"), f"[{pre}", f"[{pre}{HI}"
+            )
+        ]
+        ops = keys.domain_key(d.id, "ops")
+        states = []
+        for m in members:
+            opid = m.rsplit(" ", 1)[1]
+            raw = await self.redis.hget(ops, opid)
+            st = raw is not None and await self._operation_state(d, opid, raw)
+            if st:
+                st.ClearField("invocation_name")
+                states.append(st)
+        start = 0
+        if request.HasField("start_after"):
+            sa = request.start_after
+            key = (
+                sa.priority,
+                sa.queued_timestamp.seconds * 1000 + sa.queued_timestamp.nanos // 1_000_000,
+            )
+            start = next(
+                (
+                    i
+                    for i, s in enumerate(states)
+                    if (
+                        s.priority,
+                        s.queued_timestamp.seconds * 1000 + s.queued_timestamp.nanos // 1_000_000,
+                    )
+                    > key
+                ),
+                len(states),
+            )
+        page = states[start : start + request.page_size]
+        return bq_pb2.ListQueuedOperationsResponse(
+            queued_operations=page,
+            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(states)),
+        )
+
+    async def list_workers(self, request: bq_pb2.ListWorkersRequest) -> bq_pb2.ListWorkersResponse:
+        which = request.filter.WhichOneof("type")
+        if which is None:
+            raise InvalidArgument("No filter provided")
+        if which == "all":
+            scq = request.filter.all
+            path = None
+        else:
+            inv = getattr(request.filter, which)
+            scq = inv.size_class_queue_name
+            path = self._path(inv.ids)
+        d = await self._domain_for(scq)
+        sc = keys.size_class_field(scq.size_class)
+        leases = keys.domain_key(d.id, "leases")
+        entries = []
+        for wk, rec, parked in await self._workers(d):
+            if not wk.startswith(sc + " "):
+                continue
+            op_state = None
+            if rec.tid:
+                raw = await self.redis.hget(keys.domain_key(d.id, "tasks"), rec.tid)
+                t = codec.TaskRecord.parse(raw) if raw is not None else None
+                if (
+                    t is not None
+                    and t.stage == "x"
+                    and t.worker == wk
+                    and t.epoch == rec.epoch
+                    and t.ops
+                ):
+                    opid = sorted(t.ops)[0]
+                    op_raw = await self.redis.hget(keys.domain_key(d.id, "ops"), opid)
+                    if op_raw is not None:
+                        op_state = await self._operation_state(d, opid, op_raw)
+                        if which == "executing":
+                            op_path = codec.OpRecord.parse(op_raw).path
+                            if path and not (op_path == path or op_path.startswith(path + "/")):
+                                continue
+            if which == "executing" and op_state is None:
+                continue
+            if which == "idle_synchronizing" and (op_state is not None or not parked or path):
+                continue
+            ws = bq_pb2.WorkerState(id=json.loads(wk[11:]), drained=rec.terminating)
+            if not parked:
+                score = await self.redis.zscore(leases, wk)
+                if score is not None:
+                    ws.timeout.CopyFrom(_ts(int(score)))
+            if op_state is not None:
+                op_state.ClearField("invocation_name")
+                op_state.ClearField("queued")
+                op_state.ClearField("executing")
+                ws.current_operation.CopyFrom(op_state)
+            entries.append((wk[11:], ws))
+        entries.sort(key=lambda e: e[0])
+        start = 0
+        if request.HasField("start_after"):
+            after = codec.worker_json(request.start_after.worker_id)
+            start = next((i for i, e in enumerate(entries) if e[0] > after), len(entries))
+        page = [ws for _, ws in entries[start : start + request.page_size]]
+        return bq_pb2.ListWorkersResponse(
+            workers=page,
+            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(entries)),
+        )
+
+    async def list_drains(self, request: bq_pb2.ListDrainsRequest) -> bq_pb2.ListDrainsResponse:
+        d = await self._domain_for(request.size_class_queue_name)
+        pre = keys.size_class_field(request.size_class_queue_name.size_class) + " "
+        raw = await self.redis.hgetall(keys.domain_key(d.id, "drains"))
+        entries = sorted(
+            (_s(k)[len(pre) :], int(_s(v).split(codec.SEP)[0]))
+            for k, v in raw.items()
+            if _s(k).startswith(pre)
+        )
+        return bq_pb2.ListDrainsResponse(
+            drains=[
+                bq_pb2.DrainState(worker_id_pattern=json.loads(p), created_timestamp=_ts(c))
+                for p, c in entries
+            ]
+        )
