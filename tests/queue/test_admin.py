@@ -1,0 +1,147 @@
+"""BuildQueueState reads and admin requests, on real Redis and fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from google.rpc import status_pb2
+from qhelpers import action, assigned, execute, make, request
+
+from redbarn.errors import InvalidArgument, NotFound
+from redbarn.proto import buildqueuestate_pb2 as bq_pb2
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue.admin import invocation_id
+
+SCQ = bq_pb2.SizeClassQueueName(platform_queue_name=bq_pb2.PlatformQueueName(), size_class=0)
+
+
+def inv(*tools: str) -> bq_pb2.InvocationName:
+    return bq_pb2.InvocationName(
+        size_class_queue_name=SCQ, ids=[invocation_id("t", t) for t in tools]
+    )
+
+
+async def test_reads(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    await s.synchronize(request("2"))
+    a = [await execute(s, n, tool="A") for n in range(3)]
+    b = await execute(s, 10, tool="B", priority=-5)
+    d = assigned(await s.synchronize(request("1")))
+    assert d == action(10)[0]  # B: better priority
+
+    got = await s.get_operation(a[0].name)
+    assert got.operation.name == ""
+    assert got.operation.WhichOneof("stage") == "queued"
+    assert got.operation.action_digest == action(0)[0]
+    assert got.operation.expected_duration.seconds == 1800
+    with pytest.raises(NotFound, match='Operation "x" not found'):
+        await s.get_operation("x")
+
+    ops = await s.list_operations(bq_pb2.ListOperationsRequest(page_size=2))
+    names = sorted([*(v.name for v in a), b.name])
+    assert [o.name for o in ops.operations] == names[:2]
+    assert ops.pagination_info == bq_pb2.PaginationInfo(start_index=0, total_entries=4)
+    page2 = await s.list_operations(
+        bq_pb2.ListOperationsRequest(
+            page_size=10,
+            start_after=bq_pb2.ListOperationsRequest.StartAfter(operation_name=names[1]),
+        )
+    )
+    assert [o.name for o in page2.operations] == names[2:]
+    assert page2.pagination_info.start_index == 2
+    executing = await s.list_operations(
+        bq_pb2.ListOperationsRequest(page_size=10, filter_stage=re_pb2.ExecutionStage.EXECUTING)
+    )
+    assert [o.name for o in executing.operations] == [b.name]
+    by_inv = await s.list_operations(
+        bq_pb2.ListOperationsRequest(page_size=10, filter_invocation_id=invocation_id("t", "A"))
+    )
+    assert sorted(o.name for o in by_inv.operations) == sorted(v.name for v in a)
+
+    pqs = await s.list_platform_queues()
+    (pq,) = pqs.platform_queues
+    (scq,) = pq.size_class_queues
+    assert scq.workers_count == 2
+    root = scq.root_invocation
+    assert root.queued_operations_count.indirect == 3
+    assert root.executing_workers_count == 1
+    assert (
+        root.children_count == 2
+        and root.active_children_count == 2
+        and root.queued_children_count == 1
+    )
+
+    children = await s.list_invocation_children(
+        bq_pb2.ListInvocationChildrenRequest(
+            invocation_name=inv(), filter=bq_pb2.ListInvocationChildrenRequest.ALL
+        )
+    )
+    assert [c.state.queued_operations_count.direct for c in children.children] == [3, 0]
+    queued_children = await s.list_invocation_children(
+        bq_pb2.ListInvocationChildrenRequest(
+            invocation_name=inv(), filter=bq_pb2.ListInvocationChildrenRequest.QUEUED
+        )
+    )
+    assert len(queued_children.children) == 1
+    with pytest.raises(NotFound, match="Invocation not found"):
+        await s.list_invocation_children(
+            bq_pb2.ListInvocationChildrenRequest(invocation_name=inv("nope"))
+        )
+
+    queued = await s.list_queued_operations(
+        bq_pb2.ListQueuedOperationsRequest(invocation_name=inv("A"), page_size=10)
+    )
+    assert [o.action_digest for o in queued.queued_operations] == [action(n)[0] for n in range(3)]
+
+    workers = await s.list_workers(
+        bq_pb2.ListWorkersRequest(filter=bq_pb2.ListWorkersRequest.Filter(all=SCQ), page_size=10)
+    )
+    assert [dict(w.id) for w in workers.workers] == [
+        {"host": "h", "thread": "1"},
+        {"host": "h", "thread": "2"},
+    ]
+    assert workers.workers[0].current_operation.action_digest == action(10)[0]
+    assert workers.workers[0].timeout.seconds > 0
+    running = await s.list_workers(
+        bq_pb2.ListWorkersRequest(
+            filter=bq_pb2.ListWorkersRequest.Filter(executing=inv("B")), page_size=10
+        )
+    )
+    assert len(running.workers) == 1
+
+
+async def test_admin_requests(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    await s.modify_drain(
+        bq_pb2.AddOrRemoveDrainRequest(
+            size_class_queue_name=SCQ, worker_id_pattern={"thread": "1"}
+        ),
+        add=True,
+    )
+    drains = await s.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))
+    assert len(drains.drains) == 1 and drains.drains[0].created_timestamp.seconds > 0
+    await s.modify_drain(
+        bq_pb2.AddOrRemoveDrainRequest(
+            size_class_queue_name=SCQ, worker_id_pattern={"thread": "1"}
+        ),
+        add=False,
+    )
+    assert not (await s.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))).drains
+    with pytest.raises(InvalidArgument, match="No size class queue name provided"):
+        await s.modify_drain(bq_pb2.AddOrRemoveDrainRequest(), add=True)
+    with pytest.raises(InvalidArgument, match="Unknown filter provided"):
+        await s.kill_operations(bq_pb2.KillOperationsRequest())
+    status = status_pb2.Status(code=1, message="stop")
+    await s.kill_operations(
+        bq_pb2.KillOperationsRequest(
+            filter=bq_pb2.KillOperationsRequest.Filter(operation_name=v.name), status=status
+        )
+    )
+    done = await s.get_operation_view(v.name)
+    assert done.response is not None and done.response.status == status
+    await asyncio.sleep(0)
