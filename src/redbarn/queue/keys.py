@@ -15,6 +15,21 @@ Deviation from DESIGN.md rule 1 ("a domain is ... size class"): the size class i
 prefix of members and fields inside the domain (`<sc>` = 10 digits) instead of a
 separate hash tag; decided by the lead so the fallback analyzer stays atomic.
 
+Other deviations from Buildbarn, deliberate or for now (each keeps the protocol intact):
+- Executing counts per invocation node count executing *operations* in the subtree, not
+  distinct workers; they differ only when one deduplicated task has operations in two
+  sibling invocations.
+- Idle workers park per size class, not per invocation (no idle-worker utilisation heap,
+  no stickiness, R34/R36): direct assignment takes the first parked worker in key order.
+- Within an invocation: priority, then FIFO (expected_duration is not a sort key, R24).
+- R18 (size classes only on predeclared queues) is not enforced: a worker may add any
+  size class to its platform queue; predeclared queues do not exist.
+- A drained worker that parks stays held but is not offered work; RemoveDrain makes it
+  eligible again and hints it only if work is queued (else it sees work at its next poll).
+- Operation names are "<P>.<32 hex>", not bare UUIDs, so that they route (DESIGN rule 2).
+- The correlated_invocations_id level is off by default (SchedulerConfig); with it on,
+  every operation sits two levels down ("/c<id>/t<id>").
+
 Ids: a task id is `t<n>` (per domain counter); an operation id is 32 hex digits and
 its public name is `<P>.<opid>`, so any frontend routes a name with no lookup. A
 worker key is `<sc> <worker-id-json>` (Go json.Marshal form, sorted keys).
