@@ -3,12 +3,11 @@
 * test_workspace_local_offline: the workspace builds and its tests pass with local
   execution only, offline (stand-in repositories). Needs only Bazel, which it installs
   with scripts/install-bazel when missing; skipped only when that is impossible.
-* test_harness_against_mini_reapi: the remote steps against tests/e2e/mini_reapi.py,
-  a tiny in-process REAPI server, so a broken harness is told apart from a broken
-  redbarn.
 * test_redbarn_up_remote_execution: steps 1-3 of the issue against `redbarn up`:
   every action runs remotely, then after `bazel clean` every action is a remote cache
   hit. Skipped while `redbarn up` does not exist.
+* test_bazel_through_the_lb_topology: step 2 again through compose's topology built
+  from local processes (three frontends behind nginx, two workers on the LB).
 
 The helpers (flags, summary parsing, checks) are in tests/e2e/bazel.py.
 """
@@ -69,20 +68,6 @@ def test_workspace_local_offline(bazel: e2e.Bazel) -> None:
     print(f"local offline build+test: {kinds} in {run.seconds:.1f}s")
     assert "remote" not in kinds
     assert sum(kinds.values()) > 0
-
-
-@pytest.mark.timeout(600)
-def test_harness_against_mini_reapi(bazel: e2e.Bazel) -> None:
-    import mini_reapi
-
-    port = free_port()
-    server = mini_reapi.serve(port)
-    try:
-        report = e2e.remote_e2e(bazel, f"grpc://127.0.0.1:{port}")
-        print(report.describe())
-        assert server.store.executed == report.remote.summary.kinds["remote"]  # type: ignore[attr-defined]
-    finally:
-        server.stop(grace=1)
 
 
 def redbarn_up_missing() -> str | None:
@@ -191,3 +176,30 @@ def test_redbarn_up_remote_execution(bazel: e2e.Bazel, tmp_path: Path) -> None:
                 "---- redbarn up output ----\n" + log.read_text(errors="replace")[-8000:]
             )
         raise
+
+
+@pytest.mark.timeout(900)
+def test_bazel_through_the_lb_topology(bazel: e2e.Bazel, tmp_path: Path) -> None:
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cluster import Cluster
+
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.skip("nginx is not installed")
+    with Cluster(tmp_path) as c:
+        try:
+            for _ in range(3):
+                c.add_frontend()
+            c.add_nginx()
+            lb = f"127.0.0.1:{c.lb_port}"
+            for _ in range(2):
+                c.add_worker(lb, concurrency=2)
+            bazel.clean()
+            run = bazel.test(*e2e.remote_flags(f"grpc://{lb}", accept_cached=False)).check()
+            e2e.expect_processes(run, "remote", ("remote", "internal"))
+            bazel.check_binary_output()
+            print(f"through the LB: {run.summary.kinds} in {run.seconds:.1f}s")
+        except BaseException:
+            sys.stderr.write(c.logs())
+            raise
