@@ -102,7 +102,7 @@ def _manifest(chunk_size: int, count: int) -> bytes:
 
 
 def _parse_manifest(digest: Digest, value: bytes) -> tuple[int, int]:
-    """(chunk size, chunk count) of a manifest, or Internal-ish NotFound if corrupt."""
+    """(chunk size, chunk count) of a manifest; a value of another shape is NotFound."""
     if not value.startswith(_MANIFEST_PREFIX):
         raise NotFound(f"Blob {digest} not found: stored value has an unexpected format")
     size_text, _, count_text = value[len(_MANIFEST_PREFIX) :].partition(b":")
@@ -237,10 +237,14 @@ class RedisBlobStore:
 
     async def _touch_chunks(self, digest: Digest, chunk_size: int, count: int) -> None:
         """Refresh every chunk's TTL; a blob with a lost chunk is dropped and NotFound."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for i in range(count):
-                pipe.pexpire(cas_chunk_key(digest, i), self.ttl_ms)
-            present = await pipe.execute()
+        keys = [cas_chunk_key(digest, i) for i in range(count)]
+        if self._scripts:
+            present = await self._touch(keys=keys, args=[self.ttl_ms, count])
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.pexpire(key, self.ttl_ms)
+                present = await pipe.execute()
         if not all(present):
             await self.client.delete(cas_key(digest))
             raise _not_found(digest)
