@@ -29,6 +29,15 @@ def check_batch_size(digests: Iterable[Digest], limit: int) -> None:
         )
 
 
+def _read_response(digest: Digest, data: bytes | None) -> re_pb2.BatchReadBlobsResponse.Response:
+    Response = re_pb2.BatchReadBlobsResponse.Response
+    if data is None:
+        return Response(
+            digest=digest.to_proto(), status=status_of(NotFound(f"Blob {digest} not found"))
+        )
+    return Response(digest=digest.to_proto(), data=data, status=status_of(None))
+
+
 class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageServicer):
     def __init__(self, blobs: BlobStore, *, max_batch_total_size: int) -> None:
         self._blobs = blobs
@@ -73,16 +82,8 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         digests = parse_digests(request.digests, request.digest_function)
         check_batch_size(digests, self._max_batch)
         datas = await self._blobs.get_many(instance, digests)
-        Response = re_pb2.BatchReadBlobsResponse.Response
         return re_pb2.BatchReadBlobsResponse(
-            responses=[
-                Response(digest=d.to_proto(), data=data, status=status_of(None))
-                if data is not None
-                else Response(
-                    digest=d.to_proto(), status=status_of(NotFound(f"Blob {d} not found"))
-                )
-                for d, data in zip(digests, datas, strict=True)
-            ]
+            responses=[_read_response(d, data) for d, data in zip(digests, datas, strict=True)]
         )
 
     @grpc_errors
