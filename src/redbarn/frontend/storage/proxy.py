@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 
@@ -39,8 +39,13 @@ def open_channel(target: str, *, max_message_bytes: int) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=options)
 
 
-def _raise(err: grpc.aio.AioRpcError) -> RedbarnError:
-    return from_rpc_error(err)
+@contextlib.contextmanager
+def _upstream() -> Iterator[None]:
+    """Turn a status from the upstream server into the same domain error."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as err:
+        raise from_rpc_error(err) from None
 
 
 class GrpcBlobStore:
@@ -61,10 +66,8 @@ class GrpcBlobStore:
             blob_digests=[d.to_proto() for d in dict.fromkeys(digests)],
             digest_function=SHA256,
         )
-        try:
+        with _upstream():
             reply = await self._cas.FindMissingBlobs(request)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
         return [Digest(d.hash, d.size_bytes) for d in reply.missing_blob_digests]
 
     async def put_many(
@@ -75,10 +78,8 @@ class GrpcBlobStore:
             instance_name=instance_name, digest_function=SHA256,
             requests=[Request(digest=d.to_proto(), data=data) for d, data in blobs],
         )  # fmt: skip
-        try:
+        with _upstream():
             reply = await self._cas.BatchUpdateBlobs(request)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
         by_digest = {Digest(r.digest.hash, r.digest.size_bytes): r.status for r in reply.responses}
         results: list[RedbarnError | None] = []
         for digest, _ in blobs:
@@ -114,10 +115,8 @@ class GrpcBlobStore:
             digests=[d.to_proto() for d in digests],
             digest_function=SHA256,
         )
-        try:
+        with _upstream():
             reply = await self._cas.BatchReadBlobs(request)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
         out: dict[Digest, bytes | None] = dict.fromkeys(digests)
         for r in reply.responses:
             digest = Digest(r.digest.hash, r.digest.size_bytes)
@@ -147,11 +146,9 @@ class GrpcBlobStore:
             read_offset=offset,
             read_limit=limit,
         )
-        try:
+        with _upstream():
             async for reply in self._bs.Read(request):
                 yield reply.data
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
 
     async def open_write(
         self, instance_name: str, digest: Digest, upload_id: str
@@ -170,10 +167,8 @@ class GrpcBlobStore:
         request = bs_pb2.QueryWriteStatusRequest(
             resource_name=write_resource_name(instance_name, upload_id, digest)
         )
-        try:
+        with _upstream():
             reply = await self._bs.QueryWriteStatus(request)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
         return reply.committed_size, reply.complete
 
     async def get_tree(
@@ -183,17 +178,13 @@ class GrpcBlobStore:
             instance_name=instance_name, root_digest=root.to_proto(),
             page_size=page_size, page_token=page_token, digest_function=SHA256,
         )  # fmt: skip
-        try:
+        with _upstream():
             async for reply in self._cas.GetTree(request):
                 yield list(reply.directories), reply.next_page_token
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
 
     async def ping(self) -> None:
-        try:
+        with _upstream():
             await self._caps.GetCapabilities(re_pb2.GetCapabilitiesRequest(), timeout=2.0)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
 
 
 _END = object()
@@ -267,10 +258,8 @@ class GrpcWriteSession:
 
     async def _result(self) -> int:
         assert self._call is not None
-        try:
+        with _upstream():
             reply = await self._call
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
         if reply.committed_size == self._digest.size_bytes:
             self._complete = True
         return int(reply.committed_size)
@@ -318,10 +307,8 @@ class GrpcActionCache:
             action_digest=action_digest.to_proto(),
             digest_function=SHA256,
         )
-        try:
+        with _upstream():
             result: re_pb2.ActionResult = await self._ac.GetActionResult(request)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
         return result
 
     async def put(
@@ -331,7 +318,5 @@ class GrpcActionCache:
             instance_name=instance_name, action_digest=action_digest.to_proto(),
             action_result=result, digest_function=SHA256,
         )  # fmt: skip
-        try:
+        with _upstream():
             await self._ac.UpdateActionResult(request)
-        except grpc.aio.AioRpcError as err:
-            raise _raise(err) from None
