@@ -112,9 +112,10 @@ async def test_read_errors(storage_client: Client) -> None:
     await expect_error(
         read_all(storage_client, read_name(d), offset=-1), grpc.StatusCode.OUT_OF_RANGE
     )
-    await expect_error(
-        read_all(storage_client, read_name(d), limit=-1), grpc.StatusCode.OUT_OF_RANGE
+    details = await expect_error(
+        read_all(storage_client, read_name(d), limit=-1), grpc.StatusCode.INVALID_ARGUMENT
     )
+    assert details == "Invalid read limit -1: it must not be negative"
     absent = digest_of(b"absent")
     details = await expect_error(
         read_all(storage_client, read_name(absent)), grpc.StatusCode.NOT_FOUND

@@ -286,7 +286,7 @@ class RedisBlobStore:
         if offset < 0 or offset > size:
             raise OutOfRange(f"Read offset {offset} is outside blob {digest} of {size} bytes")
         if limit < 0:
-            raise OutOfRange(f"Negative read limit {limit}")
+            raise InvalidArgument(f"Invalid read limit {limit}: it must not be negative")
         end = size if limit == 0 else min(size, offset + limit)
         if digest.is_empty:
             return
