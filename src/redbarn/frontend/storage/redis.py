@@ -423,7 +423,8 @@ class RedisWriteSession:
                 if current != self._committed:
                     raise Aborted(
                         f"Upload {self._upload_id} of blob {self._digest} has {current} bytes "
-                        f"committed by another stream, while this stream expected {self._committed}"
+                        f"committed, while this stream expected {self._committed}: another "
+                        "stream wrote to it, or it expired; restart from QueryWriteStatus"
                     )
                 pipe.multi()  # type: ignore[no-untyped-call]
                 pos, data = self._committed, memoryview(bytes(self._pending))
