@@ -183,3 +183,32 @@ async def test_find_missing_many_in_batches(store: RedisBlobStore) -> None:
     await store.put_many("", stored)
     stored_set = {d for d, _ in stored}
     assert await store.find_missing("", digests) == [d for d in digests if d not in stored_set]
+
+
+async def test_upload_is_never_held_whole(real_redis: aioredis.Redis) -> None:
+    """20 MiB through a write session: peak Python allocation stays near the flush size.
+
+    Real Redis only: fakeredis keeps the stored data in this process.
+    """
+    import hashlib
+    import tracemalloc
+
+    store = RedisBlobStore(real_redis, chunk_size=1 << 20)
+
+    piece = 64 * 1024
+    total = 20 << 20
+    hasher = hashlib.sha256()
+    for i in range(total // piece):
+        hasher.update(i.to_bytes(4, "big") * (piece // 4))
+    d = Digest(hasher.hexdigest(), total)
+    session = await store.open_write("", d, "big")
+    tracemalloc.start()
+    try:
+        for i in range(total // piece):
+            await session.write(i * piece, i.to_bytes(4, "big") * (piece // 4))
+        assert await session.finish() == total
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak} bytes"
+    assert await store.find_missing("", [d]) == []
