@@ -4,7 +4,8 @@ Reads and writes pick the cheapest RPC per blob: BatchReadBlobs/BatchUpdateBlobs
 for blobs up to `batch_blob_limit`, grouped so one request stays under
 `batch_request_limit`; ByteStream Read/Write for the rest. Uploads ask
 FindMissingBlobs first and send only what the CAS lacks. Transient RPC failures
-(UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED) are retried with jittered backoff.
+(UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, and the CANCELLED/INTERNAL a load
+balancer reports for a dropped upstream) are retried with jittered backoff.
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ from redbarn.worker import digests
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# CANCELLED and INTERNAL are included because that is how a load balancer reports a
+# call its upstream frontend dropped while stopping (nginx: "RST_STREAM"); a
+# cancellation of our own raises asyncio.CancelledError instead, which is never retried.
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
 }
 CHUNK = 1 << 20
 
