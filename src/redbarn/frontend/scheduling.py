@@ -1,22 +1,29 @@
-"""Wires the scheduler into a frontend: Execution, OperationQueue, the hint hub and
-the reaper. `scheduling_hook(config)` is a `create_server` hook (see `server`)."""
+"""Wires the scheduler into a frontend: Execution, OperationQueue, BuildQueueState,
+the hint hub and the reaper. `scheduling_hook(config)` is a `create_server` hook (see `server`)."""
 
 from __future__ import annotations
 
 import logging
 
+from redbarn.frontend.buildqueuestate import BuildQueueStateServicer
 from redbarn.frontend.execution import ExecutionServicer
 from redbarn.frontend.hub import Hub, new_frontend_id
 from redbarn.frontend.operation_queue import OperationQueueServicer
 from redbarn.frontend.server import EXECUTION, Frontend, Hook
+from redbarn.proto import (
+    buildqueuestate_pb2,
+    buildqueuestate_pb2_grpc,
+    remoteworker_pb2,
+    remoteworker_pb2_grpc,
+)
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.proto import remoteworker_pb2, remoteworker_pb2_grpc
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 OPERATION_QUEUE = remoteworker_pb2.DESCRIPTOR.services_by_name["OperationQueue"].full_name
+BUILD_QUEUE_STATE = buildqueuestate_pb2.DESCRIPTOR.services_by_name["BuildQueueState"].full_name
 
 
 def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) -> Hook:
@@ -37,6 +44,11 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
             remoteworker_pb2_grpc.add_OperationQueueServicer_to_server,
             OperationQueueServicer(scheduler),
             OPERATION_QUEUE,
+        )
+        frontend.add_service(
+            buildqueuestate_pb2_grpc.add_BuildQueueStateServicer_to_server,
+            BuildQueueStateServicer(scheduler),
+            BUILD_QUEUE_STATE,
         )
         frontend.exec_enabled = True
         frontend.add_background(hub.run)

@@ -1,0 +1,143 @@
+"""BuildQueueState over a real channel: every RPC against live frontends and a worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+from google.rpc import status_pb2
+
+from redbarn.proto import buildqueuestate_pb2 as bq_pb2
+from redbarn.proto import buildqueuestate_pb2_grpc as bq_grpc
+from redbarn.proto import remote_execution_pb2 as re_pb2
+
+from .test_execution import (
+    PLATFORM,
+    Cluster,
+    SimWorker,
+    cluster,  # noqa: F401 - fixture
+    collect,
+    invocation,
+    response_of,
+    upload_action,
+)
+
+SCQ = bq_pb2.SizeClassQueueName(platform_queue_name=bq_pb2.PlatformQueueName(platform=PLATFORM))
+
+
+async def test_admin_reads_and_writes(cluster: Cluster) -> None:  # noqa: F811
+    a, b = await cluster.add(), await cluster.add()
+    admin = bq_grpc.BuildQueueStateStub(b.channel)
+    hold = asyncio.Event()
+    worker = SimWorker(a, hold=hold)
+    await worker.register()
+    worker.start()
+    try:
+        digest = await upload_action(a, ["sleep"])
+        stream = a.execution.Execute(
+            re_pb2.ExecuteRequest(action_digest=digest), metadata=invocation("inv-1")
+        )
+        first = await stream.read()
+        await asyncio.wait_for(worker.assigned_event.wait(), 5)
+
+        queues = await admin.ListPlatformQueues(empty_pb2.Empty())
+        assert [q.name.platform for q in queues.platform_queues] == [PLATFORM]
+        scq = queues.platform_queues[0].size_class_queues[0]
+        assert scq.workers_count == 1 and scq.drains_count == 0
+
+        got = await admin.GetOperation(bq_pb2.GetOperationRequest(operation_name=first.name))
+        assert got.operation.action_digest == digest
+        assert got.operation.WhichOneof("stage") == "executing"
+
+        ops = await admin.ListOperations(bq_pb2.ListOperationsRequest(page_size=10))
+        assert [o.name for o in ops.operations] == [first.name]
+        assert ops.pagination_info.total_entries == 1
+
+        workers = await admin.ListWorkers(
+            bq_pb2.ListWorkersRequest(
+                filter=bq_pb2.ListWorkersRequest.Filter(all=SCQ), page_size=10
+            )
+        )
+        assert [dict(w.id) for w in workers.workers] == [worker.worker_id]
+        assert workers.workers[0].current_operation.action_digest == digest
+
+        pattern = {"thread": "w1"}
+        await admin.AddDrain(
+            bq_pb2.AddOrRemoveDrainRequest(size_class_queue_name=SCQ, worker_id_pattern=pattern)
+        )
+        drains = await admin.ListDrains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))
+        assert [dict(d.worker_id_pattern) for d in drains.drains] == [pattern]
+        await admin.RemoveDrain(
+            bq_pb2.AddOrRemoveDrainRequest(size_class_queue_name=SCQ, worker_id_pattern=pattern)
+        )
+        assert not (
+            await admin.ListDrains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))
+        ).drains
+
+        killed = status_pb2.Status(
+            code=grpc.StatusCode.CANCELLED.value[0], message="killed by test"
+        )
+        await admin.KillOperations(
+            bq_pb2.KillOperationsRequest(
+                filter=bq_pb2.KillOperationsRequest.Filter(operation_name=first.name), status=killed
+            )
+        )
+        ops = await asyncio.wait_for(collect(stream), 10)
+        assert response_of(ops[-1]).status == killed
+    finally:
+        hold.set()
+        await worker.stop()
+
+
+async def test_admin_errors(cluster: Cluster) -> None:  # noqa: F811
+    node = await cluster.add()
+    admin = bq_grpc.BuildQueueStateStub(node.channel)
+    cases = [
+        (
+            admin.GetOperation(bq_pb2.GetOperationRequest(operation_name="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            'Operation "nope" not found',
+        ),
+        (
+            admin.KillOperations(bq_pb2.KillOperationsRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Unknown filter provided",
+        ),
+        (
+            admin.ListDrains(bq_pb2.ListDrainsRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "No platform queue name provided",
+        ),
+        (
+            admin.ListDrains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ)),
+            grpc.StatusCode.NOT_FOUND,
+            "Size class queue not found",
+        ),
+        (
+            admin.ListInvocationChildren(bq_pb2.ListInvocationChildrenRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "No invocation name provided",
+        ),
+    ]
+    for call, code, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == code, err.value
+        assert err.value.details() == text
+
+
+async def test_terminate_workers_drains_them_for_good(cluster: Cluster) -> None:  # noqa: F811
+    node = await cluster.add()
+    admin = bq_grpc.BuildQueueStateStub(node.channel)
+    worker = SimWorker(node)
+    await worker.register()
+    await asyncio.wait_for(
+        admin.TerminateWorkers(bq_pb2.TerminateWorkersRequest(worker_id_pattern={"thread": "w1"})),
+        5,
+    )
+    workers = await admin.ListWorkers(
+        bq_pb2.ListWorkersRequest(filter=bq_pb2.ListWorkersRequest.Filter(all=SCQ), page_size=10)
+    )
+    assert [w.drained for w in workers.workers] == [True]
