@@ -8,6 +8,9 @@
 --         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued>"
 -- Records are strings of fields joined by \31 (unit separator); see redbarn.queue.codec.
 
+-- Library functions are fields of one table: closures over few upvalues are cheap to
+-- create on every call (dozens of `local function`s capturing each other cost ~20us).
+local L = {}
 local K_META, K_WORKERS, K_LEASES, K_PARKED, K_TASKS, K_OPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local K_QUEUED, K_PICK, K_INV, K_INFLIGHT, K_DRAINS, K_OPGC = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local S = '\31'
@@ -25,10 +28,10 @@ do
   CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = tonumber(f), tonumber(g), tonumber(h), tonumber(i)
 end
 
-local function int(n) return string.format('%d', math.floor(n)) end
-local function pad(n, w) return string.format('%0' .. w .. 'd', math.floor(n)) end
+function L.int(n) return string.format('%d', math.floor(n)) end
+function L.pad(n, w) return string.format('%0' .. w .. 'd', math.floor(n)) end
 
-local function split(s, sep)
+function L.split(s, sep)
   local out = {}
   local start = 1
   while true do
@@ -39,93 +42,105 @@ local function split(s, sep)
   end
 end
 
-local function words(s)
+function L.words(s)
   local out = {}
   for w in string.gmatch(s, '%S+') do out[#out + 1] = w end
   return out
 end
 
-local function publish(fid, msg)
+function L.publish(fid, msg)
   if fid ~= nil and fid ~= '' then redis.call('PUBLISH', 'redbarn:v1:fe:' .. fid, msg) end
 end
 
--- Task record: st sc ep n r qt dg fn dk w fb ops
-local function task_get(tid)
-  local v = redis.call('HGET', K_TASKS, tid)
-  if not v then return nil end
-  local f = split(v, S)
-  return {st = f[1], sc = f[2], ep = tonumber(f[3]), n = tonumber(f[4]), r = tonumber(f[5]),
-          qt = f[6], dg = f[7], fn = f[8], dk = f[9], w = f[10], fb = f[11], ops = words(f[12] or '')}
+-- Task record: st sc ep n r qt dg fn dk w fb ops. Records are parsed with one
+-- string.match (a C call): a Lua split loop costs several times more per record.
+local F = '([^\31]*)'
+local TASK_RE = '^' .. F .. string.rep('\31' .. F, 11) .. '$'
+local OP_RE = '^' .. F .. string.rep('\31' .. F, 3) .. '$'
+local WORKER_RE = '^' .. F .. string.rep('\31' .. F, 4) .. '$'
+
+function L.ids(s)
+  if s == '' then return {} end
+  if not string.find(s, ' ', 1, true) then return {s} end
+  return L.words(s)
 end
 
-local function task_put(tid, t)
-  redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, int(t.ep), int(t.n), int(t.r), t.qt, t.dg,
+function L.task_get(tid)
+  local v = redis.call('HGET', K_TASKS, tid)
+  if not v then return nil end
+  local st, sc, ep, n, r, qt, dg, fn, dk, w, fb, ops = string.match(v, TASK_RE)
+  return {st = st, sc = sc, ep = tonumber(ep), n = tonumber(n), r = tonumber(r), qt = qt, dg = dg,
+          fn = fn, dk = dk, w = w, fb = fb, ops = L.ids(ops)}
+end
+
+function L.task_put(tid, t)
+  redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
     t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S))
 end
 
 -- Operation record: tid qm path fids (memoised for the duration of one script call)
 local OPS = {}
-local function op_get(opid)
+function L.op_get(opid)
   local o = OPS[opid]
   if o then return o end
   local v = redis.call('HGET', K_OPS, opid)
   if not v then return nil end
-  local f = split(v, S)
-  o = {tid = f[1], qm = f[2], path = f[3], fids = f[4] or ''}
+  local tid, qm, path, fids = string.match(v, OP_RE)
+  o = {tid = tid, qm = qm, path = path, fids = fids}
   OPS[opid] = o
   return o
 end
 
-local function op_put(opid, o)
+function L.op_put(opid, o)
   OPS[opid] = o
   redis.call('HSET', K_OPS, opid, table.concat({o.tid, o.qm, o.path, o.fids}, S))
 end
 
 -- Worker record: tid ep holder term pairs
-local function worker_get(wk)
+function L.worker_get(wk)
   local v = redis.call('HGET', K_WORKERS, wk)
   if not v then return nil end
-  local f = split(v, S)
-  return {t = f[1], ep = tonumber(f[2]), h = f[3], term = f[4], pairs = f[5] or ''}
+  local t, ep, h, term, pairs = string.match(v, WORKER_RE)
+  return {t = t, ep = tonumber(ep), h = h, term = term, pairs = pairs}
 end
 
-local function worker_put(wk, w)
-  redis.call('HSET', K_WORKERS, wk, table.concat({w.t, int(w.ep), w.h, w.term, w.pairs}, S))
+function L.worker_put(wk, w)
+  redis.call('HSET', K_WORKERS, wk, table.concat({w.t, L.int(w.ep), w.h, w.term, w.pairs}, S))
 end
 
-local function sc_of(wk) return string.sub(wk, 1, 10) end
-local function json_of(wk) return string.sub(wk, 12) end
+function L.sc_of(wk) return string.sub(wk, 1, 10) end
+function L.json_of(wk) return string.sub(wk, 12) end
 
 -- Record frontend fid as watching operation o (keeps the 4 most recent).
-local function watch(o, fid)
+function L.watch(o, fid)
   if fid ~= '' and not string.find(' ' .. o.fids .. ' ', ' ' .. fid .. ' ', 1, true) then
-    local l = words(o.fids)
+    local l = L.words(o.fids)
     l[#l + 1] = fid
     while #l > 4 do table.remove(l, 1) end
     o.fids = table.concat(l, ' ')
   end
 end
 
-local function op_name(opid) return CFG.domain .. '.' .. opid end
+function L.op_name(opid) return CFG.domain .. '.' .. opid end
 
-local function notify_op(opid, o)
-  for _, fid in ipairs(words(o.fids)) do publish(fid, 'o ' .. op_name(opid)) end
+function L.notify_op(opid, o)
+  for _, fid in ipairs(L.words(o.fids)) do L.publish(fid, 'o ' .. L.op_name(opid)) end
 end
 
-local function notify_task(t)
+function L.notify_task(t)
   for _, opid in ipairs(t.ops) do
-    local o = op_get(opid)
-    if o then notify_op(opid, o) end
+    local o = L.op_get(opid)
+    if o then L.notify_op(opid, o) end
   end
 end
 
-local function qmember(sc, o, opid) return sc .. ' ' .. o.path .. S .. o.qm .. ' ' .. opid end
+function L.qmember(sc, o, opid) return sc .. ' ' .. o.path .. S .. o.qm .. ' ' .. opid end
 
 -- Invocation nodes. inv field "<sc> <path>" = "x l p k": executing count, last started ms,
--- first queued priority (10-digit encoding, '' = nothing queued), member in pick ('' = none).
-local function parent(path) return string.match(path, '^(.*)/[^/]*$') end
+-- first queued priority (10-digit encoding, '' = nothing queued), member in L.pick ('' = none).
+function L.parent(path) return string.match(path, '^(.*)/[^/]*$') end
 
-local function node_get(sc, path)
+function L.node_get(sc, path)
   local v = redis.call('HGET', K_INV, sc .. ' ' .. path)
   if not v then return {x = 0, l = NOW, p = '', k = ''} end
   -- The pick member (last field) itself contains \31: it is the rest of the record.
@@ -133,17 +148,17 @@ local function node_get(sc, path)
   return {x = tonumber(x), l = tonumber(l), p = p, k = k}
 end
 
-local function node_put(sc, path, n)
+function L.node_put(sc, path, n)
   local f = sc .. ' ' .. path
   if n.x <= 0 and n.p == '' and n.k == '' then
     redis.call('HDEL', K_INV, f)
   else
-    redis.call('HSET', K_INV, f, table.concat({int(n.x), int(n.l), n.p, n.k}, S))
+    redis.call('HSET', K_INV, f, table.concat({L.int(n.x), L.int(n.l), n.p, n.k}, S))
   end
 end
 
 local LOG2 = math.log(2)
-local function score(x, p)
+function L.score(x, p)
   local prio = tonumber(p) - 2147483648
   return string.format('%015.6f', math.log(x + 1) / LOG2 + prio / 100 + 30000000)
 end
@@ -151,10 +166,11 @@ end
 -- Walk from a node up to the root: add delta executing workers to each node, recompute
 -- its first queued priority and its member in its parent's pick set. With delta == 0 the
 -- walk stops at the first node that did not change.
-local function update(sc, path, delta)
+function L.update(sc, path, delta)
   local child, child_p = nil, nil
-  while true do
-    local n = node_get(sc, path)
+  -- The root keeps no record: nothing ranks it, and L.pick() reads its children directly.
+  while path ~= '' do
+    local n = L.node_get(sc, path)
     if delta ~= 0 then
       n.x = n.x + delta
       if delta > 0 then n.l = NOW end
@@ -168,12 +184,12 @@ local function update(sc, path, delta)
       local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
       if best[1] then
         local c = string.sub(best[1], #pre + 31)
-        if c == child then p = child_p else p = node_get(sc, c).p end
+        if c == child then p = child_p else p = L.node_get(sc, c).p end
       end
     end
     local k = ''
-    if path ~= '' and p ~= '' then
-      k = sc .. ' ' .. parent(path) .. S .. score(n.x, p) .. pad(n.l, 15) .. path
+    if p ~= '' then
+      k = sc .. ' ' .. L.parent(path) .. S .. L.score(n.x, p) .. L.pad(n.l, 15) .. path
     end
     local changed = (p ~= n.p) or (k ~= n.k)
     if k ~= n.k then
@@ -182,41 +198,41 @@ local function update(sc, path, delta)
     end
     n.p = p
     n.k = k
-    if changed or delta ~= 0 then node_put(sc, path, n) end
-    if path == '' or (delta == 0 and not changed) then return end
+    if changed or delta ~= 0 then L.node_put(sc, path, n) end
+    if delta == 0 and not changed then return end
     child, child_p = path, p
-    path = parent(path)
+    path = L.parent(path)
   end
 end
 
-local function refresh(sc, path) update(sc, path, 0) end
-local function add_exec(sc, path, delta) update(sc, path, delta) end
+function L.refresh(sc, path) L.update(sc, path, 0) end
+function L.add_exec(sc, path, delta) L.update(sc, path, delta) end
 
-local function enqueue_ops(t)
+function L.enqueue_ops(t)
   for _, opid in ipairs(t.ops) do
-    local o = op_get(opid)
-    redis.call('ZADD', K_QUEUED, 0, qmember(t.sc, o, opid))
-    refresh(t.sc, o.path)
+    local o = L.op_get(opid)
+    redis.call('ZADD', K_QUEUED, 0, L.qmember(t.sc, o, opid))
+    L.refresh(t.sc, o.path)
   end
 end
 
-local function dequeue_ops(t)
+function L.dequeue_ops(t)
   for _, opid in ipairs(t.ops) do
-    local o = op_get(opid)
-    redis.call('ZREM', K_QUEUED, qmember(t.sc, o, opid))
-    refresh(t.sc, o.path)
+    local o = L.op_get(opid)
+    redis.call('ZREM', K_QUEUED, L.qmember(t.sc, o, opid))
+    L.refresh(t.sc, o.path)
   end
 end
 
-local function exec_ops(t, delta)
+function L.exec_ops(t, delta)
   for _, opid in ipairs(t.ops) do
-    local o = op_get(opid)
-    add_exec(t.sc, o.path, delta)
+    local o = L.op_get(opid)
+    L.add_exec(t.sc, o.path, delta)
   end
 end
 
 -- The next queued operation of a size class: walk from the root to the best leaf.
-local function pick(sc)
+function L.pick(sc)
   local path = ''
   while true do
     local pre = sc .. ' ' .. path .. S
@@ -229,133 +245,136 @@ local function pick(sc)
 end
 
 -- Hand task tid (queued) to worker wk; returns the executing reply.
-local function assign(tid, t, wk, w)
-  dequeue_ops(t)
+function L.assign(tid, t, wk, w)
+  -- Leave the queue and count as executing in one walk per operation.
+  for _, opid in ipairs(t.ops) do
+    redis.call('ZREM', K_QUEUED, L.qmember(t.sc, L.op_get(opid), opid))
+  end
+  L.exec_ops(t, 1)
   t.st = 'x'
   t.ep = t.ep + 1
   t.n = t.n + 1
   t.r = 0
   t.w = wk
-  task_put(tid, t)
-  exec_ops(t, 1)
+  L.task_put(tid, t)
   w.t = tid
   w.ep = t.ep
-  worker_put(wk, w)
-  notify_task(t)
+  L.worker_put(wk, w)
+  L.notify_task(t)
 end
 
-local function exec_reply(tid, t, next_ms)
-  return {'x', tid, int(t.ep), t.qt, int(next_ms), redis.call('HGET', K_TASKS, tid .. '|a') or ''}
+function L.exec_reply(tid, t, next_ms)
+  return {'x', tid, L.int(t.ep), t.qt, L.int(next_ms), redis.call('HGET', K_TASKS, tid .. '|a') or ''}
 end
 
 -- The worker's current task if the assignment is still its own (epoch fence).
-local function current(wk, w)
+function L.current(wk, w)
   if w.t == '' then return nil, nil end
-  local t = task_get(w.t)
+  local t = L.task_get(w.t)
   if t and t.st == 'x' and t.w == wk and t.ep == w.ep then return w.t, t end
   return nil, nil
 end
 
 -- Complete a task with result ("R"..ExecuteResponse bytes or "E<code>\31<message>").
-local function complete(tid, t, result)
-  if t.st == 'x' then exec_ops(t, -1) elseif t.st == 'q' then dequeue_ops(t) end
+function L.complete(tid, t, result)
+  if t.st == 'x' then L.exec_ops(t, -1) elseif t.st == 'q' then L.dequeue_ops(t) end
   t.st = 'd'
-  task_put(tid, t)
-  redis.call('HSET', K_TASKS, tid .. '|r', result)
+  redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
+    t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S), tid .. '|r', result)
   redis.call('HDEL', K_TASKS, tid .. '|a')
   -- A task that is not done yet owns its dedup entry.
   if t.dk ~= '' then redis.call('HDEL', K_INFLIGHT, t.dk) end
-  notify_task(t)
+  L.notify_task(t)
 end
 
-local function delete_task(tid, t)
+function L.delete_task(tid, t)
   if t.dk ~= '' and redis.call('HGET', K_INFLIGHT, t.dk) == tid then redis.call('HDEL', K_INFLIGHT, t.dk) end
   redis.call('HDEL', K_TASKS, tid, tid .. '|a', tid .. '|r')
 end
 
 -- Offer a queued task to a parked idle worker of its size class (direct assignment).
-local function offer(tid, t)
+function L.offer(tid, t)
   local sc = t.sc
   local pw = redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
   if not pw[1] then return false end
   local wk = pw[1]
   redis.call('ZREM', K_PARKED, wk)
-  local w = worker_get(wk)
+  local w = L.worker_get(wk)
   if not w then return false end
-  assign(tid, t, wk, w)
-  publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
+  L.assign(tid, t, wk, w)
+  L.publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
   return true
 end
 
-local function requeue(tid, t)
-  if t.st == 'x' then exec_ops(t, -1) end
+function L.requeue(tid, t)
+  if t.st == 'x' then L.exec_ops(t, -1) end
   t.st = 'q'
   t.w = ''
-  task_put(tid, t)
-  if not offer(tid, t) then
-    enqueue_ops(t)
-    notify_task(t)
+  L.task_put(tid, t)
+  if not L.offer(tid, t) then
+    L.enqueue_ops(t)
+    L.notify_task(t)
   end
 end
 
 -- Drains: field "<sc> <pattern-json>" = "<created_ms>\31<tokens>"; a token is "\30<json pair>\30".
-local function matches(tokens, pairs)
+function L.matches(tokens, pairs)
   for tok in string.gmatch(tokens, '[^\30]+') do
     if not string.find(pairs, '\30' .. tok .. '\30', 1, true) then return false end
   end
   return true
 end
 
-local function drained(sc, w)
+function L.drained(sc, w)
   if w.term == '1' then return true end
   if redis.call('HLEN', K_DRAINS) == 0 then return false end
   local all = redis.call('HGETALL', K_DRAINS)
   for i = 1, #all, 2 do
     if string.sub(all[i], 1, 11) == sc .. ' ' then
-      local f = split(all[i + 1], S)
-      if matches(f[2] or '', w.pairs) then return true end
+      local f = L.split(all[i + 1], S)
+      if L.matches(f[2] or '', w.pairs) then return true end
     end
   end
   return false
 end
 
-local function scs()
-  return words(redis.call('HGET', K_META, 'scs') or '')
+function L.scs()
+  return L.words(redis.call('HGET', K_META, 'scs') or '')
 end
 
-local function worker_count(sc)
+function L.worker_count(sc)
   return tonumber(redis.call('HGET', K_META, 'w' .. sc) or '0')
 end
 
-local function remove_worker(wk, w)
+function L.remove_worker(wk, w)
   redis.call('ZREM', K_LEASES, wk)
   redis.call('ZREM', K_PARKED, wk)
   redis.call('HDEL', K_WORKERS, wk)
-  local sc = sc_of(wk)
+  local sc = L.sc_of(wk)
   local left = redis.call('HINCRBY', K_META, 'w' .. sc, -1)
   if left <= 0 then
     redis.call('HSET', K_META, 'w' .. sc, 0)
-    redis.call('HSET', K_META, 'z' .. sc, int(NOW + CFG.pq_timeout))
+    redis.call('HSET', K_META, 'z' .. sc, L.int(NOW + CFG.pq_timeout))
   end
 end
 
 -- Detach an operation from its task; cancel the task when it was the last one.
-local function detach(opid)
-  local o = op_get(opid)
+function L.detach(opid)
+  local o = L.op_get(opid)
   redis.call('ZREM', K_OPGC, opid)
   if not o then return end
   redis.call('HDEL', K_OPS, opid)
   OPS[opid] = nil
-  local t = task_get(o.tid)
+  local t = L.task_get(o.tid)
   if not t then return end
   local rest = {}
   for _, id in ipairs(t.ops) do if id ~= opid then rest[#rest + 1] = id end end
   if t.st == 'q' then
-    redis.call('ZREM', K_QUEUED, qmember(t.sc, o, opid))
-    refresh(t.sc, o.path)
+    redis.call('ZREM', K_QUEUED, L.qmember(t.sc, o, opid))
+    L.refresh(t.sc, o.path)
   elseif t.st == 'x' then
-    add_exec(t.sc, o.path, -1)
+    L.add_exec(t.sc, o.path, -1)
   end
   t.ops = rest
-  if #rest == 0 then delete_task(o.tid, t) else task_put(o.tid, t) end
+  if #rest == 0 then L.delete_task(o.tid, t) else L.task_put(o.tid, t) end
 end

@@ -8,12 +8,12 @@
 -- Returns: {'ok'} | {'none'} (no such size class queue)
 local sc, tokens = ARGV[2], ARGV[4]
 local known = false
-for _, c in ipairs(scs()) do if c == sc then known = true end end
+for _, c in ipairs(L.scs()) do if c == sc then known = true end end
 if not known then return {'none'} end
-redis.call('HSET', K_DRAINS, sc .. ' ' .. ARGV[3], int(NOW) .. S .. tokens)
+redis.call('HSET', K_DRAINS, sc .. ' ' .. ARGV[3], L.int(NOW) .. S .. tokens)
 -- Parked workers that are now drained stay parked but can no longer receive work.
 for _, wk in ipairs(redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI)) do
-  local w = worker_get(wk)
-  if w and matches(tokens, w.pairs) then redis.call('ZREM', K_PARKED, wk) end
+  local w = L.worker_get(wk)
+  if w and L.matches(tokens, w.pairs) then redis.call('ZREM', K_PARKED, wk) end
 end
 return {'ok'}

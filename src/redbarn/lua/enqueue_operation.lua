@@ -14,57 +14,57 @@ local fid = ARGV[9]
 
 if dk ~= '' then
   local tid = redis.call('HGET', K_INFLIGHT, dk)
-  local t = tid and task_get(tid)
+  local t = tid and L.task_get(tid)
   if t and t.st ~= 'd' then
     for _, id in ipairs(t.ops) do
-      local o = op_get(id)
+      local o = L.op_get(id)
       if o and o.path == path then
-        watch(o, fid)
-        op_put(id, o)
+        L.watch(o, fid)
+        L.op_put(id, o)
         redis.call('ZADD', K_OPGC, NOW + CFG.retention, id)
-        return {'op', id, t.st, t.qt, t.sc, o.qm, t.w, int(NOW), int(NOW + CFG.retention)}
+        return {'op', id, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention)}
       end
     end
     local seq = redis.call('HINCRBY', K_META, 'seq', 1)
-    local o = {tid = tid, qm = prio .. pad(seq, 16), path = path, fids = ''}
-    watch(o, fid)
-    op_put(opid, o)
+    local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}
+    L.watch(o, fid)
+    L.op_put(opid, o)
     redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
     t.ops[#t.ops + 1] = opid
-    task_put(tid, t)
+    L.task_put(tid, t)
     if t.st == 'q' then
-      redis.call('ZADD', K_QUEUED, 0, qmember(t.sc, o, opid))
-      refresh(t.sc, path)
+      redis.call('ZADD', K_QUEUED, 0, L.qmember(t.sc, o, opid))
+      L.refresh(t.sc, path)
     else
-      add_exec(t.sc, path, 1)
+      L.add_exec(t.sc, path, 1)
     end
-    return {'op', opid, t.st, t.qt, t.sc, o.qm, t.w, int(NOW), int(NOW + CFG.retention)}
+    return {'op', opid, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention)}
   end
 end
 
 -- New work goes to the smallest size class that has workers, else the smallest one.
-local classes = scs()
+local classes = L.scs()
 if #classes == 0 then return {'nodomain'} end
 local sc = classes[1]
 for _, c in ipairs(classes) do
-  if worker_count(c) > 0 then sc = c; break end
+  if L.worker_count(c) > 0 then sc = c; break end
 end
 if redis.call('ZCARD', K_QUEUED) >= CFG.max_queued then return {'full'} end
 
 local tid = 't' .. redis.call('HINCRBY', K_META, 'tseq', 1)
 local seq = redis.call('HINCRBY', K_META, 'seq', 1)
-local t = {st = 'q', sc = sc, ep = 0, n = 0, r = 0, qt = int(NOW), dg = ARGV[7], fn = ARGV[8],
+local t = {st = 'q', sc = sc, ep = 0, n = 0, r = 0, qt = L.int(NOW), dg = ARGV[7], fn = ARGV[8],
            dk = dk, w = '', fb = '0', ops = {opid}}
-local o = {tid = tid, qm = prio .. pad(seq, 16), path = path, fids = ''}
-watch(o, fid)
-op_put(opid, o)
+local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}
+L.watch(o, fid)
+L.op_put(opid, o)
 redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
-task_put(tid, t)
+L.task_put(tid, t)
 redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
-if offer(tid, t) then
-  return {'op', opid, 'x', t.qt, sc, o.qm, t.w, int(NOW), int(NOW + CFG.retention)}
+if L.offer(tid, t) then
+  return {'op', opid, 'x', t.qt, sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention)}
 end
-redis.call('ZADD', K_QUEUED, 0, qmember(sc, o, opid))
-refresh(sc, path)
-return {'op', opid, 'q', t.qt, sc, o.qm, '', int(NOW), int(NOW + CFG.retention)}
+redis.call('ZADD', K_QUEUED, 0, L.qmember(sc, o, opid))
+L.refresh(sc, path)
+return {'op', opid, 'q', t.qt, sc, o.qm, '', L.int(NOW), L.int(NOW + CFG.retention)}

@@ -7,9 +7,9 @@
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] operation id  ARGV[3] result ("R" + ExecuteResponse bytes)
 -- Returns: {'ok'} | {'none'}
-local o = op_get(ARGV[2])
+local o = L.op_get(ARGV[2])
 if not o then return {'none'} end
-local t = task_get(o.tid)
+local t = L.task_get(o.tid)
 if not t then return {'none'} end
-if t.st ~= 'd' then complete(o.tid, t, ARGV[3]) end
+if t.st ~= 'd' then L.complete(o.tid, t, ARGV[3]) end
 return {'ok'}

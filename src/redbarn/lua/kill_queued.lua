@@ -8,15 +8,15 @@
 -- Returns: {'ok', killed, more(0|1)} | {'none'} (no such queue) | {'busy'} (it has workers)
 local sc, batch = ARGV[2], tonumber(ARGV[4])
 local known = false
-for _, c in ipairs(scs()) do if c == sc then known = true end end
+for _, c in ipairs(L.scs()) do if c == sc then known = true end end
 if not known then return {'none'} end
-if worker_count(sc) > 0 then return {'busy'} end
+if L.worker_count(sc) > 0 then return {'busy'} end
 local n = 0
 while true do
   local m = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
   if not m[1] then return {'ok', n, 0} end
   if n >= batch then return {'ok', n, 1} end
-  local tid = op_get(string.match(m[1], ' (%S+)$')).tid
-  complete(tid, task_get(tid), ARGV[3])
+  local tid = L.op_get(string.match(m[1], ' (%S+)$')).tid
+  L.complete(tid, L.task_get(tid), ARGV[3])
   n = n + 1
 end

@@ -11,16 +11,16 @@
 local batch = tonumber(ARGV[2])
 local nw, no, nq, more = 0, 0, 0, 0
 for _, wk in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 0, batch)) do
-  local w = worker_get(wk)
+  local w = L.worker_get(wk)
   if w then
-    local tid, t = current(wk, w)
-    remove_worker(wk, w)
+    local tid, t = L.current(wk, w)
+    L.remove_worker(wk, w)
     if tid then
       if t.n < CFG.max_attempts then
-        requeue(tid, t)
+        L.requeue(tid, t)
       else
-        complete(tid, t, 'E14' .. S .. 'Worker ' .. json_of(wk) ..
-          ' disappeared while task was executing (attempt ' .. int(t.n) .. ' of ' .. int(CFG.max_attempts) .. ')')
+        L.complete(tid, t, 'E14' .. S .. 'Worker ' .. L.json_of(wk) ..
+          ' disappeared while task was executing (attempt ' .. L.int(t.n) .. ' of ' .. L.int(CFG.max_attempts) .. ')')
       end
     end
   else
@@ -29,23 +29,23 @@ for _, wk in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 
   nw = nw + 1
 end
 for _, opid in ipairs(redis.call('ZRANGEBYSCORE', K_OPGC, '-inf', NOW, 'LIMIT', 0, batch)) do
-  detach(opid)
+  L.detach(opid)
   no = no + 1
 end
 if nw >= batch or no >= batch then more = 1 end
 local keep = {}
-local classes = scs()
+local classes = L.scs()
 for _, sc in ipairs(classes) do
   local z = redis.call('HGET', K_META, 'z' .. sc)
-  if z and tonumber(z) <= NOW and worker_count(sc) == 0 then
+  if z and tonumber(z) <= NOW and L.worker_count(sc) == 0 then
     local left = false
     while true do
       local m = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
       if not m[1] then break end
       if nq >= batch then left = true; more = 1; break end
       local opid = string.match(m[1], ' (%S+)$')
-      local tid = op_get(opid).tid
-      complete(tid, task_get(tid), 'E14' .. S ..
+      local tid = L.op_get(opid).tid
+      L.complete(tid, L.task_get(tid), 'E14' .. S ..
         'Workers for this instance name, platform and size class disappeared while task was queued')
       nq = nq + 1
     end

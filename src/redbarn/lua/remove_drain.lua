@@ -8,16 +8,16 @@
 -- Returns: {'ok'} | {'none'} (no such size class queue)
 local sc = ARGV[2]
 local known = false
-for _, c in ipairs(scs()) do if c == sc then known = true end end
+for _, c in ipairs(L.scs()) do if c == sc then known = true end end
 if not known then return {'none'} end
 redis.call('HDEL', K_DRAINS, sc .. ' ' .. ARGV[3])
 local queued = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)[1]
 for _, wk in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
-  if sc_of(wk) == sc then
-    local w = worker_get(wk)
-    if w and w.h ~= '' and not drained(sc, w) and not redis.call('ZSCORE', K_PARKED, wk) then
+  if L.sc_of(wk) == sc then
+    local w = L.worker_get(wk)
+    if w and w.h ~= '' and not L.drained(sc, w) and not redis.call('ZSCORE', K_PARKED, wk) then
       redis.call('ZADD', K_PARKED, 0, wk)
-      if queued then publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk) end
+      if queued then L.publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk) end
     end
   end
 end

@@ -11,11 +11,11 @@
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'c', next_ms}
 --   | {'i', next_ms} | {'p', park_deadline_ms} | {'b'} (same worker already synchronizing)
 local wk, fid, kind, dg, failed, prefer = ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[8], ARGV[9]
-local sc = sc_of(wk)
-local w = worker_get(wk)
+local sc = L.sc_of(wk)
+local w = L.worker_get(wk)
 if not w then
   w = {t = '', ep = 0, h = '', term = '0', pairs = ARGV[3]}
-  local classes = scs()
+  local classes = L.scs()
   local known = false
   for _, c in ipairs(classes) do if c == sc then known = true end end
   if not known then
@@ -32,67 +32,67 @@ elseif w.h ~= '' then
   redis.call('ZREM', K_PARKED, wk)
 end
 redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
-local tid, t = current(wk, w)
+local tid, t = L.current(wk, w)
 if not tid then w.t = '' end
 
 local function next_task(block)
-  if prefer == '1' then worker_put(wk, w); return {'i', int(NOW)} end
-  local is_drained = drained(sc, w)
+  if prefer == '1' then L.worker_put(wk, w); return {'i', L.int(NOW)} end
+  local is_drained = L.drained(sc, w)
   if not is_drained then
-    local opid = pick(sc)
+    local opid = L.pick(sc)
     if opid then
-      local ntid = op_get(opid).tid
-      local nt = task_get(ntid)
-      assign(ntid, nt, wk, w)
-      return exec_reply(ntid, nt, NOW + CFG.busy)
+      local ntid = L.op_get(opid).tid
+      local nt = L.task_get(ntid)
+      L.assign(ntid, nt, wk, w)
+      return L.exec_reply(ntid, nt, NOW + CFG.busy)
     end
   end
-  if not block then worker_put(wk, w); return {'i', int(NOW)} end
+  if not block then L.worker_put(wk, w); return {'i', L.int(NOW)} end
   w.h = fid
-  worker_put(wk, w)
+  L.worker_put(wk, w)
   if not is_drained then redis.call('ZADD', K_PARKED, 0, wk) end
   local dl = NOW + CFG.idle + CFG.worker_timeout
   redis.call('ZADD', K_LEASES, dl, wk)
-  return {'p', int(dl)}
+  return {'p', L.int(dl)}
 end
 
 local function current_or_next(block)
   if tid then
     if t.r < CFG.rehand_limit then
       t.r = t.r + 1
-      task_put(tid, t)
-      worker_put(wk, w)
-      return exec_reply(tid, t, NOW + CFG.busy)
+      L.task_put(tid, t)
+      L.worker_put(wk, w)
+      return L.exec_reply(tid, t, NOW + CFG.busy)
     end
-    complete(tid, t, 'E13' .. S .. 'Attempted to execute task ' .. int(t.r + 1) ..
-      ' times, but it never completed. This task may cause worker ' .. json_of(wk) .. ' to crash.')
+    L.complete(tid, t, 'E13' .. S .. 'Attempted to execute task ' .. L.int(t.r + 1) ..
+      ' times, but it never completed. This task may cause worker ' .. L.json_of(wk) .. ' to crash.')
     w.t = ''
   end
   return next_task(block)
 end
 
 if kind == 'p' then
-  if tid and t.dg == dg then worker_put(wk, w); return {'c', int(NOW + CFG.busy)} end
+  if tid and t.dg == dg then L.worker_put(wk, w); return {'c', L.int(NOW + CFG.busy)} end
   return current_or_next(false)
 elseif kind == 'c' then
   if tid and t.dg == dg then
-    local classes = scs()
+    local classes = L.scs()
     local largest = classes[#classes]
     if failed == '1' and #classes > 1 and t.sc ~= largest and t.fb == '0' then
       -- Fallback analyzer: a failure on a smaller size class runs once more on the largest.
-      exec_ops(t, -1)
+      L.exec_ops(t, -1)
       t.sc = largest
       t.fb = '1'
       t.st = 'q'
       t.w = ''
       t.n = 0
-      task_put(tid, t)
-      if not offer(tid, t) then
-        enqueue_ops(t)
-        notify_task(t)
+      L.task_put(tid, t)
+      if not L.offer(tid, t) then
+        L.enqueue_ops(t)
+        L.notify_task(t)
       end
     else
-      complete(tid, t, ARGV[7])
+      L.complete(tid, t, ARGV[7])
     end
     w.t = ''
     tid = nil

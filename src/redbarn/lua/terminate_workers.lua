@@ -9,14 +9,14 @@
 -- Returns: {matched, tid1, tid2, ...} (tasks those workers are executing now)
 local out = {0}
 for _, wk in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
-  local w = worker_get(wk)
-  if w and matches(ARGV[2], w.pairs) then
+  local w = L.worker_get(wk)
+  if w and L.matches(ARGV[2], w.pairs) then
     out[1] = out[1] + 1
     w.term = '1'
-    worker_put(wk, w)
+    L.worker_put(wk, w)
     redis.call('ZREM', K_PARKED, wk)
-    publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
-    local tid = current(wk, w)
+    L.publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
+    local tid = L.current(wk, w)
     if tid then out[#out + 1] = tid end
   end
 end

@@ -8,17 +8,17 @@
 -- Returns: {'none'} | {'op', stage, queued_ms, digest, digest_fn, result, sc, qm, path, tid,
 --   worker, now_ms, gc_deadline_ms}
 local opid, fid = ARGV[2], ARGV[3]
-local o = op_get(opid)
+local o = L.op_get(opid)
 if not o then return {'none'} end
-local t = task_get(o.tid)
+local t = L.task_get(o.tid)
 if not t then return {'none'} end
 if fid ~= '' then
   local before = o.fids
-  watch(o, fid)
-  if o.fids ~= before then op_put(opid, o) end
+  L.watch(o, fid)
+  if o.fids ~= before then L.op_put(opid, o) end
   redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
 end
 local res = ''
 if t.st == 'd' then res = redis.call('HGET', K_TASKS, o.tid .. '|r') or '' end
 local gc = redis.call('ZSCORE', K_OPGC, opid) or ''
-return {'op', t.st, t.qt, t.dg, t.fn, res, t.sc, o.qm, o.path, o.tid, t.w, int(NOW), gc}
+return {'op', t.st, t.qt, t.dg, t.fn, res, t.sc, o.qm, o.path, o.tid, t.w, L.int(NOW), gc}

@@ -7,14 +7,14 @@
 -- ARGV[2] worker key  ARGV[3] frontend id that parked it
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'i', next_ms}
 local wk, fid = ARGV[2], ARGV[3]
-local w = worker_get(wk)
-if not w then return {'i', int(NOW)} end
+local w = L.worker_get(wk)
+if not w then return {'i', L.int(NOW)} end
 if w.h == fid then
   w.h = ''
   redis.call('ZREM', K_PARKED, wk)
   redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
-  worker_put(wk, w)
+  L.worker_put(wk, w)
 end
-local tid, t = current(wk, w)
-if tid then return exec_reply(tid, t, NOW + CFG.busy) end
-return {'i', int(NOW)}
+local tid, t = L.current(wk, w)
+if tid then return L.exec_reply(tid, t, NOW + CFG.busy) end
+return {'i', L.int(NOW)}

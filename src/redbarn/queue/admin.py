@@ -227,7 +227,10 @@ class AdminReads:
             queued_operations_count=bq_pb2.InvocationState.InvocationObjectCount(
                 direct=direct, indirect=direct + below
             ),
-            executing_workers_count=nodes.get(path, (0, 0))[0],
+            # The root keeps no record: its count is its children's.
+            executing_workers_count=(
+                nodes.get(path, (0, 0))[0] if path else sum(nodes[c][0] for c in children)
+            ),
             idle_workers_count=len(idle),
             idle_synchronizing_workers_count=sum(1 for w in idle if w[2]),
             children_count=len(children),
