@@ -162,6 +162,24 @@ class Cluster:
         wait_serving(f"127.0.0.1:{self.frontend_ports[i]}", proc=p)
         return p
 
+    def stop_redis(self, kill: bool = False) -> None:
+        """Stop Redis (SIGTERM, or SIGKILL with `kill`); `start_redis` brings it back."""
+        assert self.redis is not None
+        self.redis.stop(kill=kill)
+
+    def start_redis(self) -> None:
+        """Start Redis again on the same port and data dir (the AOF, if any, is replayed)."""
+        assert self.redis is not None
+        self.redis.start()
+
+    def restart_worker(self, i: int) -> Proc:
+        """Start worker `i` again with the same arguments (as a supervisor would)."""
+        old = self.workers[i]
+        old.stop(grace=5)
+        p = Proc(old.name, old.args, old.log_path, env=old.env).start()
+        self.workers[i] = p
+        return p
+
     def add_worker(self, target: str, *extra: str, concurrency: int = 1) -> Proc:
         i = len(self.workers)
         root = self.tmp / f"worker-{i}"
