@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import subprocess
 import time
@@ -17,9 +18,23 @@ from redis.asyncio.cluster import RedisCluster
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import keys
 from redbarn.queue.scheduler import PollingHints, Scheduler
-from redbarn.redisserver import find_redis_server, free_port
+from redbarn.redisserver import find_redis_server, port_in_use
 
 Stage = re_pb2.ExecutionStage
+
+
+def _cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 40000)
+        if (
+            port not in taken
+            and not port_in_use("127.0.0.1", port)
+            and not port_in_use("127.0.0.1", port + 10000)
+        ):
+            taken.add(port)
+            return port
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +44,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
         pytest.skip("redis-cli is needed to create a cluster")
     binary = find_redis_server()
     base: Path = tmp_path_factory.mktemp("cluster")
-    ports = [free_port() for _ in range(3)]
+    taken: set[int] = set()
+    ports = [_cluster_port(taken) for _ in range(3)]
     procs = []
     for port in ports:
         d = base / str(port)
