@@ -53,8 +53,16 @@ def _die_with_parent() -> None:
         pass
 
 
+# `up` passes these to its children as flags; left in the environment, a repeatable
+# flag's variable would add its values a second time.
+_CHILD_ENV_DROP = {"REDBARN_PLATFORM", "REDBARN_LABEL", "REDBARN_ENV"}
+
+
 def _spawn(args: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
+    return subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+    )
 
 
 def _wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
