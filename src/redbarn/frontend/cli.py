@@ -1,5 +1,9 @@
 """`redbarn frontend`: flags and `REDBARN_*` variables -> `FrontendConfig` -> `serve()`.
 
+Security flags: `--worker-listen` (a listener of its own for workers),
+`--client-tokens`/`--worker-tokens`/`--admin-tokens` (bearer-token files),
+`--allow-client-ac-writes=false`, and `--tls-cert`/`--tls-key`/`--tls-client-ca`.
+
 Exposes `add_arguments(parser)` and `run(args) -> int` for `redbarn.cli`. Sizes
 accept `4MiB`, `1G`; durations `500ms`, `2s`, `5m`, `1h` (a week is `168h`). The
 frontend serves storage (CAS, ByteStream, AC, Capabilities) and, through
@@ -21,6 +25,13 @@ _D = FrontendConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--listen", _D.listen, "address to serve gRPC on, HOST:PORT")
+    add_flag(
+        parser,
+        "--worker-listen",
+        "",
+        "second listener for workers (OperationQueue, CAS, AC, ByteStream); "
+        "when set, --listen no longer serves Synchronize",
+    )
     add_flag(parser, "--redis", _D.redis_url, "scheduler Redis URL")
     add_flag(parser, "--cas-redis", "", "Redis URL for CAS and Action Cache (default: --redis)")
     add_flag(
@@ -36,6 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--upload-ttl", "1h", "how long an interrupted upload stays resumable")
     add_flag(parser, "--grace-period", "10s", "time in-flight calls get to finish on SIGTERM")
     add_flag(parser, "--log-level", "info", "debug, info, warning or error")
+    security = parser  # authentication and TLS
+    add_flag(security, "--client-tokens", "", "file of client bearer tokens, one per line")
+    add_flag(security, "--worker-tokens", "", "file of worker bearer tokens, one per line")
+    add_flag(security, "--admin-tokens", "", "file of admin bearer tokens (BuildQueueState writes)")
+    add_flag(
+        security,
+        "--allow-client-ac-writes",
+        "true",
+        "may clients UpdateActionResult: true or false",
+    )
+    add_flag(security, "--tls-cert", "", "PEM certificate chain: TLS on both listeners")
+    add_flag(security, "--tls-key", "", "PEM private key of --tls-cert")
+    add_flag(
+        security,
+        "--tls-client-ca",
+        "",
+        "PEM CA bundle: the worker listener requires client certificates it signed (mTLS)",
+    )
     sched = parser  # scheduling flags (redbarn.queue.config.SchedulerConfig)
     add_flag(
         sched, "--worker-timeout", "60s", "a worker is lost this long after its last Synchronize"
@@ -73,6 +102,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _bool(flag: str, text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f'invalid {flag} "{text}": expected true or false')
+
+
 def _count(flag: str, text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise ConfigError(f'invalid {flag} "{text}": expected a whole number of at least 1')
@@ -106,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
     batch = parse_size(args.max_batch_size)
     return FrontendConfig(
         listen=args.listen,
+        worker_listen=args.worker_listen or "",
         redis_url=args.redis,
         cas_redis_url=args.cas_redis or "",
         storage=args.storage,
@@ -117,6 +156,13 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         upload_ttl=parse_duration(args.upload_ttl),
         grace_period=parse_duration(args.grace_period),
         scheduler=scheduler_from_args(args),
+        client_tokens=args.client_tokens or "",
+        worker_tokens=args.worker_tokens or "",
+        admin_tokens=args.admin_tokens or "",
+        allow_client_ac_writes=_bool("--allow-client-ac-writes", args.allow_client_ac_writes),
+        tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+        tls_client_ca=args.tls_client_ca or "",
     )
 
 

@@ -9,9 +9,36 @@ retention, action timeouts, queue caps) live in `scheduler`, the queue core's ow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from redbarn.config import ConfigError
 from redbarn.queue.config import SchedulerConfig
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (and an ACL user's password) replaced by `***`, for logs.
+
+    `rediss://app:s3cret@r:6380/0` -> `rediss://app:***@r:6380/0`; a `password=` query
+    parameter is masked too. Anything unparseable is masked whole.
+    """
+    if "://" not in url:  # not a URL at all (an error message quotes it)
+        return "***@" + url.rpartition("@")[2] if "@" in url else url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        userinfo, at, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:  # redis://user:password@host or redis://:password@host
+            netloc = f"{user}:***{at}{host}"
+        query = "&".join(
+            f"{k}=***" if k.lower() == "password" else f"{k}{eq}{v}"
+            for k, eq, v in (item.partition("=") for item in parts.query.split("&") if item)
+        )
+        tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+        return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+    except ValueError:
+        return "***"
+
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DAY = 24 * 3600.0
@@ -21,10 +48,14 @@ DAY = 24 * 3600.0
 class FrontendConfig:
     # host:port to serve on; port 0 picks a free port (tests).
     listen: str = "127.0.0.1:8981"
+    # Second listener for workers (OperationQueue plus CAS, ByteStream, AC, Capabilities,
+    # health); "" = none. When set, `listen` no longer serves Synchronize.
+    worker_listen: str = ""
     # Scheduler Redis (queue, leases). Also the CAS/AC unless cas_redis_url or storage say otherwise.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # URLs may carry ACL users and passwords, so they stay out of repr(); log redact_url(url).
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     # Redis for CAS and Action Cache; "" = redis_url.
-    cas_redis_url: str = ""
+    cas_redis_url: str = field(default="", repr=False)
     # "redis" (CAS/AC in Redis) or "grpc://host:port" (forward to another REAPI storage).
     storage: str = "redis"
     # Largest blob a ByteStream Write accepts (advertised as max_cas_blob_size_bytes).
@@ -49,6 +80,17 @@ class FrontendConfig:
     health_interval: float = 1.0
     # SIGTERM: seconds in-flight calls get to finish before they are cancelled.
     grace_period: float = 10.0
+    # Bearer-token files, one token per line ("" = none; no file at all = no authentication).
+    client_tokens: str = ""
+    worker_tokens: str = ""
+    admin_tokens: str = ""
+    # May clients UpdateActionResult? (Bazel uploads local results.) Workers always may.
+    allow_client_ac_writes: bool = True
+    # PEM certificate chain and key: TLS on both listeners ("" = plaintext).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # PEM CA bundle: the worker listener requires client certificates it signed (mTLS).
+    tls_client_ca: str = ""
     # Scheduling timings and caps (Execution, OperationQueue, reaper).
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -59,18 +101,38 @@ class FrontendConfig:
             )
         if self.storage.startswith("grpc://") and ":" not in self.storage_target:
             raise ConfigError(f'invalid --storage "{self.storage}": expected grpc://host:port')
-        _, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError(f'invalid --listen "{self.listen}": expected HOST:PORT')
+        for flag, address in (("--listen", self.listen), ("--worker-listen", self.worker_listen)):
+            _, sep, port = address.rpartition(":")
+            if (address or flag == "--listen") and (not sep or not port.isdigit()):
+                raise ConfigError(f'invalid {flag} "{address}": expected HOST:PORT')
         for flag, url in (("--redis", self.redis_url), ("--cas-redis", self.cas_redis_url)):
             if url and not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f'invalid {flag} "{url}": expected redis://host:port/db')
+                raise ConfigError(
+                    f'invalid {flag} "{redact_url(url)}": expected redis://host:port/db'
+                )
+        self._check_security()
         if self.max_batch_total_size <= 0 or self.max_blob_size <= 0:
             raise ConfigError("--max-batch-size and --max-blob-size must be positive")
         if self.max_message_size < self.max_batch_total_size:
             raise ConfigError("the gRPC message size must be at least --max-batch-size")
         if self.chunk_size < 64 * KiB:
             raise ConfigError(f"chunk size {self.chunk_size} is below 64KiB")
+
+    def _check_security(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        if self.tls_client_ca and not (self.tls_cert and self.worker_listen):
+            raise ConfigError("--tls-client-ca needs --tls-cert, --tls-key and --worker-listen")
+        if not self.allow_client_ac_writes and not (self.worker_listen or self.worker_tokens):
+            # Without either, workers are indistinguishable from clients and could not
+            # write their results either.
+            raise ConfigError(
+                "--allow-client-ac-writes=false needs --worker-listen or --worker-tokens"
+            )
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.client_tokens or self.worker_tokens or self.admin_tokens)
 
     @property
     def storage_target(self) -> str:

@@ -17,6 +17,19 @@ the server starts:
 
 `add_service` registers the servicer, lists it for reflection and gives it a
 health status.
+
+Listeners. `config.listen` is the client listener. With `config.worker_listen` set, a
+second grpc.aio server (sharing the same servicer objects) serves what workers need:
+OperationQueue, CAS, ByteStream, ActionCache, Capabilities and health; and the client
+listener then does not serve OperationQueue at all, so no client can pose as a worker
+and report results. Each service's listeners come from `DEFAULT_LISTENERS` unless
+`add_service(..., listeners=...)` says otherwise; without a worker listener everything
+lands on the client listener.
+
+Security. Token files (`client_tokens`, `worker_tokens`, `admin_tokens`) put an
+`AuthInterceptor` on both listeners; `allow_client_ac_writes=False` refuses
+UpdateActionResult to clients. `tls_cert`/`tls_key` serve TLS on both listeners, and
+`tls_client_ca` makes the worker listener require a client certificate it signed.
 """
 
 from __future__ import annotations
@@ -36,17 +49,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from redbarn.config import ConfigError
 from redbarn.frontend.action_cache import ActionCacheServicer
+from redbarn.frontend.auth import AuthInterceptor, TokenTable
 from redbarn.frontend.bytestream import ByteStreamServicer
 from redbarn.frontend.capabilities import CapabilitiesServicer, server_capabilities
 from redbarn.frontend.cas import ContentAddressableStorageServicer
-from redbarn.frontend.config import FrontendConfig
+from redbarn.frontend.config import FrontendConfig, redact_url
 from redbarn.frontend.health import Check, HealthReporter
 from redbarn.frontend.storage import ActionCacheStore, BlobStore
 from redbarn.frontend.storage.completeness import CompletenessCheckingActionCache
 from redbarn.frontend.storage.proxy import GrpcActionCache, GrpcBlobStore, open_channel
 from redbarn.frontend.storage.redis import RedisActionCache, RedisBlobStore
-from redbarn.proto import bytestream_pb2, remote_execution_pb2
+from redbarn.proto import bytestream_pb2, remote_execution_pb2, remoteworker_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 
@@ -59,6 +74,18 @@ ACTION_CACHE = _RE["ActionCache"].full_name
 EXECUTION = _RE["Execution"].full_name
 BYTESTREAM = bytestream_pb2.DESCRIPTOR.services_by_name["ByteStream"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+OPERATION_QUEUE = remoteworker_pb2.DESCRIPTOR.services_by_name["OperationQueue"].full_name
+
+CLIENT, WORKER = "client", "worker"
+# Which listeners serve a service, unless add_service is told otherwise. Services not
+# listed (Execution, BuildQueueState, test services) are client-only.
+DEFAULT_LISTENERS: dict[str, tuple[str, ...]] = {
+    OPERATION_QUEUE: (WORKER,),
+    CAS: (CLIENT, WORKER),
+    BYTESTREAM: (CLIENT, WORKER),
+    ACTION_CACHE: (CLIENT, WORKER),
+    CAPABILITIES: (CLIENT, WORKER),
+}
 
 Hook = Callable[["Frontend"], "Awaitable[None] | None"]
 
@@ -68,7 +95,7 @@ class Frontend:
     """What a hook gets: the config, the clients, the stores, and ways to add to the server."""
 
     config: FrontendConfig
-    server: grpc.aio.Server
+    server: grpc.aio.Server  # the client listener's server
     redis: aioredis.Redis  # the scheduler's Redis
     blobs: BlobStore  # CAS (Redis or proxy)
     action_cache: ActionCacheStore  # completeness-checking
@@ -78,12 +105,31 @@ class Frontend:
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    worker_server: grpc.aio.Server | None = None  # the worker listener's, if configured
+    worker_service_names: list[str] = field(default_factory=list)
+
+    def servers_for(self, listeners: Sequence[str]) -> list[grpc.aio.Server]:
+        """The distinct servers behind `listeners` (worker = client without a worker listener)."""
+        servers: list[grpc.aio.Server] = []
+        for listener in listeners:
+            server = self.worker_server if listener == WORKER else self.server
+            server = server or self.server
+            if server not in servers:
+                servers.append(server)
+        return servers
 
     def add_service(
-        self, adder: Callable[[Any, grpc.aio.Server], None], servicer: object, name: str
+        self,
+        adder: Callable[[Any, grpc.aio.Server], None],
+        servicer: object,
+        name: str,
+        listeners: Sequence[str] | None = None,
     ) -> None:
-        adder(servicer, self.server)
-        self.service_names.append(name)
+        """Register `servicer` on the listeners it belongs to (`DEFAULT_LISTENERS`)."""
+        for server in self.servers_for(listeners or DEFAULT_LISTENERS.get(name, (CLIENT,))):
+            adder(servicer, server)
+            names = self.service_names if server is self.server else self.worker_service_names
+            names.append(name)
         self.health.services.append(name)
 
     def add_background(self, task: Callable[[], Awaitable[None]]) -> None:
@@ -98,15 +144,20 @@ class Frontend:
 class FrontendServer:
     """A grpc.aio server plus the frontend's background tasks and clients."""
 
-    def __init__(self, frontend: Frontend, health_servicer: HealthServicer) -> None:
+    def __init__(
+        self, frontend: Frontend, health_servicer: HealthServicer, worker_port: int | None = None
+    ) -> None:
         self.frontend = frontend
         self.server = frontend.server
+        self.worker_port = worker_port  # bound port of the worker listener, if any
+        self._servers = [s for s in (frontend.server, frontend.worker_server) if s is not None]
         self._health_servicer = health_servicer
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.frontend.health.check_once()
-        await self.server.start()
+        for server in self._servers:
+            await server.start()
         runners = [self.frontend.health.run, *self.frontend.background]
         self._tasks = [asyncio.create_task(_as_coro(run)) for run in runners]
 
@@ -119,7 +170,7 @@ class FrontendServer:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
-        await self.server.stop(grace)
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -131,7 +182,7 @@ class FrontendServer:
                 await close()
 
     async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
+        await asyncio.gather(*(server.wait_for_termination() for server in self._servers))
 
 
 async def _as_coro(run: Callable[[], Awaitable[None]]) -> None:
@@ -167,6 +218,50 @@ def redis_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+
+
+def server_credentials(config: FrontendConfig, *, listener: str) -> grpc.ServerCredentials | None:
+    """TLS credentials for `listener` (None = plaintext); mTLS on the worker listener."""
+    if not config.tls_cert:
+        return None
+    pair = [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))]
+    if listener == WORKER and config.tls_client_ca:
+        ca = _read(config.tls_client_ca, "--tls-client-ca")
+        return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
+
+
+def auth_interceptors(config: FrontendConfig, *, listener: str) -> list[AuthInterceptor]:
+    """The `AuthInterceptor` for `listener`, or none when no control is configured."""
+    tokens = TokenTable.from_files(
+        clients=config.client_tokens, workers=config.worker_tokens, admins=config.admin_tokens
+    )
+    if tokens is None and (config.allow_client_ac_writes or listener == WORKER):
+        return []
+    # Without tokens the worker listener's callers are workers (they may write the AC);
+    # with tokens, the role decides on either listener.
+    client_ac_writes = config.allow_client_ac_writes or (tokens is None and listener == WORKER)
+    return [AuthInterceptor(tokens, client_ac_writes=client_ac_writes)]
+
+
+def _bind(server: grpc.aio.Server, config: FrontendConfig, address: str, listener: str) -> int:
+    credentials = server_credentials(config, listener=listener)
+    port: int
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
 async def create_server(
     config: FrontendConfig,
     *,
@@ -174,13 +269,24 @@ async def create_server(
     redis: aioredis.Redis | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[FrontendServer, int]:
-    """Build (not start) a frontend serving Capabilities, CAS, ByteStream, AC, health, reflection."""
+    """Build (not start) a frontend serving Capabilities, CAS, ByteStream, AC, health, reflection.
+
+    Returns the server and the client listener's port; `server.worker_port` is the
+    worker listener's (None without `config.worker_listen`). Raises ConfigError for
+    unreadable token or certificate files.
+    """
     options = [
         ("grpc.max_receive_message_length", config.max_message_size),
         ("grpc.max_send_message_length", config.max_message_size),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options, interceptors=list(interceptors))
+
+    def new_server(listener: str) -> grpc.aio.Server:
+        chain = [*auth_interceptors(config, listener=listener), *interceptors]
+        return grpc.aio.server(options=options, interceptors=chain)
+
+    server = new_server(CLIENT)
+    worker_server = new_server(WORKER) if config.worker_listen else None
     closers: list[Callable[[], Awaitable[None]]] = []
     if redis is None:
         redis = redis_client(config.redis_url)
@@ -191,7 +297,7 @@ async def create_server(
     frontend = Frontend(
         config=config, server=server, redis=redis, blobs=blobs, action_cache=ac,
         health=HealthReporter(health_servicer, checks, interval=config.health_interval),
-        closers=[*storage_closers, *closers],
+        closers=[*storage_closers, *closers], worker_server=worker_server,
     )  # fmt: skip
     frontend.add_service(
         re_grpc.add_ContentAddressableStorageServicer_to_server,
@@ -216,14 +322,16 @@ async def create_server(
     frontend.add_service(
         re_grpc.add_CapabilitiesServicer_to_server, CapabilitiesServicer(capabilities), CAPABILITIES
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*frontend.service_names, HEALTH, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
-    return FrontendServer(frontend, health_servicer), port
+    for each, names in ((server, frontend.service_names),
+                        (worker_server, frontend.worker_service_names)):  # fmt: skip
+        if each is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, each)
+            reflection.enable_server_reflection([*names, HEALTH, reflection.SERVICE_NAME], each)
+    port = _bind(server, config, config.listen, CLIENT)
+    worker_port = None
+    if worker_server is not None:
+        worker_port = _bind(worker_server, config, config.worker_listen, WORKER)
+    return FrontendServer(frontend, health_servicer, worker_port), port
 
 
 async def serve(
@@ -236,10 +344,18 @@ async def serve(
     server, port = await create_server(config, hooks=hooks, interceptors=interceptors)
     await server.start()
     log.info(
-        "redbarn frontend listening on %s (port %d), storage %s",
+        "redbarn frontend listening on %s (port %d)%s%s, redis %s, storage %s%s",
         config.listen,
         port,
+        f", workers on {config.worker_listen} (port {server.worker_port})"
+        if config.worker_listen
+        else "",
+        ", TLS" + (" (mTLS for workers)" if config.tls_client_ca else "")
+        if config.tls_cert
+        else "",
+        redact_url(config.redis_url),
         config.storage,
+        ", bearer tokens required" if config.authenticated else "",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
