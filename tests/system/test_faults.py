@@ -15,11 +15,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
+import redis
 from cluster import Cluster
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reapi_client import ReapiClient, digest_of
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.redisserver import RedisServer
 
 from .conftest import FAST
 
@@ -75,6 +79,48 @@ def stdout_is(response: re_pb2.ExecuteResponse, expected: str) -> bool:
 def assert_ok(response: re_pb2.ExecuteResponse) -> None:
     assert response.status.code == 0, response.status
     assert response.result.exit_code == 0, response.result
+
+
+def worker_count(c: Cluster) -> int:
+    """Worker identities the scheduler knows, over every platform queue."""
+    r = redis.Redis.from_url(c.redis_url)
+    try:
+        return sum(int(r.hlen(k)) for k in r.scan_iter("redbarn:v1:{*}:workers"))
+    finally:
+        r.close()
+
+
+async def wait_workers(c: Cluster, n: int, timeout: float = 20) -> None:
+    await until(lambda: worker_count(c) >= n, timeout, f"{n} workers registered")
+
+
+def health(target: str) -> int | str:
+    """The frontend's overall health status, or the RPC error's code name."""
+    with grpc.insecure_channel(target) as ch:
+        try:
+            return (
+                health_pb2_grpc.HealthStub(ch)
+                .Check(health_pb2.HealthCheckRequest(), timeout=3)
+                .status
+            )
+        except grpc.RpcError as err:
+            return err.code().name
+
+
+async def run_all(clients: list[ReapiClient], digests: list[re_pb2.Digest], deadline: float):
+    return [
+        asyncio.create_task(clients[i % len(clients)].execute(d, deadline=deadline))
+        for i, d in enumerate(digests)
+    ]
+
+
+def run_counts(markers: list[Path]) -> list[tuple[int, int]]:
+    """(starts, ends) per marker file."""
+    out = []
+    for m in markers:
+        rs = [r.split()[0] for r in lines(m)]
+        out.append((rs.count("start"), rs.count("done")))
+    return out
 
 
 # 1 ---------------------------------------------------------------------------------------
@@ -151,3 +197,166 @@ async def test_sigstop_worker_late_completion_is_fenced(tmp_path: Path) -> None:
     assert_ok(outcome.response)
     assert stdout_is(outcome.response, "out w1\n"), outcome.response.result
     assert [r.split()[:2] for r in lines(marker)][-1] == ["done", "w1"]
+
+
+# 3 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_sigkill_frontend_clients_reattach_workers_resync(tmp_path: Path) -> None:
+    """Two frontends; clients and workers use a two-address target (pick_first: both
+    start on frontend 0). Frontend 0 dies with SIGKILL while clients stream Execute from
+    it, workers run actions for it and idle workers are parked in Synchronize on it.
+    Clients reattach with WaitExecution on frontend 1, every worker re-synchronizes
+    there (none is lost to the worker timeout), every action completes and runs once."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with Cluster(tmp_path, frontend_args=FLAGS) as c:
+        c.add_frontend()
+        c.add_frontend()
+        both = f"ipv4:127.0.0.1:{c.frontend_ports[0]},127.0.0.1:{c.frontend_ports[1]}"
+        for _ in range(3):
+            c.add_worker(both, "--env", f"WHO=w{len(c.workers)}", concurrency=2)
+        clients = [ReapiClient(both, invocation=f"build-{i}") for i in range(3)]
+        try:
+            await wait_workers(c, 6)
+            first = [runs / f"a{i}" for i in range(4)]  # 4 running, 2 workers parked
+            digests = [await clients[0].prepare(script(m, "sleep 2")) for m in first]
+            tasks = await run_all(clients, digests, 60)
+            await until(lambda: all(lines(m) for m in first), 20, "first wave running")
+            c.frontends[0].kill()
+            second = [runs / f"b{i}" for i in range(12)]
+            digests = [await clients[1].prepare(script(m, "sleep 0.5")) for m in second]
+            tasks += await run_all(clients, digests, 60)
+            outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            # Every worker identity re-synchronized with frontend 1: none was reaped.
+            await asyncio.sleep(4)  # > worker timeout
+            assert worker_count(c) == 6
+            assert all(w.alive() for w in c.workers)
+        except BaseException:
+            print(c.logs())
+            raise
+        finally:
+            for cl in clients:
+                await cl.close()
+    for o in outcomes:
+        assert_ok(o.response)
+    assert run_counts([*first, *second]) == [(1, 1)] * 16, "every action ran exactly once"
+    assert sum(o.reattaches for o in outcomes[:4]) >= 4, "the first wave's streams broke"
+
+
+# 4 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_redis_restart_with_aof_resumes_work(tmp_path: Path) -> None:
+    """Redis (AOF, appendfsync everysec) dies with SIGKILL while two actions run and four
+    are queued, and comes back 3 s later on the same port. Meanwhile the frontend answers
+    UNAVAILABLE (not a hang, not a crash) and its health is NOT_SERVING; afterwards it is
+    SERVING again and every action completes with one result."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with Cluster(tmp_path, frontend_args=FLAGS, redis_aof=True) as c:
+        c.add_frontend()
+        target = fe(c)
+        add_workers(c, target, 1)
+        c.workers[0].args[c.workers[0].args.index("--concurrency") + 1] = "2"
+        c.restart_worker(0)
+        client = ReapiClient(target)
+        try:
+            await wait_workers(c, 2)
+            markers = [runs / f"a{i}" for i in range(6)]
+            digests = [await client.prepare(script(m, "sleep 1.5")) for m in markers]
+            tasks = await run_all([client], digests, 60)
+            await until(lambda: sum(bool(lines(m)) for m in markers) >= 2, 20, "two running")
+            await asyncio.sleep(1.2)  # let everysec fsync the enqueues
+            assert health(target) == health_pb2.HealthCheckResponse.SERVING
+            c.stop_redis(kill=True)
+            down = time.monotonic()
+            await until(
+                lambda: health(target) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                5,
+                "health NOT_SERVING while Redis is down",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in client.execution.Execute(
+                    re_pb2.ExecuteRequest(action_digest=digests[0]), timeout=10
+                ):
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+            assert time.monotonic() - down < 5, "UNAVAILABLE promptly, not after a hang"
+            await asyncio.sleep(max(0.0, 3 - (time.monotonic() - down)))
+            assert c.frontends[0].alive(), "the frontend survived the outage"
+            c.start_redis()
+            await until(
+                lambda: health(target) == health_pb2.HealthCheckResponse.SERVING,
+                10,
+                "health SERVING once Redis is back",
+            )
+            outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        except BaseException:
+            print(c.logs())
+            raise
+        finally:
+            await client.close()
+    for o in outcomes:
+        assert_ok(o.response)
+    counts = run_counts(markers)
+    assert all(s >= 1 and d >= 1 for s, d in counts), counts
+    print("runs per action (starts, ends):", counts)
+
+
+# 5 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_redis_restart_without_persistence_gives_not_found(tmp_path: Path) -> None:
+    """The scheduler's Redis restarts empty (no persistence; the CAS lives in another
+    Redis). WaitExecution on an operation it forgot answers NOT_FOUND at once, so a
+    client re-executes; nobody hangs, and every action completes."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    cas = RedisServer(data_dir=str(tmp_path / "cas-redis")).start()
+    try:
+        with Cluster(tmp_path, frontend_args=[*FLAGS, "--cas-redis", cas.url]) as c:
+            c.add_frontend()
+            target = fe(c)
+            add_workers(c, target, 2)
+            client = ReapiClient(target)
+            try:
+                await wait_workers(c, 2)
+                markers = [runs / f"a{i}" for i in range(5)]
+                digests = [await client.prepare(script(m, "sleep 1.5")) for m in markers]
+                tasks = await run_all([client], digests, 60)
+                names: list[str] = []
+                async for op in client.execution.Execute(
+                    re_pb2.ExecuteRequest(action_digest=digests[-1], skip_cache_lookup=True)
+                ):
+                    names.append(op.name)
+                    break
+                await until(lambda: sum(bool(lines(m)) for m in markers) >= 2, 20, "running")
+                c.stop_redis(kill=True)
+                await asyncio.sleep(1)
+                c.start_redis()
+                start = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in client.execution.WaitExecution(
+                        re_pb2.WaitExecutionRequest(name=names[0]), timeout=10
+                    ):
+                        pass
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value
+                assert time.monotonic() - start < 5
+                outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            except BaseException:
+                print(c.logs())
+                raise
+            finally:
+                await client.close()
+    finally:
+        cas.cleanup()
+    for o in outcomes:
+        assert_ok(o.response)
+    assert sum(len(o.names) > 1 for o in outcomes) >= 1, "some client had to re-execute"
+    counts = run_counts(markers)
+    assert all(d >= 1 for _, d in counts), counts
+    print("runs per action (starts, ends):", counts)
