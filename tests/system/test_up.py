@@ -156,3 +156,24 @@ def test_up_missing_redis_binary_is_one_clear_line(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert err.count("\n") == 1 and "no-such-redis is not an executable" in err
+
+
+def test_worker_heartbeat_feeds_the_compose_health_check(tmp_path: Path) -> None:
+    """compose.yaml's worker health check reads the file the worker touches."""
+    from cluster import Cluster
+
+    with Cluster(tmp_path, frontend_args=["--idle-sync-timeout", "1s"]) as c:
+        c.add_frontend()
+        c.add_worker(f"127.0.0.1:{c.frontend_ports[0]}")
+        beat = tmp_path / "worker-0" / "build" / ".heartbeat"
+        deadline = time.monotonic() + 20
+        while not beat.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        check = [sys.executable, "-m", "redbarn.healthcheck", "--heartbeat", str(beat)]
+        assert subprocess.run(check).returncode == 0
+        stale = [*check, "--max-age", "0"]
+        time.sleep(1.1)
+        c.frontends[0].stop()
+        assert subprocess.run(stale, capture_output=True).returncode == 1
+        frontend = [sys.executable, "-m", "redbarn.healthcheck", f"127.0.0.1:{c.frontend_ports[0]}"]
+        assert subprocess.run(frontend, capture_output=True).returncode == 1

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import grpc
 
@@ -94,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         None,
         "file holding this worker's bearer token (frontend worker role)",
     )
+    add_flag(parser, "--tls-ca", None, "PEM CA bundle of the frontend's certificate: use TLS")
+    add_flag(parser, "--tls-cert", None, "PEM client certificate chain, for mutual TLS")
+    add_flag(parser, "--tls-key", None, "PEM private key of --tls-cert")
     add_flag(parser, "--sync-timeout", "300s", "deadline of one Synchronize call")
     add_flag(parser, "--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -108,6 +112,18 @@ def _int(text: str, flag: str, minimum: int) -> int:
     return value
 
 
+def _tls_paths(args: argparse.Namespace) -> tuple[str, str, str]:
+    ca, cert, key = args.tls_ca or "", args.tls_cert or "", args.tls_key or ""
+    if bool(cert) != bool(key):
+        raise ConfigError("--tls-cert and --tls-key must be given together")
+    if cert and not ca:
+        raise ConfigError("--tls-cert needs --tls-ca (the CA of the frontend's certificate)")
+    for flag, path in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"cannot read {flag} {path}: no such file")
+    return ca, cert, key
+
+
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     platform = tuple(sorted(parse_pair(p, "--platform") for p in args.platform))
     if len(set(platform)) != len(platform):
@@ -116,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         validate.instance_name(args.instance_name_prefix)
     except RedbarnError as err:
         raise ConfigError(f"--instance-name-prefix: {err.message}") from None
+    tls_ca, tls_cert, tls_key = _tls_paths(args)
     return WorkerConfig(
         frontend=args.frontend,
         cas=args.cas or None,
@@ -131,6 +148,33 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         hostname=args.hostname or None,
         sync_timeout=parse_duration(args.sync_timeout),
         token=read_token(args.token_file) if args.token_file else None,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read {flag} {path}: {err.strerror}") from None
+
+
+def open_channel(
+    target: str, config: WorkerConfig, interceptors: list[grpc.aio.ClientInterceptor]
+) -> grpc.aio.Channel:
+    """A channel to `target`: TLS when `config.tls_ca` is set (mTLS with a client cert)."""
+    if not config.tls_ca:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(config.tls_ca, "--tls-ca"),
+        private_key=_read(config.tls_key, "--tls-key") if config.tls_key else None,
+        certificate_chain=_read(config.tls_cert, "--tls-cert") if config.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(
+        target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors
     )
 
 
@@ -146,6 +190,31 @@ def build_executor(
         functools.partial(MetricsBuildExecutor, metrics=metrics),
         LoggingBuildExecutor,
     )
+
+
+HEARTBEAT_FILE = ".heartbeat"
+
+
+class Heartbeat:
+    """Touches a file after successful Synchronize calls, at most once a second, so a
+    container health check (`python -m redbarn.healthcheck --heartbeat FILE`) can tell
+    a worker that reaches its scheduler from one that does not."""
+
+    def __init__(self, path: str, every: float = 1.0) -> None:
+        self.path = path
+        self._every = every
+        self._last = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return
+        self._last = now
+        try:
+            with open(self.path, "a"):
+                os.utime(self.path)
+        except OSError as err:
+            log.warning("cannot touch heartbeat file %s: %s", self.path, err)
 
 
 async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> WorkerMetrics:
@@ -185,11 +254,9 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
             installed.append(sig)
 
     intercept = auth.interceptors(config.token)
-    channel = grpc.aio.insecure_channel(
-        config.frontend, options=CHANNEL_OPTIONS, interceptors=intercept
-    )
+    channel = open_channel(config.frontend, config, intercept)
     cas_channel = (
-        grpc.aio.insecure_channel(config.cas, options=CHANNEL_OPTIONS, interceptors=intercept)
+        open_channel(config.cas, config, intercept)
         if config.cas and config.cas != config.frontend
         else channel
     )
@@ -198,6 +265,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     await cas.fit_to_server(config.instance_name_prefix)
     executor = build_executor(cas, cache, config, metrics)
     stub = rw_grpc.OperationQueueStub(channel)  # type: ignore[no-untyped-call]
+    heartbeat = Heartbeat(os.path.join(config.build_dir, HEARTBEAT_FILE))
     platform = re_pb2.Platform(
         properties=[re_pb2.Platform.Property(name=k, value=v) for k, v in sorted(config.platform)]
     )
@@ -213,6 +281,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
             shutdown=shutdown,
             sync_timeout=config.sync_timeout,
             backoff_max=config.backoff_max,
+            heartbeat=heartbeat,
         )
         for wid in thread_worker_ids(config.concurrency, dict(config.labels), hostname)
     ]

@@ -86,8 +86,10 @@ class WorkerThread:
         backoff_max: float = 5.0,
         coalesce: float = 0.01,
         clock: Callable[[], float] = time.time,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.name = worker_name(worker_id)
+        self._heartbeat = heartbeat
         self._stub = stub
         self._executor = executor
         self._prefix = instance_name_prefix
@@ -242,6 +244,8 @@ class WorkerThread:
         if not response.HasField("next_synchronization_at"):
             raise _BadResponse("Scheduler response contained invalid synchronization timestamp")
         assert isinstance(response, rw_pb2.SynchronizeResponse)
+        if self._heartbeat is not None:
+            self._heartbeat()
         return response
 
     async def _apply(self, response: rw_pb2.SynchronizeResponse) -> None:
