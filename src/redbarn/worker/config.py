@@ -36,6 +36,11 @@ class WorkerConfig:
     hostname: str | None = None
     # Bearer token sent on every call (the frontend's worker role); None sends none.
     token: str | None = field(default=None, repr=False)
+    # PEM CA bundle that signed the frontend's certificate: TLS to frontend and CAS
+    # ("" = plaintext). tls_cert/tls_key: this worker's client certificate (mTLS).
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     # Deadline of one Synchronize call (it may long-poll).
     sync_timeout: float = 300.0
     # Log the action counters this often (0: only at exit).
