@@ -4,6 +4,21 @@
 It raises the domain errors of `redbarn.errors`; it never imports grpc. Every state
 change is one Lua script (see `scripts`); the only state outside a script is the
 global platform registry and the start time (see `keys`).
+
+Frontend use, in short:
+- at start: `Scheduler(redis, config, hints=hub)`, `await start()`, and run
+  `run_reaper()` in the background (every frontend does; the reaper is idempotent);
+- Execute: validate the instance name, digest function and digest (`validate`), read
+  the Action from the CAS, `view = await execute(...)`, then stream
+  `watch_operation(view.name, first=view)`, sending `view.operation()` for each view;
+- WaitExecution: stream `watch_operation(name)` (NotFound for unknown names);
+- Synchronize: `await synchronize(request)` returns the SynchronizeResponse; it parks
+  (holds) idle/completed reports itself and always leaves the parked state, even when
+  cancelled;
+- BuildQueueState: `kill_operations`, `modify_drain`, `terminate_workers` and the
+  `get_operation` / `list_*` reads take and return the buildqueuestate messages.
+The redis client must allow as many connections as there are concurrent calls
+(redis-py's asyncio pool raises beyond 100 by default: use a BlockingConnectionPool).
 """
 
 from __future__ import annotations
