@@ -447,3 +447,52 @@ async def test_poison_action_with_fast_supervisor_respects_attempt_budget(
     response, deaths, _ = await poison_run(tmp_path, restart_after=0)
     assert len(deaths) <= POISON_ATTEMPTS, (deaths, response.status)
     assert response.status.code != 0
+
+
+# Timing configurations the scheduler accepts but does not honour -----------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a busy worker is told to report back after --busy-sync-interval (10 s) but "
+    "is declared lost after --worker-timeout (3 s): a healthy worker's action is requeued",
+)
+@pytest.mark.timeout(60)
+async def test_busy_worker_within_worker_timeout_is_not_lost(tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+    with Cluster(tmp_path, frontend_args=[*FAST, "--operation-retention", "10s"]) as c:
+        c.add_frontend()
+        add_workers(c, fe(c), 2)
+        client = ReapiClient(fe(c))
+        try:
+            await wait_workers(c, 2)
+            digest = await client.prepare(script(marker, "sleep 5"))
+            outcome = await asyncio.wait_for(client.execute(digest, deadline=40), 40)
+        finally:
+            await client.close()
+    assert_ok(outcome.response)
+    assert run_counts([marker]) == [(1, 1)], lines(marker)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a waiter touches its operation every min(5 s, update interval), not within "
+    "--operation-retention (3 s): the operation is collected while its client waits",
+)
+@pytest.mark.timeout(60)
+async def test_watched_operation_outlives_short_retention(tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+    flags = [*FAST, "--busy-sync-interval", "1s"]
+    with Cluster(tmp_path, frontend_args=flags) as c:
+        c.add_frontend()
+        add_workers(c, fe(c), 1)
+        client = ReapiClient(fe(c))
+        try:
+            await wait_workers(c, 1)
+            digest = await client.prepare(script(marker, "sleep 5"))
+            outcome = await asyncio.wait_for(client.execute(digest, deadline=15), 20)
+        finally:
+            await client.close()
+    assert_ok(outcome.response)
+    assert len(outcome.names) == 1, f"the client had to re-execute: {outcome.names}"
+    assert run_counts([marker]) == [(1, 1)], lines(marker)
