@@ -30,6 +30,7 @@ Security. Token files (`client_tokens`, `worker_tokens`, `admin_tokens`) put an
 `AuthInterceptor` on both listeners; `allow_client_ac_writes=False` refuses
 UpdateActionResult to clients. `tls_cert`/`tls_key` serve TLS on both listeners, and
 `tls_client_ca` makes the worker listener require a client certificate it signed.
+Requests whose bytes do not parse get INVALID_ARGUMENT (`decoding`), not UNKNOWN.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from redbarn.frontend.bytestream import ByteStreamServicer
 from redbarn.frontend.capabilities import CapabilitiesServicer, server_capabilities
 from redbarn.frontend.cas import ContentAddressableStorageServicer
 from redbarn.frontend.config import FrontendConfig, redact_url
+from redbarn.frontend.decoding import DecodeErrorInterceptor
 from redbarn.frontend.health import Check, HealthReporter
 from redbarn.frontend.storage import ActionCacheStore, BlobStore
 from redbarn.frontend.storage.completeness import CompletenessCheckingActionCache
@@ -282,7 +284,12 @@ async def create_server(
     ]
 
     def new_server(listener: str) -> grpc.aio.Server:
-        chain = [*auth_interceptors(config, listener=listener), *interceptors]
+        # Innermost last: undecodable bytes are refused before any servicer runs.
+        chain = [
+            *auth_interceptors(config, listener=listener),
+            *interceptors,
+            DecodeErrorInterceptor(),
+        ]
         return grpc.aio.server(options=options, interceptors=chain)
 
     server = new_server(CLIENT)
