@@ -78,9 +78,10 @@ def _leaf(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Pa
     return cert, key
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
+def make_pki(d: Path) -> Pki:
+    """A CA, a server certificate for 127.0.0.1/localhost, a worker client certificate,
+    and a rogue CA with a client certificate of its own, all under `d`."""
+    d.mkdir(parents=True, exist_ok=True)
     ca, rogue = _ca(d, "test-ca"), _ca(d, "rogue-ca")
     server = _leaf(
         d, "localhost", ca,
@@ -90,6 +91,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     worker = _leaf(d, "worker", ca, client_ext)
     rogue_client = _leaf(d, "rogue-worker", rogue, client_ext)
     return Pki(ca[0], *server, *worker, rogue[0], *rogue_client)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
