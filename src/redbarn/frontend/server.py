@@ -239,11 +239,10 @@ def server_credentials(config: FrontendConfig, *, listener: str) -> grpc.ServerC
     return grpc.ssl_server_credentials(pair)
 
 
-def auth_interceptors(config: FrontendConfig, *, listener: str) -> list[AuthInterceptor]:
+def auth_interceptors(
+    config: FrontendConfig, tokens: TokenTable | None, *, listener: str
+) -> list[AuthInterceptor]:
     """The `AuthInterceptor` for `listener`, or none when no control is configured."""
-    tokens = TokenTable.from_files(
-        clients=config.client_tokens, workers=config.worker_tokens, admins=config.admin_tokens
-    )
     if tokens is None and (config.allow_client_ac_writes or listener == WORKER):
         return []
     # Without tokens the worker listener's callers are workers (they may write the AC);
@@ -283,10 +282,14 @@ async def create_server(
         ("grpc.so_reuseport", 0),
     ]
 
+    tokens = TokenTable.from_files(
+        clients=config.client_tokens, workers=config.worker_tokens, admins=config.admin_tokens
+    )
+
     def new_server(listener: str) -> grpc.aio.Server:
         # Innermost last: undecodable bytes are refused before any servicer runs.
         chain = [
-            *auth_interceptors(config, listener=listener),
+            *auth_interceptors(config, tokens, listener=listener),
             *interceptors,
             DecodeErrorInterceptor(),
         ]
