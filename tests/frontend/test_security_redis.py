@@ -32,7 +32,7 @@ from redbarn.queue.config import SchedulerConfig
 from redbarn.redisserver import RedisServer, find_redis_server, free_port
 
 from .conftest import digest_of
-from .test_security_tls import Pki, pki  # noqa: F401  (the fixture)
+from .test_security_tls import Pki, make_pki
 
 ACL_PASSWORD = "acl-pw-5f1e9c"
 DEFAULT_PASSWORD = "default-pw-77aa01"
@@ -164,14 +164,28 @@ def test_frontend_process_logs_no_redis_password(locked_redis: RedisServer) -> N
         assert ACL_PASSWORD not in output, output
 
 
-@pytest.fixture
-def tls_redis(pki: Pki, tmp_path: Path) -> Iterator[int]:  # noqa: F811
-    """A private redis-server speaking only TLS, with a password."""
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("redis-pki"))
+
+
+@pytest.fixture(params=["no", "yes"], ids=["tls", "mtls"])
+def tls_redis(
+    request: pytest.FixtureRequest,
+    pki: Pki,
+    tmp_path: Path,
+) -> Iterator[tuple[int, str]]:
+    """A private redis-server speaking only TLS, with a password; with `yes`, it also
+    requires a client certificate. Yields (port, the URL query a client needs)."""
+    auth_clients = request.param
+    query = f"?ssl_ca_certs={pki.ca}"
+    if auth_clients == "yes":
+        query += f"&ssl_certfile={pki.worker_cert}&ssl_keyfile={pki.worker_key}"
     port = free_port()
     proc = subprocess.Popen(
         [find_redis_server(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
-         "--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "no",
+         "--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", auth_clients,
          "--requirepass", DEFAULT_PASSWORD, "--save", "", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -182,16 +196,14 @@ def tls_redis(pki: Pki, tmp_path: Path) -> Iterator[int]:  # noqa: F811
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 pytest.skip(f"redis-server without TLS support: {err.strip()[-200:]}")
             try:
-                with redis.Redis(
-                    port=port, ssl=True, ssl_ca_certs=str(pki.ca), password=DEFAULT_PASSWORD
-                ) as r:
+                with redis.Redis.from_url(_url(port, f":{DEFAULT_PASSWORD}", "rediss", query)) as r:
                     r.ping()
                 break
             except redis.exceptions.ConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield port
+        yield port, query
     finally:
         proc.terminate()
         proc.wait(10)
@@ -199,14 +211,18 @@ def tls_redis(pki: Pki, tmp_path: Path) -> Iterator[int]:  # noqa: F811
             proc.stderr.close()
 
 
-async def test_rediss_url_with_ca_and_password(tls_redis: int, pki: Pki) -> None:  # noqa: F811
-    query = f"?ssl_ca_certs={pki.ca}"
-    good = _url(tls_redis, f":{DEFAULT_PASSWORD}", "rediss", query)
+async def test_rediss_url_with_ca_and_password(tls_redis: tuple[int, str], pki: Pki) -> None:
+    port, query = tls_redis
+    good = _url(port, f":{DEFAULT_PASSWORD}", "rediss", query)
     assert await _serve_and_probe(good) == (SERVING, "OK", "OK")
-    # Plaintext to a TLS port, and TLS trusting the wrong CA, both fail closed.
-    for url in (
-        _url(tls_redis, f":{DEFAULT_PASSWORD}"),
-        _url(tls_redis, f":{DEFAULT_PASSWORD}", "rediss", f"?ssl_ca_certs={pki.rogue_ca}"),
-    ):
+    # Plaintext to a TLS port, TLS trusting the wrong CA, and (with mTLS) no client
+    # certificate: all fail closed.
+    wrong = [
+        _url(port, f":{DEFAULT_PASSWORD}"),
+        _url(port, f":{DEFAULT_PASSWORD}", "rediss", query.replace(str(pki.ca), str(pki.rogue_ca))),
+    ]
+    if "ssl_certfile" in query:
+        wrong.append(_url(port, f":{DEFAULT_PASSWORD}", "rediss", f"?ssl_ca_certs={pki.ca}"))
+    for url in wrong:
         probe = await asyncio.wait_for(_serve_and_probe(url), 60)
         assert probe == (NOT_SERVING, "UNAVAILABLE", "UNAVAILABLE"), redact_url(url)
