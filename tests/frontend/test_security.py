@@ -356,3 +356,19 @@ def test_cli_rejects_bad_security_settings(argv: list[str], message: str) -> Non
     with pytest.raises(ConfigError) as info:
         _parse(*argv)
     assert str(info.value) == message
+
+
+async def test_garbage_bytes_are_authenticated_before_they_are_decoded(
+    start: Any, token_files: dict[str, str]
+) -> None:
+    fe = await start(**token_files)
+    call = fe.client.channel.unary_unary(
+        "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs"
+    )
+    assert (await _status(call(b"\xff\xff")))[0] == "UNAUTHENTICATED"
+    code, details = await _status(call(b"\xff\xff", metadata=_md("client-secret")))
+    assert code == "INVALID_ARGUMENT"
+    assert details.startswith(
+        "Undecodable request: Error parsing message with type "
+        "'build.bazel.remote.execution.v2.FindMissingBlobsRequest'"
+    )
