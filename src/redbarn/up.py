@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from redbarn.config import ConfigError, add_flag, parse_pair
+from redbarn.frontend.config import redact_url
 from redbarn.redisserver import RedisBinaryMissing, RedisServer, find_redis_server, port_in_use
 
 DEFAULT_DATA_DIR = os.path.join(
@@ -58,8 +59,11 @@ def _die_with_parent() -> None:
 _CHILD_ENV_DROP = {"REDBARN_PLATFORM", "REDBARN_LABEL", "REDBARN_ENV"}
 
 
-def _spawn(args: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log: IO[bytes], extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
+    env.update(extra_env or {})
     return subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
     )
@@ -150,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
                 redis_url = redis_server.url
             target = f"127.0.0.1:{port}"
             me = [sys.executable, "-m", "redbarn"]
-            frontend = _spawn([*me, "frontend", "--listen", target, "--redis", redis_url], log)
+            # The URL may carry a password: pass it in the environment, not in argv (ps).
+            frontend = _spawn(
+                [*me, "frontend", "--listen", target], log, {"REDBARN_REDIS": redis_url}
+            )
             _wait_serving(target, frontend, READY_TIMEOUT)
             worker_args = [
                 *me, "worker", "--frontend", target, "--concurrency", str(workers),
@@ -163,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
             worker = _spawn(worker_args, log)
             flags = " ".join(bazel_flags(port, args.instance_name, platform))
             redis_cli = (
-                f"redis-cli -p {redis_server.port}" if redis_server else f"redis-cli -u {redis_url}"
+                f"redis-cli -p {redis_server.port}"
+                if redis_server
+                else f"redis-cli -u {redact_url(redis_url)}"
             )
             print(
                 f"redbarn is up: frontend {target}, {workers} worker thread(s), data in {data_dir}\n"

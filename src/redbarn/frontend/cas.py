@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from redbarn.errors import InvalidArgument, NotFound
+from redbarn.errors import InvalidArgument, NotFound, Unimplemented
 from redbarn.frontend.digests import Digest, parse_digests, parse_field, validate_instance_name
 from redbarn.frontend.errors import grpc_errors, status_of
 from redbarn.frontend.storage import BlobStore
@@ -42,6 +42,14 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     def __init__(self, blobs: BlobStore, *, max_batch_total_size: int) -> None:
         self._blobs = blobs
         self._max_batch = max_batch_total_size
+
+    @grpc_errors
+    async def SplitBlob(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("SplitBlob is not supported: this server advertises no chunking")
+
+    @grpc_errors
+    async def SpliceBlob(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("SpliceBlob is not supported: this server advertises no chunking")
 
     @grpc_errors
     async def FindMissingBlobs(

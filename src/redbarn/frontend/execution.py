@@ -109,6 +109,8 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
         self, request: re_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[operations_pb2.Operation]:
         instance = digests.validate_instance_name(request.instance_name)
+        if not request.HasField("action_digest"):
+            raise errors.InvalidArgument("Failed to extract digest for action: No digest provided")
         function = digests.resolve_function(
             request.digest_function, len(request.action_digest.hash)
         )
