@@ -414,6 +414,10 @@ async def test_execute_error_catalogue(cluster: Cluster) -> None:
         assert err.code() == code, (request, err)
         assert text in (err.details() or ""), (text, err.details())
 
+    err = await _execute_error(node, re_pb2.ExecuteRequest())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "Failed to extract digest for action: No digest provided"
+
     missing = re_pb2.Digest(hash="b" * 64, size_bytes=10)
     err = await _execute_error(node, re_pb2.ExecuteRequest(action_digest=missing))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
