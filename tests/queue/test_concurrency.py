@@ -12,6 +12,7 @@ from qhelpers import FAST, SHA256, action, assigned, md, request
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import keys
+from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scheduler import PollingHints, Scheduler
 
 CFG = dataclasses.replace(
@@ -32,9 +33,10 @@ async def _drive(
     per_client: int = 12,
     n_workers: int = 20,
     n_frontends: int = 8,
+    cfg: SchedulerConfig = CFG,
 ) -> None:
     rng = random.Random(7)
-    fronts = [Scheduler(redis, CFG, hints=PollingHints(step=0.05)) for _ in range(n_frontends)]
+    fronts = [Scheduler(redis, cfg, hints=PollingHints(step=0.05)) for _ in range(n_frontends)]
     await fronts[0].start()
     for w in range(n_workers):  # workers announce the platform queue first
         await fronts[w % n_frontends].synchronize(request(f"{w:02d}", prefer_idle=True))
@@ -93,11 +95,14 @@ async def _drive(
 
     reap_task = asyncio.create_task(reaper())
     workers = [asyncio.create_task(worker(w)) for w in range(n_workers)]
+    clients = [asyncio.create_task(client(c)) for c in range(n_frontends)]
     try:
-        await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(n_frontends))), 120)
+        await asyncio.wait_for(asyncio.gather(*clients), 100)
     finally:
         stop.set()
-        await asyncio.gather(*workers)
+        for t in clients:
+            t.cancel()
+        await asyncio.gather(*workers, *clients, return_exceptions=True)
     assert sorted(results) == list(range(n_actions))
     for n, rs in results.items():
         assert len(rs) == 1, n
@@ -134,4 +139,8 @@ async def test_thousand_actions_crashing_workers(redis_url: str) -> None:
 
 
 async def test_crashing_workers_on_fakeredis(fake_redis: aioredis.Redis) -> None:
-    await _drive(fake_redis, 200, per_client=4)  # fakeredis caps its pool at 100
+    # fakeredis caps its pool at 100 connections, and its Lua runs on the event loop (slow
+    # enough that a 0.5 s retention can pass between two touches of a busy waiter).
+    await _drive(
+        fake_redis, 200, per_client=4, cfg=dataclasses.replace(CFG, operation_retention=2.0)
+    )
