@@ -178,7 +178,7 @@ async def test_executing_count_steers_workers(any_redis: aioredis.Redis) -> None
 async def test_park_and_direct_assignment(any_redis: aioredis.Redis) -> None:
     cfg = dataclasses.replace(FAST, idle_sync_timeout=1.0)
     s = Scheduler(any_redis, cfg, hints=PollingHints(step=10.0))
-    await s.synchronize(request("0"))  # create the domain
+    await s.synchronize(request("0", prefer_idle=True))  # create the domain
     sync = asyncio.create_task(s.synchronize(request("1")))
     await asyncio.sleep(0.1)
     with pytest.raises(ResourceExhausted, match="same worker ID is already synchronizing"):
@@ -197,7 +197,7 @@ async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
     try:
         await asyncio.wait_for(hub.connected.wait(), 5)
         s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=5.0), hints=hub)
-        await s.synchronize(request("0"))
+        await s.synchronize(request("0", prefer_idle=True))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         sync = asyncio.create_task(s.synchronize(request("1")))
@@ -479,3 +479,50 @@ async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
     # Without the correlated level, the tool invocation sits right under the root.
     v2 = await execute(make(any_redis), 2, tool="x")
     assert v2.invocation == (("t", "x"),)
+
+
+async def test_cancelled_park_leaves_the_parked_set(any_redis: aioredis.Redis) -> None:
+    s = Scheduler(
+        any_redis, dataclasses.replace(FAST, idle_sync_timeout=5.0), hints=PollingHints(step=10.0)
+    )
+    await s.synchronize(request("0", prefer_idle=True))
+    parked = asyncio.create_task(s.synchronize(request("1")))
+    await asyncio.sleep(0.1)
+    domain = keys.domain_id("", "{}")
+    assert await any_redis.zcard(keys.domain_key(domain, "parked")) == 1
+    parked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await parked
+    assert await any_redis.zcard(keys.domain_key(domain, "parked")) == 0
+    # The worker may synchronize again at once (no "already synchronizing").
+    await execute(s, 1)
+    assert assigned(await s.synchronize(request("1"))) == action(1)[0]
+
+
+async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
+    from redbarn.frontend.hub import Hub
+
+    hub = Hub(real_redis, "fe2")
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        s = Scheduler(real_redis, dataclasses.replace(FAST, waiter_poll_interval=30.0), hints=hub)
+        await s.synchronize(request("1"))
+        v = await execute(s, 1)
+        stages = []
+
+        async def watch() -> None:
+            async for view in s.watch_operation(v.name, first=v):
+                stages.append(view.stage)
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.1)
+        other = make(real_redis)  # another frontend does the worker's side
+        d = assigned(await other.synchronize(request("1")))
+        assert d is not None
+        await asyncio.sleep(0.1)
+        await other.synchronize(request("1", "completed", d, response=OK))
+        await asyncio.wait_for(task, 2)  # woken by hints, not by the 30 s poll
+        assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
+    finally:
+        await hub.stop()
