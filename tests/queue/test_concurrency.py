@@ -19,7 +19,7 @@ CFG = dataclasses.replace(
     FAST,
     worker_timeout=0.3,
     idle_sync_timeout=0.2,
-    operation_retention=0.5,
+    operation_retention=1.0,  # 10 waiter polls: a busy test loop can lag
     platform_queue_timeout=0.5,
     waiter_poll_interval=0.1,
     max_attempts=10,
@@ -36,7 +36,7 @@ async def _drive(
     cfg: SchedulerConfig = CFG,
 ) -> None:
     rng = random.Random(7)
-    fronts = [Scheduler(redis, cfg, hints=PollingHints(step=0.05)) for _ in range(n_frontends)]
+    fronts = [Scheduler(redis, cfg, hints=PollingHints(step=0.1)) for _ in range(n_frontends)]
     await fronts[0].start()
     for w in range(n_workers):  # workers announce the platform queue first
         await fronts[w % n_frontends].synchronize(request(f"{w:02d}", prefer_idle=True))
