@@ -19,6 +19,15 @@ local HI = '\255'
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 
+-- "Last started" order of invocations: a per-domain sequence (meta seq, shared with the
+-- FIFO order of queued operations), drawn at most once per call, so two starts in the
+-- same millisecond still order (least recently started wins ties, R33).
+local STAMP = nil
+local function stamp()
+  if not STAMP then STAMP = redis.call('HINCRBY', K_META, 'seq', 1) end
+  return STAMP
+end
+
 local CFG = {}
 do
   local d, a, b, c, e, f, g, h, i = string.match(ARGV[1],
@@ -142,7 +151,7 @@ function L.parent(path) return string.match(path, '^(.*)/[^/]*$') end
 
 function L.node_get(sc, path)
   local v = redis.call('HGET', K_INV, sc .. ' ' .. path)
-  if not v then return {x = 0, l = NOW, p = '', k = ''} end
+  if not v then return {x = 0, l = stamp(), p = '', k = ''} end
   -- The pick member (last field) itself contains \31: it is the rest of the record.
   local x, l, p, k = string.match(v, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
   return {x = tonumber(x), l = tonumber(l), p = p, k = k}
@@ -173,7 +182,7 @@ function L.update(sc, path, delta)
     local n = L.node_get(sc, path)
     if delta ~= 0 then
       n.x = n.x + delta
-      if delta > 0 then n.l = NOW end
+      if delta > 0 then n.l = stamp() end
     end
     local pre = sc .. ' ' .. path .. S
     local p = ''

@@ -25,7 +25,7 @@ if dk ~= '' then
         return {'op', id, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention)}
       end
     end
-    local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+    local seq = stamp()
     local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}
     L.watch(o, fid)
     L.op_put(opid, o)
@@ -52,7 +52,7 @@ end
 if redis.call('ZCARD', K_QUEUED) >= CFG.max_queued then return {'full'} end
 
 local tid = 't' .. redis.call('HINCRBY', K_META, 'tseq', 1)
-local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+local seq = stamp()
 local t = {st = 'q', sc = sc, ep = 0, n = 0, r = 0, qt = L.int(NOW), dg = ARGV[7], fn = ARGV[8],
            dk = dk, w = '', fb = '0', ops = {opid}}
 local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}

@@ -48,7 +48,8 @@ redbarn:v1:started  STRING  server time (ms) of the first start (SET NX): start-
 Domain keys (`redbarn:v1:{P}:<what>`; no TTL, bounded by the reaper; survive noeviction):
 
 meta      HASH  scs = "<sc> <sc>..." size classes; w<sc> = worker count; z<sc> = removal
-          time (ms) of a worker-less size class; seq/tseq counters. Writers: synchronize,
+          time (ms) of a worker-less size class; tseq = task counter; seq = the order
+          stamp of queued operations (FIFO) and of invocation starts (ties, R33). Writers: synchronize,
           enqueue, reap. Lifetime: the domain's.
           redis-cli HGETALL 'redbarn:v1:{P}:meta'
 workers   HASH  <wk> -> "tid ep holder-fid terminating tokens". One per worker; removed by
@@ -71,10 +72,10 @@ ops       HASH  <opid> -> "tid prio+seq path watcher-fids". Deleted by reap when
 queued    ZSET(lex, scores 0) "<sc> <path>\\x1f<prio+2^31:10><seq:16> <opid>": queued ops,
           priority then FIFO per invocation. "what is queued":
           redis-cli ZRANGE 'redbarn:v1:{P}:queued' 0 -1
-pick      ZSET(lex) "<sc> <parent>\\x1f<log2 score:15><last-started ms:15><child>": the
+pick      ZSET(lex) "<sc> <parent>\\x1f<log2 score:15><last-started stamp:15><child>": the
           children of every invocation node that have queued work, best first.
           redis-cli ZRANGE 'redbarn:v1:{P}:pick' 0 -1
-inv       HASH  "<sc> <path>" -> "executing last-started-ms first-prio pick-member":
+inv       HASH  "<sc> <path>" -> "executing last-started-stamp first-prio pick-member":
           invocation nodes with queued or executing work (others are deleted).
           redis-cli HGETALL 'redbarn:v1:{P}:inv'
 inflight  HASH  dedup-key (sha256 of fn-hash-size-instance, 32 hex) -> tid, while the
