@@ -2,7 +2,8 @@
 seconds (worker SIGKILL + restart, frontend SIGKILL + restart, Redis SIGKILL + restart
 with its AOF). At the end, tests/system/invariants.py checks Redis and what the clients
 saw. REDBARN_SOAK_ACTIONS sets the number of actions (default fits CI on 2 cores);
-REDBARN_SOAK_SEED picks the fault sequence.
+REDBARN_SOAK_SEED picks the fault sequence; REDBARN_SOAK_FAULTS (comma-separated subset of
+worker,frontend,redis) the kinds of fault.
 
 Clients behave like Bazel: they reattach with WaitExecution on UNAVAILABLE, re-execute
 on NOT_FOUND (tests/reapi_client.py), and re-upload and retry when inputs went missing
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 ACTIONS = int(os.environ.get("REDBARN_SOAK_ACTIONS", "1500"))
 CLIENTS = 50
+FAULTS = os.environ.get("REDBARN_SOAK_FAULTS", "worker,frontend,redis").split(",")
 FRONTENDS = 3
 WORKERS = 3
 WORKER_THREADS = 2
@@ -125,7 +127,7 @@ async def fault_loop(c: Cluster, rng: random.Random, log: list[str], stop: async
             return
         except TimeoutError:
             pass
-        kind = rng.choice(["worker", "frontend", "redis"])
+        kind = rng.choice(FAULTS)
         at = f"{time.monotonic() - t0:6.1f}s"
         if kind == "worker":
             i = rng.randrange(len(c.workers))
