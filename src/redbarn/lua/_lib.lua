@@ -241,12 +241,16 @@ function L.exec_ops(t, delta)
 end
 
 -- The next queued operation of a size class: walk from the root to the best leaf.
+-- Operations never sit at the root (every path has a tool-invocation level), so the
+-- root's own queue is not looked at.
 function L.pick(sc)
   local path = ''
   while true do
     local pre = sc .. ' ' .. path .. S
-    local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-    if head[1] then return string.sub(head[1], #pre + 28) end
+    if path ~= '' then
+      local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+      if head[1] then return string.sub(head[1], #pre + 28) end
+    end
     local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
     if not best[1] then return nil end
     path = string.sub(best[1], #pre + 31)
