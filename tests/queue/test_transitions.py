@@ -526,3 +526,23 @@ async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
         assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
     finally:
         await hub.stop()
+
+
+class _DeafHints(PollingHints):
+    """Hints that never arrive: the parked call must still find its assignment soon."""
+
+    async def wait(self, topic: str, timeout: float) -> bool:
+        await asyncio.sleep(timeout)
+        return False
+
+
+async def test_lost_wake_hint_costs_at_most_a_second(any_redis: aioredis.Redis) -> None:
+    s = Scheduler(any_redis, dataclasses.replace(FAST, idle_sync_timeout=30.0), hints=_DeafHints())
+    await s.synchronize(request("0", prefer_idle=True))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    sync = asyncio.create_task(s.synchronize(request("1")))
+    await asyncio.sleep(0.1)
+    await execute(make(any_redis), 1)
+    assert assigned(await asyncio.wait_for(sync, 5)) == action(1)[0]
+    assert loop.time() - t0 < 2.0

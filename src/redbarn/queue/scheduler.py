@@ -445,8 +445,15 @@ class Scheduler:
     async def _park(self, domain: str, wk: str, deadline_ms: int) -> Reply:
         t = self.config.idle_sync_timeout
         wait = random.uniform(t / 2, t) if t > 0 else 0.0
+        topic = keys.worker_topic(domain, wk)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
         try:
-            await self.hints.wait(keys.worker_topic(domain, wk), wait)
+            # A hint published just before this wait began is lost; one look at the
+            # worker record after the first second catches that case (one read per park).
+            woke = await self.hints.wait(topic, min(wait, 1.0))
+            if not woke and loop.time() < until and not await self._assigned(domain, wk):
+                await self.hints.wait(topic, until - loop.time())
         finally:
             unpark = asyncio.ensure_future(
                 self.scripts.unpark_worker(
@@ -455,6 +462,10 @@ class Scheduler:
             )
             reply = await asyncio.shield(unpark)
         return reply
+
+    async def _assigned(self, domain: str, wk: str) -> bool:
+        raw = await self.redis.hget(keys.domain_key(domain, "workers"), wk)
+        return raw is not None and bool(codec.WorkerRecord.parse(raw).tid)
 
     def _sync_response(self, reply: Reply) -> rw_pb2.SynchronizeResponse:
         kind = _s(reply[0])
