@@ -181,13 +181,17 @@ async def test_sigstop_worker_late_completion_is_fenced(tmp_path: Path) -> None:
     worker. Thawed (SIGCONT), it reports its finished run: that report carries a stale
     epoch and is discarded. The client gets the requeued run's result."""
     marker = tmp_path / "runs"
-    # w0 finishes in 1 s (while frozen); w1 takes 5 s, so w0's late report comes first.
-    body = 'if [ "$WHO" = w0 ]; then sleep 1; else sleep 5; fi'
-    with Cluster(tmp_path, frontend_args=FLAGS) as c:
+    # w0's run ends (1 s) while it is frozen; w1's takes 2 s, so w0's late report comes
+    # first. The busy sync interval stays at its 10 s default here: the thawed worker's
+    # next heartbeat is not due, so what it sends is its completion, not a progress
+    # report (which would be fenced too: answered idle, and the run cancelled).
+    body = 'if [ "$WHO" = w0 ]; then sleep 1; else sleep 2; fi'
+    with Cluster(tmp_path, frontend_args=[*FAST, "--operation-retention", "10s"]) as c:
         c.add_frontend()
         add_workers(c, fe(c), 1)
         client = ReapiClient(fe(c))
         try:
+            await wait_workers(c, 1)
             digest = await client.prepare(script(marker, body))
             task = asyncio.create_task(client.execute(digest, deadline=45))
             await until(lambda: lines(marker), 20, "w0 started the action")
@@ -199,8 +203,18 @@ async def test_sigstop_worker_late_completion_is_fenced(tmp_path: Path) -> None:
                 ["done", "w0"],
                 ["start", "w1"],
             ]
-            c.workers[0].signal(signal.SIGCONT)  # w0 now reports its (stale) completion
-            await asyncio.sleep(2.0)
+            c.workers[0].signal(signal.SIGCONT)  # w0 now reports its (stale) run
+            # Thawed, w0 sends its stage change (uploading_outputs: fenced, answered idle,
+            # its run cancelled) or, when the upload fits in its coalescing window, its
+            # completion (fenced: discarded). Either way its result must not count.
+            await until(
+                lambda: "exit 0" in c.workers[0].log() or "cancelling" in c.workers[0].log(),
+                5,
+                "w0 reported its run",
+            )
+            path = "completion" if "exit 0" in c.workers[0].log() else "progress"
+            print("w0's late report was a", path)
+            await asyncio.sleep(0.5)  # its report reached the scheduler
             assert not task.done(), "the zombie's completion must not finish the operation"
             assert c.workers[0].alive()
             outcome = await asyncio.wait_for(task, 30)
@@ -211,7 +225,7 @@ async def test_sigstop_worker_late_completion_is_fenced(tmp_path: Path) -> None:
             await client.close()
     assert_ok(outcome.response)
     assert stdout_is(outcome.response, "out w1\n"), outcome.response.result
-    assert [r.split()[:2] for r in lines(marker)][-1] == ["done", "w1"]
+    assert [r.split()[:2] for r in lines(marker)][3:] == [["done", "w1"]]
 
 
 # 3 ---------------------------------------------------------------------------------------
