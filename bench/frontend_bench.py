@@ -472,6 +472,7 @@ ORIGIN = {
     "synchronize_worker": "Synchronize",
     "unpark_worker": "Synchronize",  # a parked Synchronize ends
     "HSETNX": "Synchronize",  # platform registration (cached per frontend)
+    "HGET": "Synchronize",  # a park past 1 s looks at the worker record once
     "reap_domain": "background",
     "HGETALL": "background",  # platform registry (reaper each tick; Execute when stale)
     "PING": "background",  # health
@@ -792,7 +793,7 @@ async def bench(
         )
 
         log("calibration: GetCapabilities and FindMissingBlobs on frontend 0")
-        calib = await calibrate(channels[0], pids["frontend0"], digests)
+        calib = await calibrate(channels[0], pids["frontend0"], digests, metadata)
 
         log(f"1 in flight: {args.seconds1}s")
         p1 = await measured("1", meter, 1, args.seconds1, load(1))
@@ -895,21 +896,45 @@ async def _profile(
 
 
 async def calibrate(
-    channel: grpc.aio.Channel, pid: int, digests: Iterator[re_pb2.Digest], n: int = 3000
+    channel: grpc.aio.Channel,
+    pid: int,
+    digests: Iterator[re_pb2.Digest],
+    metadata: Sequence[tuple[str, bytes]],
+    n: int = 3000,
 ) -> list[str]:
-    """The frontend's CPU floor per RPC: GetCapabilities (no Redis), FindMissingBlobs of
-    two digests (one Redis script call), 20 concurrent callers on one frontend."""
+    """The frontend's CPU per RPC for simple calls, 20 concurrent callers on one frontend:
+    GetCapabilities (no Redis); FindMissingBlobs of two digests (one Redis script call);
+    Synchronize with prefer_being_idle (one script call, never parks); WaitExecution of
+    a done operation (a server stream: one script call, one message)."""
     caps = re_grpc.CapabilitiesStub(channel)
     cas = re_grpc.ContentAddressableStorageStub(channel)
+    queue = rw_grpc.OperationQueueStub(channel)
+    execution = re_grpc.ExecutionStub(channel)
     two = re_pb2.FindMissingBlobsRequest(blob_digests=[next(digests), next(digests)])
+    request = re_pb2.ExecuteRequest(action_digest=next(digests), skip_cache_lookup=True)
+    ops = [op async for op in execution.Execute(request, metadata=metadata)]
+    wait = re_pb2.WaitExecutionRequest(name=ops[-1].name)
+    idle = rw_pb2.SynchronizeRequest(
+        worker_id={"hostname": "bench", "thread": "calibration"},
+        platform=PLATFORM,
+        current_state=rw_pb2.CurrentState(idle={}),
+        prefer_being_idle=True,
+    )
+
+    async def wait_execution() -> None:
+        async for _ in execution.WaitExecution(wait):
+            pass
+
     calls: list[tuple[str, Callable[[], Any]]] = [
         (
             "GetCapabilities (no Redis)",
             lambda: caps.GetCapabilities(re_pb2.GetCapabilitiesRequest()),
         ),
         ("FindMissingBlobs, 2 digests (1 Redis call)", lambda: cas.FindMissingBlobs(two)),
+        ("Synchronize prefer_being_idle (1 Redis call)", lambda: queue.Synchronize(idle)),
+        ("WaitExecution of a done op (stream, 1 Redis call)", wait_execution),
     ]
-    out = ["frontend CPU floor per unary RPC (one frontend, 20 concurrent callers):"]
+    out = ["frontend CPU per RPC, simple calls (one frontend, 20 concurrent callers):"]
     for name, call in calls:
         counter = iter(range(n))
 
@@ -923,7 +948,7 @@ async def calibrate(
         elapsed = time.perf_counter() - t0
         u1, s1 = cpu_seconds(pid)
         out.append(
-            f"  {name:<44} {(u1 - u0 + s1 - s0) * 1e6 / n:>6.0f} usec CPU/call, "
+            f"  {name:<50} {(u1 - u0 + s1 - s0) * 1e6 / n:>6.0f} usec CPU/call, "
             f"{n / elapsed:>6.0f} calls/s"
         )
     return out
