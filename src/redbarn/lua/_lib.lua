@@ -38,7 +38,8 @@ do
 end
 
 function L.int(n) return string.format('%d', math.floor(n)) end
-function L.pad(n, w) return string.format('%0' .. w .. 'd', math.floor(n)) end
+local PADS = {[15] = '%015d', [16] = '%016d'}
+function L.pad(n, w) return string.format(PADS[w], math.floor(n)) end
 
 function L.split(s, sep)
   local out = {}
@@ -133,7 +134,7 @@ end
 function L.op_name(opid) return CFG.domain .. '.' .. opid end
 
 function L.notify_op(opid, o)
-  for _, fid in ipairs(L.words(o.fids)) do L.publish(fid, 'o ' .. L.op_name(opid)) end
+  for _, fid in ipairs(L.ids(o.fids)) do L.publish(fid, 'o ' .. L.op_name(opid)) end
 end
 
 function L.notify_task(t)

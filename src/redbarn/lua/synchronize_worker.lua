@@ -13,7 +13,9 @@
 local wk, fid, kind, dg, failed, prefer = ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[8], ARGV[9]
 local sc = L.sc_of(wk)
 local w = L.worker_get(wk)
+local dirty = false -- the worker record must be written back
 if not w then
+  dirty = true
   w = {t = '', ep = 0, h = '', term = '0', pairs = ARGV[3]}
   local classes = L.scs()
   local known = false
@@ -29,11 +31,15 @@ elseif w.h ~= '' then
   local dl = redis.call('ZSCORE', K_LEASES, wk)
   if dl and tonumber(dl) > NOW then return {'b'} end
   w.h = ''
+  dirty = true
   redis.call('ZREM', K_PARKED, wk)
 end
 redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
 local tid, t = L.current(wk, w)
-if not tid then w.t = '' end
+if not tid and w.t ~= '' then
+  w.t = ''
+  dirty = true
+end
 
 local function next_task(block)
   if prefer == '1' then L.worker_put(wk, w); return {'i', L.int(NOW)} end
@@ -72,13 +78,16 @@ local function current_or_next(block)
 end
 
 if kind == 'p' then
-  if tid and t.dg == dg then L.worker_put(wk, w); return {'c', L.int(NOW + CFG.busy)} end
+  if tid and t.dg == dg then
+    if dirty then L.worker_put(wk, w) end
+    return {'c', L.int(NOW + CFG.busy)}
+  end
   return current_or_next(false)
 elseif kind == 'c' then
   if tid and t.dg == dg then
-    local classes = L.scs()
+    local classes = (failed == '1' and t.fb == '0') and L.scs() or {}
     local largest = classes[#classes]
-    if failed == '1' and #classes > 1 and t.sc ~= largest and t.fb == '0' then
+    if #classes > 1 and t.sc ~= largest then
       -- Fallback analyzer: a failure on a smaller size class runs once more on the largest.
       L.exec_ops(t, -1)
       t.sc = largest
