@@ -748,6 +748,7 @@ def fmt_monitor(mon: MonitorReport, ph: Phase) -> list[str]:
 
 async def bench(
     args: argparse.Namespace,
+    shas_at_start: dict[str, str],
     frontends: list[Frontend],
     redis_server: RedisServer,
     workers: Any,
@@ -804,14 +805,15 @@ async def bench(
         capture = MonitorCapture(redis_server.port)
         await asyncio.sleep(0.1)
         pm = await measured("monitor", meter, 100, args.monitor, load(100), at_end=capture.stop)
-        mon = parse_monitor(capture.data(), script_names())
+        shas = {**script_names(), **shas_at_start}  # src may change while we run
+        mon = parse_monitor(capture.data(), shas)
 
         log(f"SLOWLOG capture: {args.monitor}s at 100 in flight")
         await redis.config_set("slowlog-log-slower-than", 0)
         await redis.config_set("slowlog-max-len", 1_000_000)
         await redis.slowlog_reset()
         ps = await measured("slowlog", meter, 100, args.monitor, load(100))
-        script_usec = await read_slowlog(redis, script_names(), ps.after.at)
+        script_usec = await read_slowlog(redis, shas, ps.after.at)
         await redis.config_set("slowlog-log-slower-than", 10000)
         await redis.slowlog_reset()
 
@@ -977,6 +979,7 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="redbarn-frontend-bench-"))
+    shas = script_names()  # the scripts the frontends are about to load
     with contextlib.ExitStack() as stack:
         redis_server = RedisServer().start()
         stack.callback(redis_server.stop)
@@ -1010,7 +1013,7 @@ def main() -> int:
             time.sleep(0.05)
         time.sleep(0.5)
         try:
-            lines = asyncio.run(bench(args, frontends, redis_server, workers, counters, tmp))
+            lines = asyncio.run(bench(args, shas, frontends, redis_server, workers, counters, tmp))
         except BaseException:
             for i, fe in enumerate(frontends):
                 tail = fe.log_tail()
