@@ -270,3 +270,40 @@ async def test_soak_with_random_faults(tmp_path: Path) -> None:
     print("\n".join(faults))
     assert not violations, "\n".join(violations[:50])
     assert ran[0] == 0, "every action ran at least once"
+
+
+@pytest.mark.timeout(30)
+def test_invariant_checker_sees_leftovers(tmp_path: Path) -> None:
+    """The checker is not vacuous: each leftover it must catch, planted by hand."""
+    from redbarn.queue import keys
+    from redbarn.queue.codec import SEP
+    from redbarn.redisserver import RedisServer
+
+    server = RedisServer(data_dir=str(tmp_path / "redis")).start()
+    r = redis.Redis.from_url(server.url)
+    try:
+        baseline = invariants.scheduler_keys(r)
+        assert invariants.check_no_work_left(r) == []
+        p = "0123456789abcdef"
+        wk = '0000000000 {"hostname":"h"}'
+        record = SEP.join(["x", "0", "1", "1", "0", "0", "d-1", "0", "", wk, "0", "op"])
+        r.hset(keys.domain_key(p, "tasks"), mapping={"t1": record, "t1|a": b"\x00"})
+        r.zadd(keys.domain_key(p, "queued"), {"member": 0})
+        r.hset(keys.domain_key(p, "workers"), wk, "t1")
+        r.zadd(keys.domain_key(p, "leases"), {wk: 1})
+        r.set("redbarn:v1:cas:{aa}:1", b"x")  # storage: not part of the baseline
+        work = invariants.check_no_work_left(r)
+        assert any("t1 still executing" in v for v in work), work
+        assert any("1 operations queued" in v for v in work), work
+        left = invariants.check_no_workers_left(r)
+        assert any("1 workers left" in v for v in left) and any("1 leases" in v for v in left)
+        assert len(invariants.check_baseline(r, baseline)) == 1
+        r.delete(*(keys.domain_key(p, w) for w in ("tasks", "queued", "workers", "leases")))
+        assert invariants.check_baseline(r, baseline) == []
+    finally:
+        r.close()
+        server.cleanup()
+    ok = re_pb2.ExecuteResponse()
+    results = {0: invariants.ActionResult([ok]), 1: invariants.ActionResult([ok, ok])}
+    found = invariants.check_results(results, range(3), lambda i, resp: None)
+    assert found == ["action 1: 2 final results", "action 2: no final result (errors: [])"]
