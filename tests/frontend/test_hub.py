@@ -46,3 +46,20 @@ async def test_waiters_wake_after_redis_restart(tmp_path: object) -> None:
         await hub.stop()
         await client.aclose()
         server.cleanup()
+
+
+async def test_a_hint_that_lands_before_the_wait_is_not_lost(real_redis: aioredis.Redis) -> None:
+    hub = Hub(real_redis, new_frontend_id())
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        await real_redis.publish(hub.channel, "o early")
+        await asyncio.sleep(0.1)  # delivered while nobody waits
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await hub.wait("o early", 5) is True
+        assert loop.time() - t0 < 0.5
+        # Consumed: the next wait for the same topic waits for a new hint.
+        assert await hub.wait("o early", 0.2) is False
+    finally:
+        await hub.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 
@@ -24,6 +25,8 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "redbarn:v1:fe:"
+PENDING_TTL = 2.0  # seconds a hint with no waiter is remembered
+PENDING_MAX = 100_000  # bound on remembered hints
 
 
 def new_frontend_id() -> str:
@@ -38,6 +41,10 @@ class Hub:
         self.fid = fid
         self.channel = CHANNEL_PREFIX + fid
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # Hints that arrived while nobody waited: a coroutine often reads state, then
+        # waits, and the hint for a change made in between lands before the wait
+        # starts. Kept for PENDING_TTL so that wait() returns at once instead.
+        self._pending: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._retry_delay = retry_delay
         self._closing = False
@@ -62,6 +69,8 @@ class Hub:
         """Wait until `topic` is published or `timeout` seconds pass."""
         if self._closing:
             return True
+        if self._pending and self._pending.pop(topic, 0.0) > time.monotonic():
+            return True
         event = asyncio.Event()
         waiters = self._waiters[topic]
         waiters.add(event)
@@ -77,9 +86,17 @@ class Hub:
                 self._waiters.pop(topic, None)
 
     def notify(self, topic: str) -> None:
-        """Wake every local waiter of `topic` (also used for in-process shortcuts)."""
-        for event in self._waiters.get(topic, ()):
-            event.set()
+        """Wake every local waiter of `topic`; with none, remember it for a moment."""
+        events = self._waiters.get(topic)
+        if events:
+            for event in events:
+                event.set()
+            return
+        now = time.monotonic()
+        if len(self._pending) >= PENDING_MAX:
+            self._pending = {t: d for t, d in self._pending.items() if d > now}
+        if len(self._pending) < PENDING_MAX:
+            self._pending[topic] = now + PENDING_TTL
 
     def notify_all(self) -> None:
         """Wake everyone: they re-read state (used after a reconnect, and on shutdown)."""
