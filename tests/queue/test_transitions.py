@@ -236,7 +236,9 @@ async def test_progress_for_other_digest_gets_idle_without_blocking(
 
 
 async def test_rehand_limit_then_internal(any_redis: aioredis.Redis) -> None:
-    s = make(any_redis)
+    # Re-hands also spend attempts; with a budget above the re-hand limit, Buildbarn's
+    # INTERNAL crash-loop message is what ends it.
+    s = make(any_redis, dataclasses.replace(FAST, max_attempts=20))
     await s.synchronize(request("1"))
     v = await execute(s, 1)
     d = action(1)[0]
@@ -250,6 +252,39 @@ async def test_rehand_limit_then_internal(any_redis: aioredis.Redis) -> None:
         "Attempted to execute task 10 times, but it never completed. "
         'This task may cause worker {"host":"h","thread":"1"} to crash.'
     )
+
+
+async def test_rehands_spend_the_attempt_budget(any_redis: aioredis.Redis) -> None:
+    s = make(any_redis, dataclasses.replace(FAST, max_attempts=3))
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    d = action(1)[0]
+    for _ in range(3):  # first assignment + 2 re-hands = 3 attempts
+        assert assigned(await s.synchronize(request("1"))) == d
+    assert is_idle(await s.synchronize(request("1")))
+    done = await s.get_operation_view(v.name)
+    assert done.response is not None and done.response.status.code == 14
+    assert "(attempt 3 of 3, action " in done.response.status.message
+
+
+async def test_worker_back_without_its_started_task_spends_an_attempt(
+    any_redis: aioredis.Redis,
+) -> None:
+    """A worker that reported progress and then reports idle lost the action (it was
+    restarted): that is a lost attempt, not a lost response to re-hand nine times."""
+    cfg = dataclasses.replace(FAST, max_attempts=2)
+    s = make(any_redis, cfg)
+    await s.synchronize(request("1"))
+    v = await execute(s, 1)
+    d = action(1)[0]
+    for attempt in (1, 2):
+        assert assigned(await s.synchronize(request("1"))) == d, attempt
+        await s.synchronize(request("1", "running", d))
+    # Back once more without it: the budget of two attempts is spent.
+    assert is_idle(await s.synchronize(request("1")))
+    done = await s.get_operation_view(v.name)
+    assert done.response is not None and done.response.status.code == 14
+    assert "disappeared while task was executing (attempt 2 of 2" in done.response.status.message
 
 
 async def test_lost_worker_requeued_then_failed_and_zombie_dropped(
@@ -276,7 +311,8 @@ async def test_lost_worker_requeued_then_failed_and_zombie_dropped(
     assert done.done and done.response is not None
     assert done.response.status.code == 14
     assert done.response.status.message == (
-        'Worker {"host":"h","thread":"2"} disappeared while task was executing (attempt 2 of 2)'
+        'Worker {"host":"h","thread":"2"} disappeared while task was executing '
+        f"(attempt 2 of 2, action {d.hash}-{d.size_bytes})"
     )
 
 

@@ -461,12 +461,6 @@ async def test_poison_action_fails_after_attempt_budget(tmp_path: Path) -> None:
     assert len(runs) == POISON_ATTEMPTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker restarted with the same identity before its lease expires reports "
-    "idle and is re-handed the poison action (Buildbarn's rehand, up to rehand_limit=9) "
-    "without counting an attempt: it dies 10 times, whatever --max-attempts says",
-)
 @pytest.mark.timeout(90)
 async def test_poison_action_with_fast_supervisor_respects_attempt_budget(
     tmp_path: Path,

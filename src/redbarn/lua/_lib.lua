@@ -331,6 +331,19 @@ function L.requeue(tid, t)
   end
 end
 
+-- A worker lost its task (lease expired, or it came back without it): requeue it with
+-- its original queued time until the attempt budget is spent, then fail it UNAVAILABLE
+-- naming the worker and the action.
+function L.lose(tid, t, wk)
+  if t.n < CFG.max_attempts then
+    L.requeue(tid, t)
+  else
+    L.complete(tid, t, 'E14' .. S .. 'Worker ' .. L.json_of(wk) ..
+      ' disappeared while task was executing (attempt ' .. L.int(t.n) .. ' of ' ..
+      L.int(CFG.max_attempts) .. ', action ' .. t.dg .. ')')
+  end
+end
+
 -- Drains: field "<sc> <pattern-json>" = "<created_ms>\31<tokens>"; a token is "\30<json pair>\30".
 function L.matches(tokens, pairs)
   for tok in string.gmatch(tokens, '[^\30]+') do

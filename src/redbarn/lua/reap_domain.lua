@@ -15,14 +15,7 @@ for _, wk in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 
   if w then
     local tid, t = L.current(wk, w)
     L.remove_worker(wk, w)
-    if tid then
-      if t.n < CFG.max_attempts then
-        L.requeue(tid, t)
-      else
-        L.complete(tid, t, 'E14' .. S .. 'Worker ' .. L.json_of(wk) ..
-          ' disappeared while task was executing (attempt ' .. L.int(t.n) .. ' of ' .. L.int(CFG.max_attempts) .. ')')
-      end
-    end
+    if tid then L.lose(tid, t, wk) end
   else
     redis.call('ZREM', K_LEASES, wk)
   end

@@ -63,9 +63,26 @@ local function next_task(block)
 end
 
 local function current_or_next(block)
+  if tid and t.r < 0 then
+    -- The worker had reported progress on this assignment and now reports idle or
+    -- another action: it lost it (restarted, crashed). That is a lost attempt, as if
+    -- its lease had expired, not a lost response to re-hand (a poison action that
+    -- kills its worker must not get rehand_limit more victims).
+    L.lose(tid, t, wk)
+    w.t = ''
+    tid = nil
+  end
+  if tid and t.n >= CFG.max_attempts then
+    -- Re-hands count against the attempt budget too: a worker that dies before its
+    -- first report and is restarted at once must not get rehand_limit more runs.
+    L.lose(tid, t, wk)
+    w.t = ''
+    tid = nil
+  end
   if tid then
     if t.r < CFG.rehand_limit then
       t.r = t.r + 1
+      t.n = t.n + 1
       L.task_put(tid, t)
       L.worker_put(wk, w)
       return L.exec_reply(tid, t, NOW + CFG.busy)
@@ -79,6 +96,7 @@ end
 
 if kind == 'p' then
   if tid and t.dg == dg then
+    if t.r >= 0 then t.r = -1; L.task_put(tid, t) end  -- started: see current_or_next
     if dirty then L.worker_put(wk, w) end
     return {'c', L.int(NOW + CFG.busy)}
   end
