@@ -42,6 +42,19 @@ class SchedulerConfig:
     # Entries of each kind one reaper call handles.
     reap_batch: int = 200
 
+    @property
+    def effective_busy_interval(self) -> float:
+        """next_synchronization_at offset for busy workers, capped at half the worker
+        timeout: a worker that reports when told to is never declared lost."""
+        return min(self.busy_sync_interval, self.worker_timeout / 2)
+
+    @property
+    def touch_interval(self) -> float:
+        """How often a waiter re-reads its operation and renews its lease: the poll
+        interval, but always well within operation_retention, or a watched operation
+        would be collected while its client waits."""
+        return min(self.waiter_poll_interval, self.operation_retention / 3)
+
     def script_config(self, domain: str) -> str:
         """ARGV[1] of every script: the domain id and the timings in ms (see _lib.lua)."""
 
@@ -53,7 +66,7 @@ class SchedulerConfig:
             for v in (
                 domain,
                 ms(self.worker_timeout),
-                ms(self.busy_sync_interval),
+                ms(self.effective_busy_interval),
                 ms(self.idle_sync_timeout),
                 ms(self.operation_retention),
                 self.max_attempts,

@@ -377,9 +377,7 @@ class Scheduler:
         topic = keys.operation_topic(name)
         while not view.done:
             keepalive_in = sent_at + self.config.execution_update_interval - loop.time()
-            await self.hints.wait(
-                topic, max(0.0, min(self.config.waiter_poll_interval, keepalive_in))
-            )
+            await self.hints.wait(topic, max(0.0, min(self.config.touch_interval, keepalive_in)))
             view = await self.get_operation_view(name)
             if (
                 view.stage != sent_stage
