@@ -216,8 +216,16 @@ def build_storage(
     return blobs, ac, closers
 
 
+REDIS_MAX_CONNECTIONS = 256
+
+
 def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    """A client whose pool waits for a free connection instead of failing: redis-py's
+    default asyncio pool raises MaxConnectionsError once 100 commands are in flight."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=10, socket_connect_timeout=2.0
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
 
 def _read(path: str, what: str) -> bytes:
