@@ -181,9 +181,8 @@ async def test_sigstop_worker_late_completion_is_fenced(tmp_path: Path) -> None:
     epoch and is discarded. The client gets the requeued run's result."""
     marker = tmp_path / "runs"
     # w0's run ends (1 s) while it is frozen; w1's takes 2 s, so w0's late report comes
-    # first. The busy sync interval stays at its 10 s default here: the thawed worker's
-    # next heartbeat is not due, so what it sends is its completion, not a progress
-    # report (which would be fenced too: answered idle, and the run cancelled).
+    # first. Whether that report is its completion or a stage change depends on its
+    # heartbeat timer and output upload; both must be fenced (see below).
     body = 'if [ "$WHO" = w0 ]; then sleep 1; else sleep 2; fi'
     with Cluster(tmp_path, frontend_args=[*FAST, "--operation-retention", "10s"]) as c:
         c.add_frontend()
@@ -395,10 +394,13 @@ async def test_redis_restart_without_persistence_gives_not_found(tmp_path: Path)
 POISON_ATTEMPTS = 2
 
 
-async def poison_run(tmp_path: Path, restart_after: float) -> tuple[object, list[str], list[str]]:
+async def poison_run(
+    tmp_path: Path, restart_after: float
+) -> tuple[re_pb2.ExecuteResponse, list[str], list[str], str]:
     """Run the poison action on three single-thread workers with a supervisor that
     restarts a dead worker (same identity) `restart_after` seconds after it died.
-    Returns (poison ExecuteResponse, deaths, marker lines); checks a normal action after."""
+    Returns (poison ExecuteResponse, deaths, marker lines, the poison action's digest
+    "hash-size"); checks a normal action after."""
     marker = tmp_path / "runs"
     with Cluster(tmp_path, frontend_args=[*FLAGS, "--max-attempts", str(POISON_ATTEMPTS)]) as c:
         c.add_frontend()
@@ -440,7 +442,7 @@ async def poison_run(tmp_path: Path, restart_after: float) -> tuple[object, list
     assert_ok(after.response)
     assert stdout_is(after.response, "fine\n")
     print("poison:", outcome.response.status, "deaths:", deaths, "runs:", lines(marker))
-    return outcome.response, deaths, lines(marker)
+    return outcome.response, deaths, lines(marker), f"{poison.hash}-{poison.size_bytes}"
 
 
 @pytest.mark.timeout(90)
@@ -450,11 +452,12 @@ async def test_poison_action_fails_after_attempt_budget(tmp_path: Path) -> None:
     the worker timeout, like a crash-loop back-off). The scheduler requeues the action
     on each lost worker until --max-attempts assignments, then fails it with
     UNAVAILABLE naming the last worker; exactly that many workers died."""
-    response, deaths, runs = await poison_run(tmp_path, restart_after=5)
+    response, deaths, runs, action = await poison_run(tmp_path, restart_after=5)
     status = response.status
     assert status.code == grpc.StatusCode.UNAVAILABLE.value[0], status
     assert "disappeared while task was executing" in status.message, status.message
     assert '"proc":"w' in status.message, "the message names the worker"
+    assert action in status.message, "the message names the action"
     assert f"attempt {POISON_ATTEMPTS} of {POISON_ATTEMPTS}" in status.message, status.message
     assert len(deaths) == POISON_ATTEMPTS, deaths
     assert len(runs) == POISON_ATTEMPTS
@@ -466,12 +469,14 @@ async def test_poison_action_with_fast_supervisor_respects_attempt_budget(
 ) -> None:
     """As above, but the supervisor restarts a dead worker at once (systemd's
     Restart=always): no more than --max-attempts workers may die."""
-    response, deaths, _ = await poison_run(tmp_path, restart_after=0)
+    response, deaths, _, action = await poison_run(tmp_path, restart_after=0)
     assert len(deaths) <= POISON_ATTEMPTS, (deaths, response.status)
-    assert response.status.code != 0
+    assert response.status.code == grpc.StatusCode.UNAVAILABLE.value[0], response.status
+    assert action in response.status.message, response.status.message
 
 
-# Timing configurations the scheduler accepts but does not honour -----------------------
+# Timings that once stranded work (FAST alone: busy sync interval 10 s > worker timeout
+# 3 s; retention 3 s < the 5 s waiter touch period). The scheduler now caps both. -------
 
 
 @pytest.mark.timeout(60)
