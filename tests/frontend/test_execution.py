@@ -530,3 +530,57 @@ async def test_shutdown_answers_parked_workers_idle(cluster: Cluster) -> None:
     reply = await asyncio.wait_for(parked, 3)
     assert reply.desired_state.WhichOneof("worker_state") == "idle"
     await stopping
+
+
+async def test_stream_carries_worker_stage_timestamps(cluster: Cluster) -> None:
+    """Each worker sub-stage is a stream update with partial_execution_metadata."""
+    node = await cluster.add()
+    worker = SimWorker(node)
+    await worker.register()
+    digest = await upload_action(node, ["stages"])
+    stream = node.execution.Execute(re_pb2.ExecuteRequest(action_digest=digest))
+    await stream.read()
+    reply = await worker.sync(rw_pb2.CurrentState(idle={}))
+    ex = reply.desired_state.executing
+    assert ex.action_digest == digest
+    seen: list[re_pb2.ExecutedActionMetadata] = []
+    for stage in ("fetching_inputs", "running", "uploading_outputs"):
+        state = rw_pb2.CurrentState(
+            executing=rw_pb2.CurrentState.Executing(action_digest=digest, **{stage: {}})
+        )
+        await worker.sync(state)
+        while True:
+            md = metadata_of(await asyncio.wait_for(stream.read(), 5))
+            if md.HasField("partial_execution_metadata"):
+                seen.append(md.partial_execution_metadata)
+                if {
+                    "fetching_inputs": md.partial_execution_metadata.HasField(
+                        "input_fetch_start_timestamp"
+                    ),
+                    "running": md.partial_execution_metadata.HasField("execution_start_timestamp"),
+                    "uploading_outputs": md.partial_execution_metadata.HasField(
+                        "output_upload_start_timestamp"
+                    ),
+                }[stage]:
+                    break
+    last = seen[-1]
+    assert last.worker == '{"hostname":"test","thread":"w1"}'
+    for name in (
+        "queued_timestamp",
+        "worker_start_timestamp",
+        "input_fetch_start_timestamp",
+        "input_fetch_completed_timestamp",
+        "execution_start_timestamp",
+        "execution_completed_timestamp",
+        "output_upload_start_timestamp",
+    ):
+        assert last.HasField(name), name
+    assert last.input_fetch_completed_timestamp == last.execution_start_timestamp
+    done = rw_pb2.CurrentState(
+        executing=rw_pb2.CurrentState.Executing(
+            action_digest=digest, completed=re_pb2.ExecuteResponse()
+        )
+    )
+    await worker.sync(done, prefer_idle=True)
+    ops = await asyncio.wait_for(collect(stream), 5)
+    assert ops[-1].done

@@ -271,9 +271,20 @@ function L.assign(tid, t, wk, w)
   t.r = 0
   t.w = wk
   L.task_put(tid, t)
+  redis.call('HSET', K_TASKS, tid .. '|s', 's' .. L.int(NOW) .. ' ')
   w.t = tid
   w.ep = t.ep
   L.worker_put(wk, w)
+  L.notify_task(t)
+end
+
+-- Worker stages of the current assignment, "<stage><ms> ..." in field <tid>|s (stage s =
+-- assigned, f r u = fetching inputs, running, uploading outputs as the worker reports
+-- them). Streams show them as partial_execution_metadata; a new stage hints watchers.
+function L.worker_stage(tid, t, stage)
+  local cur = redis.call('HGET', K_TASKS, tid .. '|s') or ''
+  if string.find(cur, stage, 1, true) then return end
+  redis.call('HSET', K_TASKS, tid .. '|s', cur .. stage .. L.int(NOW) .. ' ')
   L.notify_task(t)
 end
 
@@ -295,7 +306,7 @@ function L.complete(tid, t, result)
   t.st = 'd'
   redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
     t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S), tid .. '|r', result)
-  redis.call('HDEL', K_TASKS, tid .. '|a')
+  redis.call('HDEL', K_TASKS, tid .. '|a', tid .. '|s')
   -- A task that is not done yet owns its dedup entry.
   if t.dk ~= '' then redis.call('HDEL', K_INFLIGHT, t.dk) end
   L.notify_task(t)
@@ -303,7 +314,7 @@ end
 
 function L.delete_task(tid, t)
   if t.dk ~= '' and redis.call('HGET', K_INFLIGHT, t.dk) == tid then redis.call('HDEL', K_INFLIGHT, t.dk) end
-  redis.call('HDEL', K_TASKS, tid, tid .. '|a', tid .. '|r')
+  redis.call('HDEL', K_TASKS, tid, tid .. '|a', tid .. '|r', tid .. '|s')
 end
 
 -- Offer a queued task to a parked idle worker of its size class (direct assignment).
@@ -322,6 +333,7 @@ end
 
 function L.requeue(tid, t)
   if t.st == 'x' then L.exec_ops(t, -1) end
+  redis.call('HDEL', K_TASKS, tid .. '|s')
   t.st = 'q'
   t.w = ''
   L.task_put(tid, t)

@@ -5,12 +5,14 @@
 -- KEYS[11] drains  KEYS[12] opgc
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] worker key "<sc> <worker-json>"  ARGV[3] worker id tokens  ARGV[4] frontend id
--- ARGV[5] report: 'i' idle | 'p' progress | 'c' completed  ARGV[6] reported digest "hash-size"
+-- ARGV[5] report: 'i' idle | 'p<stage>' progress (stage s f r u: started, fetching inputs,
+--         running, uploading outputs) | 'c' completed  ARGV[6] reported digest "hash-size"
 -- ARGV[7] result "R"+ExecuteResponse bytes (completed)  ARGV[8] '1' if the completion failed
 -- ARGV[9] '1' if prefer_being_idle
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'c', next_ms}
 --   | {'i', next_ms} | {'p', park_deadline_ms} | {'b'} (same worker already synchronizing)
-local wk, fid, kind, dg, failed, prefer = ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[8], ARGV[9]
+local wk, fid, kind, dg, failed, prefer = ARGV[2], ARGV[4], string.sub(ARGV[5], 1, 1), ARGV[6], ARGV[8], ARGV[9]
+local substage = string.sub(ARGV[5], 2, 2)
 local sc = L.sc_of(wk)
 local w = L.worker_get(wk)
 local dirty = false -- the worker record must be written back
@@ -97,6 +99,7 @@ end
 if kind == 'p' then
   if tid and t.dg == dg then
     if t.r >= 0 then t.r = -1; L.task_put(tid, t) end  -- started: see current_or_next
+    if substage ~= '' then L.worker_stage(tid, t, substage) end
     if dirty then L.worker_put(wk, w) end
     return {'c', L.int(NOW + CFG.busy)}
   end

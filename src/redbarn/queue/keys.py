@@ -64,6 +64,9 @@ parked    ZSET(lex) <wk> of idle workers held in a Synchronize that may receive 
           redis-cli ZRANGE 'redbarn:v1:{P}:parked' 0 -1
 tasks     HASH  <tid> -> "stage sc epoch attempts rehands queued_ms digest fn dedup worker
           fallback ops"; <tid>|a = DesiredState.Executing bytes (dropped at completion);
+          <tid>|s = worker stages of the current run, "<s|f|r|u><ms> ..." (assigned,
+          fetching inputs, running, uploading outputs; streams show them as
+          partial_execution_metadata);
           <tid>|r = result ("R"+ExecuteResponse or "E<code>\\x1f<message>"). Deleted with
           the task's last operation.
           redis-cli HGET 'redbarn:v1:{P}:tasks' t42

@@ -55,6 +55,19 @@ log = logging.getLogger(__name__)
 
 Stage = re_pb2.ExecutionStage
 _STAGES = {"q": Stage.QUEUED, "x": Stage.EXECUTING, "d": Stage.COMPLETED}
+# Worker sub-stages (CurrentState.Executing) as one letter in Redis.
+_SUBSTAGES = {"started": "s", "fetching_inputs": "f", "running": "r", "uploading_outputs": "u"}
+_STAGE_STARTS = {
+    "s": "worker_start_timestamp",
+    "f": "input_fetch_start_timestamp",
+    "r": "execution_start_timestamp",
+    "u": "output_upload_start_timestamp",
+}
+# A stage ended when the next one began.
+_STAGE_ENDS = {
+    "f": ("r", "input_fetch_completed_timestamp"),
+    "r": ("u", "execution_completed_timestamp"),
+}
 
 
 class Hints(Protocol):
@@ -106,17 +119,38 @@ class OperationView:
     worker: str  # worker-id JSON while executing (and after), else ""
     gc_deadline_ms: int | None
     now_ms: int
+    # "<stage><ms> ..." of the current assignment: s assigned, f fetching inputs,
+    # r running, u uploading outputs (as the worker reported them).
+    worker_stages: str = ""
 
     @property
     def done(self) -> bool:
         return self.stage == Stage.COMPLETED
 
     def metadata(self) -> re_pb2.ExecuteOperationMetadata:
-        return re_pb2.ExecuteOperationMetadata(
+        md = re_pb2.ExecuteOperationMetadata(
             stage=cast(Any, self.stage),
             action_digest=self.action_digest,
             digest_function=cast(Any, self.digest_function),
         )
+        if self.stage == Stage.EXECUTING and self.worker_stages:
+            md.partial_execution_metadata.CopyFrom(self.partial_execution_metadata())
+        return md
+
+    def partial_execution_metadata(self) -> re_pb2.ExecutedActionMetadata:
+        """The worker's progress so far: each stage's start, and the end of the stages
+        it has left behind (REAPI's partial_execution_metadata)."""
+        at = {part[0]: int(part[1:]) for part in self.worker_stages.split() if len(part) > 1}
+        meta = re_pb2.ExecutedActionMetadata(
+            worker=self.worker, queued_timestamp=ms_timestamp(self.queued_ms)
+        )
+        for stage, name in _STAGE_STARTS.items():
+            if stage in at:
+                getattr(meta, name).CopyFrom(ms_timestamp(at[stage]))
+        for stage, (after, name) in _STAGE_ENDS.items():
+            if stage in at and after in at:
+                getattr(meta, name).CopyFrom(ms_timestamp(at[after]))
+        return meta
 
     def operation(self) -> operations_pb2.Operation:
         """The longrunning.Operation message of REAPI (never `error`, R51)."""
@@ -363,6 +397,7 @@ class Scheduler:
             worker=wk[11:] if wk else "",
             gc_deadline_ms=int(float(_s(r[12]))) if r[12] else None,
             now_ms=int(_s(r[11])),
+            worker_stages=_s(r[13]) if len(r) > 13 else "",
         )
 
     async def watch_operation(
@@ -373,19 +408,19 @@ class Scheduler:
         view = first or await self.get_operation_view(name)
         yield view
         loop = asyncio.get_running_loop()
-        sent_at, sent_stage = loop.time(), view.stage
+        sent_at, sent = loop.time(), (view.stage, view.worker_stages)
         topic = keys.operation_topic(name)
         while not view.done:
             keepalive_in = sent_at + self.config.execution_update_interval - loop.time()
             await self.hints.wait(topic, max(0.0, min(self.config.touch_interval, keepalive_in)))
             view = await self.get_operation_view(name)
             if (
-                view.stage != sent_stage
+                (view.stage, view.worker_stages) != sent
                 or view.done
                 or loop.time() - sent_at >= self.config.execution_update_interval
             ):
                 yield view
-                sent_at, sent_stage = loop.time(), view.stage
+                sent_at, sent = loop.time(), (view.stage, view.worker_stages)
 
     # Synchronize -----------------------------------------------------------------
 
@@ -416,7 +451,7 @@ class Scheduler:
                 result = codec.worker_result(ex.completed)
                 failed = codec.response_failed(ex.completed)
             else:
-                report = "p"
+                report = "p" + _SUBSTAGES.get(ex.WhichOneof("execution_state") or "", "")
         else:
             raise InvalidArgument("Worker provided an unknown current state")
         reply = await self.scripts.synchronize_worker(
