@@ -22,7 +22,7 @@ from google.rpc import code_pb2
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
-    stop_after_attempt,
+    stop_after_delay,
     wait_random_exponential,
 )
 
@@ -95,7 +95,7 @@ class CasClient:
         batch_blob_limit: int = 1 << 20,
         batch_request_limit: int = 3 << 20,
         concurrency: int = 16,
-        attempts: int = 5,
+        retry_for: float = 30.0,
         rpc_timeout: float = 300.0,
     ) -> None:
         self._capabilities = re_grpc.CapabilitiesStub(channel)  # type: ignore[no-untyped-call]
@@ -105,7 +105,7 @@ class CasClient:
         self.batch_blob_limit = batch_blob_limit
         self.batch_request_limit = batch_request_limit
         self._sem = asyncio.Semaphore(concurrency)
-        self._attempts = attempts
+        self._retry_for = retry_for
         self._timeout = rpc_timeout
 
     async def fit_to_server(self, instance_name: str, timeout: float = 5.0) -> None:
@@ -127,7 +127,9 @@ class CasClient:
     async def _retry(self, fn: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self._attempts),
+            # By time, not count: a frontend or Redis restart takes seconds, and the
+            # running action should resume, not fail and be run again.
+            stop=stop_after_delay(self._retry_for),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
             reraise=True,
         ):
