@@ -28,32 +28,16 @@ from typing import NamedTuple
 
 from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue import validate
 
 SHA256 = re_pb2.DigestFunction.SHA256
 UNKNOWN_FUNCTION = re_pb2.DigestFunction.UNKNOWN
 
 # Hash length in hex characters -> the function Buildbarn infers from it.
-_FUNCTION_BY_HASH_LENGTH = {
-    32: re_pb2.DigestFunction.MD5,
-    40: re_pb2.DigestFunction.SHA1,
-    64: re_pb2.DigestFunction.SHA256,
-    96: re_pb2.DigestFunction.SHA384,
-    128: re_pb2.DigestFunction.SHA512,
-}
+_FUNCTION_BY_HASH_LENGTH = validate.FUNCTION_BY_HASH_LENGTH
 SHA256_HEX_LENGTH = 64
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-RESERVED_INSTANCE_NAME_KEYWORDS = frozenset(
-    {
-        "blobs",
-        "uploads",
-        "actions",
-        "actionResults",
-        "operations",
-        "capabilities",
-        "compressed-blobs",
-    }
-)
 _HEX = re.compile(r"[0-9a-f]*")
 
 
@@ -169,19 +153,10 @@ def check_hasher(digest: Digest, hasher: hashlib._Hash, size: int) -> None:
 
 
 def validate_instance_name(name: str) -> str:
-    """Return `name` if it is a valid instance name, else raise InvalidArgument (§1.6)."""
-    if not name:
-        return name
-    parts = name.split("/")
-    if any(not p for p in parts):
-        raise InvalidArgument(
-            f'Invalid instance name "{name}": Instance name contains redundant slashes'
-        )
-    for p in parts:
-        if p in RESERVED_INSTANCE_NAME_KEYWORDS:
-            raise InvalidArgument(
-                f'Invalid instance name "{name}": Instance name contains reserved keyword "{p}"'
-            )
+    """Return `name` if it is a valid instance name, else raise InvalidArgument (§1.6).
+
+    One rule set for the whole project: `redbarn.queue.validate.instance_name`."""
+    validate.instance_name(name)
     return name
 
 

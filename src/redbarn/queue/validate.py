@@ -28,7 +28,7 @@ HASH_LENGTHS: dict[int, int] = {
     _DF.BLAKE3: 64,
     _DF.GITSHA1: 40,
 }
-_BY_LENGTH: dict[int, int] = {
+FUNCTION_BY_HASH_LENGTH: dict[int, int] = {
     32: _DF.MD5,
     40: _DF.SHA1,
     64: _DF.SHA256,
@@ -73,7 +73,7 @@ def digest_function(value: int, hash_hex: str) -> int:
         if value not in HASH_LENGTHS:
             raise InvalidArgument("Unknown digest function")
         return value
-    found = _BY_LENGTH.get(len(hash_hex))
+    found = FUNCTION_BY_HASH_LENGTH.get(len(hash_hex))
     if found is None:
         raise InvalidArgument("Unknown digest function")
     return found
