@@ -24,10 +24,12 @@ Stage = re_pb2.ExecutionStage
 
 
 def _cluster_port(taken: set[int]) -> int:
-    """A free port whose cluster bus port (+10000) is free and valid too."""
+    """A free port whose cluster bus port (+10000) is free and valid too. Both stay
+    below the kernel's ephemeral range (32768 and up), where the other tests' servers
+    and clients take their ports, so nothing can grab one between check and bind."""
     rng = random.Random()
     while True:
-        port = rng.randrange(20000, 40000)
+        port = rng.randrange(12000, 22000)
         if (
             port not in taken
             and not port_in_use("127.0.0.1", port)
@@ -68,18 +70,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
                     "",
                     "--appendonly",
                     "no",
+                    "--logfile",
+                    str(d / "redis.log"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
     try:
-        for port in ports:
+        for port, proc in zip(ports, procs, strict=True):
             deadline = time.monotonic() + 30
             while (
                 subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip()
                 != b"PONG"
             ):
+                if proc.poll() is not None:
+                    log = (base / str(port) / "redis.log").read_text(errors="replace")
+                    raise AssertionError(f"cluster node on port {port} exited: {log[-2000:]}")
                 assert time.monotonic() < deadline, "cluster node did not start"
                 time.sleep(0.05)
         subprocess.run(
