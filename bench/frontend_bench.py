@@ -74,6 +74,7 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from redbarn import eventloop
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.proto import remoteworker_pb2 as rw_pb2
@@ -188,7 +189,7 @@ def worker_process(targets: list[str], count: int, counters: Any) -> None:
     """Entry point of the synthetic worker process (multiprocessing, spawn)."""
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    asyncio.run(_workers(targets, count, counters))
+    eventloop.run(_workers(targets, count, counters))
 
 
 async def _workers(targets: list[str], count: int, counters: Any) -> None:
@@ -819,7 +820,9 @@ async def bench(
 
         out += [
             f"redbarn frontend benchmark: 2 frontend processes, {args.workers} synthetic "
-            f"workers, {os.cpu_count()} CPUs, skip_cache_lookup=true, distinct no-op actions",
+            f"workers, {os.cpu_count()} CPUs, skip_cache_lookup=true, distinct no-op actions, "
+            f"event loop {'uvloop' if eventloop.loop_factory() else 'asyncio'} "
+            f"(${eventloop.ENV} sets it, here and in the frontends)",
             "",
             *fmt_phase_table([p1, p100], idle_fe_cpu_per_s, idle),
             "",
@@ -1013,7 +1016,7 @@ def main() -> int:
             time.sleep(0.05)
         time.sleep(0.5)
         try:
-            lines = asyncio.run(bench(args, shas, frontends, redis_server, workers, counters, tmp))
+            lines = eventloop.run(bench(args, shas, frontends, redis_server, workers, counters, tmp))
         except BaseException:
             for i, fe in enumerate(frontends):
                 tail = fe.log_tail()

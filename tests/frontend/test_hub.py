@@ -19,8 +19,12 @@ async def test_publish_wakes_only_its_topic(real_redis: aioredis.Redis) -> None:
         other = asyncio.create_task(hub.wait("o op-2", 0.5))
         await asyncio.sleep(0.05)
         assert await real_redis.publish(hub.channel, "o op-1") == 1
-        assert await woken is True
-        assert await other is False
+        assert await woken == b""  # a bare hint: woken, nothing carried
+        assert await other is None  # timed out
+        carried = asyncio.create_task(hub.wait("o op-3", 5))
+        await asyncio.sleep(0.05)
+        await real_redis.publish(hub.channel, b"o op-3\x1fstate\x1fwith\x1fseparators")
+        assert await carried == b"state\x1fwith\x1fseparators"
     finally:
         await hub.stop()
 
@@ -36,12 +40,12 @@ async def test_waiters_wake_after_redis_restart(tmp_path: object) -> None:
         server.stop()
         server.start()
         # The resubscribe wakes everyone so they re-read state they may have missed.
-        assert await asyncio.wait_for(waiter, 10) is True
+        assert await asyncio.wait_for(waiter, 10) == b""
         await asyncio.wait_for(hub.connected.wait(), 5)
         late = asyncio.create_task(hub.wait("o x", 5))
         await asyncio.sleep(0.05)
         await client.publish(hub.channel, "o x")
-        assert await late is True
+        assert await late == b""
     finally:
         await hub.stop()
         await client.aclose()
@@ -53,13 +57,14 @@ async def test_a_hint_that_lands_before_the_wait_is_not_lost(real_redis: aioredi
     await hub.start()
     try:
         await asyncio.wait_for(hub.connected.wait(), 5)
-        await real_redis.publish(hub.channel, "o early")
+        await real_redis.publish(hub.channel, "o early\x1fold")
+        await real_redis.publish(hub.channel, "o early\x1fnew")
         await asyncio.sleep(0.1)  # delivered while nobody waits
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        assert await hub.wait("o early", 5) is True
+        assert await hub.wait("o early", 5) == b"new"  # the newest state is kept
         assert loop.time() - t0 < 0.5
         # Consumed: the next wait for the same topic waits for a new hint.
-        assert await hub.wait("o early", 0.2) is False
+        assert await hub.wait("o early", 0.2) is None
     finally:
         await hub.stop()

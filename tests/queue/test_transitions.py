@@ -20,7 +20,7 @@ from redbarn.errors import (
 )
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.queue import keys
+from redbarn.queue import codec, keys
 from redbarn.queue.scheduler import PollingHints, Scheduler
 
 Stage = re_pb2.ExecutionStage
@@ -189,6 +189,11 @@ async def test_park_and_direct_assignment(any_redis: aioredis.Redis) -> None:
     assert assigned(await sync) == digest
 
 
+def wk_of(thread: str) -> str:
+    """The worker key of `request(thread)`'s worker."""
+    return keys.worker_key(0, codec.worker_json({"host": "h", "thread": thread}))
+
+
 async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
     from redbarn.frontend.hub import Hub
 
@@ -202,9 +207,36 @@ async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
         t0 = loop.time()
         sync = asyncio.create_task(s.synchronize(request("1")))
         await asyncio.sleep(0.1)
+        calls = s.scripts.calls
         await execute(make(real_redis), 1)
         assert assigned(await sync) == action(1)[0]
         assert loop.time() - t0 < 1.0
+        # The hint carried the assignment: no unpark round trip, and the worker has
+        # already left the parked state in Redis.
+        assert s.scripts.calls == calls
+        domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
+        assert await real_redis.zcard(keys.domain_key(domain, "parked")) == 0
+        record = await real_redis.hget(keys.domain_key(domain, "workers"), wk_of("1"))
+        assert codec.WorkerRecord.parse(record).holder == ""
+    finally:
+        await hub.stop()
+
+
+async def test_a_worker_hint_from_before_the_park_is_not_taken(real_redis: aioredis.Redis) -> None:
+    """A hint that outlived an earlier Synchronize (kept by the hub for a moment) must not
+    answer a later park with that old assignment: it is re-read from Redis instead."""
+    from redbarn.frontend.hub import Hub
+
+    hub = Hub(real_redis, "fe3")
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=0.4), hints=hub)
+        await s.synchronize(request("0", prefer_idle=True))
+        domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
+        stale = b"1\x1ft999\x1f1\x1f0\x1f0\x1f"
+        hub.notify(keys.worker_topic(domain, wk_of("1")), stale)
+        assert is_idle(await s.synchronize(request("1")))
     finally:
         await hub.stop()
 
@@ -557,9 +589,11 @@ async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
         d = assigned(await other.synchronize(request("1")))
         assert d is not None
         await asyncio.sleep(0.1)
+        calls = s.scripts.calls
         await other.synchronize(request("1", "completed", d, response=OK))
         await asyncio.wait_for(task, 2)  # woken by hints, not by the 30 s poll
         assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
+        assert s.scripts.calls == calls  # the hints carried the states: nothing re-read
     finally:
         await hub.stop()
 
@@ -567,9 +601,9 @@ async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
 class _DeafHints(PollingHints):
     """Hints that never arrive: the parked call must still find its assignment soon."""
 
-    async def wait(self, topic: str, timeout: float) -> bool:
+    async def wait(self, topic: str, timeout: float) -> bytes | None:
         await asyncio.sleep(timeout)
-        return False
+        return None
 
 
 async def test_lost_wake_hint_costs_at_most_a_second(any_redis: aioredis.Redis) -> None:
@@ -582,3 +616,28 @@ async def test_lost_wake_hint_costs_at_most_a_second(any_redis: aioredis.Redis) 
     await execute(make(any_redis), 1)
     assert assigned(await asyncio.wait_for(sync, 5)) == action(1)[0]
     assert loop.time() - t0 < 2.0
+
+
+def test_operation_hint_payloads_apply_only_forwards() -> None:
+    """A hint's state replaces the view only when it is newer; malformed ones are ignored."""
+    from redbarn.queue.scheduler import OperationView
+
+    view = OperationView(
+        name="d.op", stage=Stage.QUEUED, action_digest=re_pb2.Digest(), digest_function=1,
+        response=None, queued_ms=0, size_class=0, priority=0, invocation=(), worker="",
+        gc_deadline_ms=None, now_ms=0, now_us=1_000,
+    )  # fmt: skip
+    wk = keys.worker_key(0, '{"host":"h"}').encode()
+    running = view.updated(b"2000\x1fx\x1fs5 r7 \x1f" + wk + b"\x1f")
+    assert running is not None
+    assert (running.stage, running.worker_stages, running.worker) == (
+        Stage.EXECUTING, "s5 r7 ", '{"host":"h"}'
+    )  # fmt: skip
+    assert running.updated(b"1500\x1fq\x1f\x1f\x1f") is None  # older than the view
+    result = b"R" + re_pb2.ExecuteResponse(message="hi").SerializeToString()
+    done = running.updated(b"3000\x1fd\x1f\x1f" + wk + b"\x1f" + result)
+    assert done is not None and done.done and done.response.message == "hi"  # type: ignore[union-attr]
+    failed = running.updated(b"3000\x1fd\x1f\x1f\x1fE14\x1fWorker gone")
+    assert failed is not None and failed.response.status.code == 14  # type: ignore[union-attr]
+    for bad in (b"", b"junk", b"x\x1fq\x1f\x1f\x1f", b"4000\x1fz\x1f\x1f\x1f"):
+        assert view.updated(bad) is None

@@ -13,9 +13,9 @@ frontend serves storage (CAS, ByteStream, AC, Capabilities) and, through
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
+from redbarn import eventloop
 from redbarn.config import ConfigError, add_flag, parse_duration, parse_size
 from redbarn.frontend.config import FrontendConfig
 from redbarn.queue.config import SchedulerConfig
@@ -174,4 +174,4 @@ def run(args: argparse.Namespace) -> int:
     from redbarn.frontend.scheduling import scheduling_hook
     from redbarn.frontend.server import serve
 
-    return asyncio.run(serve(config, hooks=[scheduling_hook(config.scheduler)]))
+    return eventloop.run(serve(config, hooks=[scheduling_hook(config.scheduler)]))

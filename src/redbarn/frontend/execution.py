@@ -11,8 +11,6 @@ streams end with UNAVAILABLE so clients reattach with WaitExecution elsewhere.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -98,11 +96,6 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
         self._scheduler = scheduler
         self._blobs = blobs
         self._ac = action_cache
-        self._closing = asyncio.Event()
-
-    async def close_streams(self) -> None:
-        """On shutdown: every open stream ends with UNAVAILABLE (clients reattach)."""
-        self._closing.set()
 
     @grpc_errors
     async def Execute(
@@ -155,26 +148,7 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
     async def _stream(
         self, name: str, first: OperationView | None
     ) -> AsyncIterator[operations_pb2.Operation]:
-        views = self._scheduler.watch_operation(name, first=first).__aiter__()
-        closing = asyncio.ensure_future(self._closing.wait())
-        step: asyncio.Future[OperationView] | None = None
-        try:
-            while True:
-                step = asyncio.ensure_future(views.__anext__())
-                await asyncio.wait({step, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    raise errors.Unavailable(
-                        f"Frontend is shutting down; reattach to operation {name} with WaitExecution"
-                    )
-                try:
-                    view = step.result()
-                except StopAsyncIteration:
-                    return
-                yield view.operation()
-        finally:
-            closing.cancel()
-            if step is not None and not step.done():
-                step.cancel()
-                with contextlib.suppress(BaseException):
-                    await step
-            await views.aclose()  # type: ignore[attr-defined]
+        # Ends with UNAVAILABLE when this frontend shuts down (Hints.closing), so the
+        # client reattaches with WaitExecution elsewhere.
+        async for view in self._scheduler.watch_operation(name, first=first):
+            yield view.operation()

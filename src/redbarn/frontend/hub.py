@@ -1,13 +1,15 @@
 """Wake-up hints for this frontend: one pub/sub channel, many waiting coroutines.
 
 Each frontend process has an id (`fid`) and subscribes to exactly one channel,
-`redbarn:v1:fe:<fid>`. Scheduler scripts publish a short message there when
-something a coroutine of this frontend waits for has changed: a parked worker was
-given work, or an operation it streams changed stage. The message text is the topic;
-`Hub.wait(topic, timeout)` returns True when that topic was published, False on
-timeout. Hints are only hints: Redis state is the truth, every waiter re-reads state
-afterwards and also polls on a timer, so a lost message (say, while Redis restarts)
-costs a few seconds, never a hung call.
+`redbarn:v1:fe:<fid>`. Scheduler scripts publish a message there when something a
+coroutine of this frontend waits for has changed: a parked worker was given work, or
+an operation it streams changed stage. The message is the topic, optionally followed
+by a unit separator (\x1f) and a payload: the new state, so that the waiter need not
+read it back from Redis (see `redbarn.queue.scheduler`). `Hub.wait(topic, timeout)`
+returns the payload (b"" for a bare hint, a reconnect or shutdown), or None on timeout.
+Hints are only hints: Redis state is the truth, waiters that get no usable payload
+re-read it, and every waiter also polls on a timer, so a lost message (say, while
+Redis restarts) costs a few seconds, never a hung call.
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ class Hub:
         self._redis = redis
         self.fid = fid
         self.channel = CHANNEL_PREFIX + fid
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[str, set[asyncio.Future[bytes | None]]] = defaultdict(set)
         # Hints that arrived while nobody waited: a coroutine often reads state, then
         # waits, and the hint for a change made in between lands before the wait
-        # starts. Kept for PENDING_TTL so that wait() returns at once instead.
-        self._pending: dict[str, float] = {}
+        # starts. Kept for PENDING_TTL (with its payload, the newest one wins) so that
+        # wait() returns at once instead.
+        self._pending: dict[str, tuple[float, bytes]] = {}
         self._task: asyncio.Task[None] | None = None
         self._retry_delay = retry_delay
-        self._closing = False
+        self.closing = False
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -55,7 +58,7 @@ class Hub:
 
     def close(self) -> None:
         """Shutting down: wake every waiter now, and never wait again."""
-        self._closing = True
+        self.closing = True
         self.notify_all()
 
     async def stop(self) -> None:
@@ -65,44 +68,48 @@ class Hub:
                 await self._task
             self._task = None
 
-    async def wait(self, topic: str, timeout: float) -> bool:
-        """Wait until `topic` is published or `timeout` seconds pass."""
-        if self._closing:
-            return True
-        if self._pending and self._pending.pop(topic, 0.0) > time.monotonic():
-            return True
-        event = asyncio.Event()
+    async def wait(self, topic: str, timeout: float) -> bytes | None:
+        """The payload of the next hint on `topic` (b"" if it had none), or None after
+        `timeout` seconds."""
+        if self.closing:
+            return b""
+        if self._pending:
+            pending = self._pending.pop(topic, None)
+            if pending is not None and pending[0] > time.monotonic():
+                return pending[1]
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
         waiters = self._waiters[topic]
-        waiters.add(event)
+        waiters.add(waiter)
+        timer = loop.call_later(max(timeout, 0.0), _expire, waiter)
         try:
-            async with asyncio.timeout(max(timeout, 0.0)):
-                await event.wait()
-            return True
-        except TimeoutError:
-            return False
+            return await waiter
         finally:
-            waiters.discard(event)
+            timer.cancel()
+            waiters.discard(waiter)
             if not waiters:
                 self._waiters.pop(topic, None)
 
-    def notify(self, topic: str) -> None:
+    def notify(self, topic: str, payload: bytes = b"") -> None:
         """Wake every local waiter of `topic`; with none, remember it for a moment."""
-        events = self._waiters.get(topic)
-        if events:
-            for event in events:
-                event.set()
+        waiters = self._waiters.get(topic)
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(payload)
             return
         now = time.monotonic()
         if len(self._pending) >= PENDING_MAX:
-            self._pending = {t: d for t, d in self._pending.items() if d > now}
+            self._pending = {t: p for t, p in self._pending.items() if p[0] > now}
         if len(self._pending) < PENDING_MAX:
-            self._pending[topic] = now + PENDING_TTL
+            self._pending[topic] = (now + PENDING_TTL, payload)
 
     def notify_all(self) -> None:
         """Wake everyone: they re-read state (used after a reconnect, and on shutdown)."""
-        for events in list(self._waiters.values()):
-            for event in events:
-                event.set()
+        for waiters in list(self._waiters.values()):
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(b"")
 
     async def _on_reconnect(self, _connection: object) -> None:
         self.connected.set()
@@ -126,7 +133,8 @@ class Hub:
                         continue
                     data = msg.get("data")
                     if isinstance(data, bytes):
-                        self.notify(data.decode("utf-8", "replace"))
+                        topic, _, payload = data.partition(b"\x1f")
+                        self.notify(topic.decode("utf-8", "replace"), payload)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as err:
@@ -136,3 +144,8 @@ class Hub:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _expire(waiter: asyncio.Future[bytes | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -57,7 +57,6 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
         async def shutdown() -> None:
             # Parked Synchronize calls answer `idle` now; streams end so clients reattach.
             hub.close()
-            await execution.close_streams()
 
         frontend.on_shutdown(shutdown)
 

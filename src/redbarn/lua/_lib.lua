@@ -18,6 +18,9 @@ local HI = '\255'
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+-- The same instant in microseconds: it orders the states of an operation or a worker
+-- that this call returns or publishes (scripts run one at a time, each over 1us).
+local NOW_US = tonumber(_t[1]) * 1000000 + tonumber(_t[2])
 
 -- "Last started" order of invocations: a per-domain sequence (meta seq, shared with the
 -- FIFO order of queued operations), drawn at most once per call, so two starts in the
@@ -133,14 +136,16 @@ end
 
 function L.op_name(opid) return CFG.domain .. '.' .. opid end
 
-function L.notify_op(opid, o)
-  for _, fid in ipairs(L.ids(o.fids)) do L.publish(fid, 'o ' .. L.op_name(opid)) end
-end
-
-function L.notify_task(t)
+-- Watchers of the task's operations learn its new state from the hint itself, so they
+-- need not read it back: "o <name>\31<now_us>\31<stage>\31<worker stages>\31<worker key>
+-- \31<result>" (result only once done: "R"..ExecuteResponse or "E<code>\31<message>").
+function L.notify_task(t, stages, result)
+  local state = S .. L.int(NOW_US) .. S .. t.st .. S .. (stages or '') .. S .. t.w .. S .. (result or '')
   for _, opid in ipairs(t.ops) do
     local o = L.op_get(opid)
-    if o then L.notify_op(opid, o) end
+    if o then
+      for _, fid in ipairs(L.ids(o.fids)) do L.publish(fid, 'o ' .. L.op_name(opid) .. state) end
+    end
   end
 end
 
@@ -271,11 +276,12 @@ function L.assign(tid, t, wk, w)
   t.r = 0
   t.w = wk
   L.task_put(tid, t)
-  redis.call('HSET', K_TASKS, tid .. '|s', 's' .. L.int(NOW) .. ' ')
+  local stages = 's' .. L.int(NOW) .. ' '
+  redis.call('HSET', K_TASKS, tid .. '|s', stages)
   w.t = tid
   w.ep = t.ep
   L.worker_put(wk, w)
-  L.notify_task(t)
+  L.notify_task(t, stages)
 end
 
 -- Worker stages of the current assignment, "<stage><ms> ..." in field <tid>|s (stage s =
@@ -284,8 +290,9 @@ end
 function L.worker_stage(tid, t, stage)
   local cur = redis.call('HGET', K_TASKS, tid .. '|s') or ''
   if string.find(cur, stage, 1, true) then return end
-  redis.call('HSET', K_TASKS, tid .. '|s', cur .. stage .. L.int(NOW) .. ' ')
-  L.notify_task(t)
+  local stages = cur .. stage .. L.int(NOW) .. ' '
+  redis.call('HSET', K_TASKS, tid .. '|s', stages)
+  L.notify_task(t, stages)
 end
 
 function L.exec_reply(tid, t, next_ms)
@@ -309,7 +316,7 @@ function L.complete(tid, t, result)
   redis.call('HDEL', K_TASKS, tid .. '|a', tid .. '|s')
   -- A task that is not done yet owns its dedup entry.
   if t.dk ~= '' then redis.call('HDEL', K_INFLIGHT, t.dk) end
-  L.notify_task(t)
+  L.notify_task(t, '', result)
 end
 
 function L.delete_task(tid, t)
@@ -318,6 +325,10 @@ function L.delete_task(tid, t)
 end
 
 -- Offer a queued task to a parked idle worker of its size class (direct assignment).
+-- The worker leaves the parked state here (what unpark_worker would do), and the hint to
+-- the frontend holding its Synchronize carries the whole reply, so that frontend answers
+-- without another round trip: "w <domain> <wk>\31<now_us>\31<tid>\31<epoch>\31<queued_ms>
+-- \31<next_ms>\31<Executing bytes>".
 function L.offer(tid, t)
   local sc = t.sc
   local pw = redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
@@ -326,8 +337,15 @@ function L.offer(tid, t)
   redis.call('ZREM', K_PARKED, wk)
   local w = L.worker_get(wk)
   if not w then return false end
+  local holder = w.h
+  w.h = ''
+  redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
   L.assign(tid, t, wk, w)
-  L.publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
+  if holder ~= '' then
+    local r = L.exec_reply(tid, t, NOW + CFG.busy)
+    L.publish(holder, 'w ' .. CFG.domain .. ' ' .. wk .. S .. L.int(NOW_US) .. S ..
+      table.concat({r[2], r[3], r[4], r[5], r[6]}, S))
+  end
   return true
 end
 

@@ -10,7 +10,7 @@
 -- ARGV[7] result "R"+ExecuteResponse bytes (completed)  ARGV[8] '1' if the completion failed
 -- ARGV[9] '1' if prefer_being_idle
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'c', next_ms}
---   | {'i', next_ms} | {'p', park_deadline_ms} | {'b'} (same worker already synchronizing)
+--   | {'i', next_ms} | {'p', park_deadline_ms, now_us} | {'b'} (same worker already synchronizing)
 local wk, fid, kind, dg, failed, prefer = ARGV[2], ARGV[4], string.sub(ARGV[5], 1, 1), ARGV[6], ARGV[8], ARGV[9]
 local substage = string.sub(ARGV[5], 2, 2)
 local sc = L.sc_of(wk)
@@ -61,7 +61,7 @@ local function next_task(block)
   if not is_drained then redis.call('ZADD', K_PARKED, 0, wk) end
   local dl = NOW + CFG.idle + CFG.worker_timeout
   redis.call('ZADD', K_LEASES, dl, wk)
-  return {'p', L.int(dl)}
+  return {'p', L.int(dl), L.int(NOW_US)}
 end
 
 local function current_or_next(block)

@@ -6,7 +6,7 @@
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] operation id  ARGV[3] frontend id ('' = read only: no lease, no watch)
 -- Returns: {'none'} | {'op', stage, queued_ms, digest, digest_fn, result, sc, qm, path, tid,
---   worker, now_ms, gc_deadline_ms, worker_stages}
+--   worker, now_ms, gc_deadline_ms, worker_stages, now_us}
 local opid, fid = ARGV[2], ARGV[3]
 local o = L.op_get(opid)
 if not o then return {'none'} end
@@ -23,4 +23,5 @@ if t.st == 'd' then res = redis.call('HGET', K_TASKS, o.tid .. '|r') or '' end
 local gc = redis.call('ZSCORE', K_OPGC, opid) or ''
 local stages = ''
 if t.st == 'x' then stages = redis.call('HGET', K_TASKS, o.tid .. '|s') or '' end
-return {'op', t.st, t.qt, t.dg, t.fn, res, t.sc, o.qm, o.path, o.tid, t.w, L.int(NOW), gc, stages}
+return {'op', t.st, t.qt, t.dg, t.fn, res, t.sc, o.qm, o.path, o.tid, t.w, L.int(NOW), gc, stages,
+  L.int(NOW_US)}

@@ -24,6 +24,7 @@ The redis client must allow as many connections as there are concurrent calls
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -74,27 +75,45 @@ class Hints(Protocol):
     """Wake-up hints for this frontend (implemented by `redbarn.frontend.hub.Hub`).
 
     `fid` names the frontend's channel `redbarn:v1:fe:<fid>`; `wait(topic, timeout)`
-    returns True when the topic was published, False on timeout.
+    returns the payload published with the topic (b"" when there was none), or None on
+    timeout. Scripts publish the new state with each hint (see `OperationView.updated`
+    and `_hinted_assignment`), so a woken waiter usually needs no Redis call. `closing`
+    turns true when the frontend shuts down (every wait then returns at once).
     """
 
     fid: str
+    closing: bool
 
-    async def wait(self, topic: str, timeout: float) -> bool: ...
+    async def wait(self, topic: str, timeout: float) -> bytes | None: ...
 
 
 class PollingHints:
     """No pub/sub: every wait just sleeps (the waiter then re-reads state)."""
 
+    closing = False
+
     def __init__(self, fid: str | None = None, step: float = 0.05) -> None:
         self.fid = fid or uuid.uuid4().hex[:12]
         self._step = step
 
-    async def wait(self, topic: str, timeout: float) -> bool:
+    async def wait(self, topic: str, timeout: float) -> bytes | None:
         await asyncio.sleep(max(0.0, min(timeout, self._step)))
-        return False
+        return None
 
 
 ms_timestamp = codec.ms_timestamp
+
+
+def _hinted_assignment(payload: bytes | None, parked_us: int) -> Reply | None:
+    """The executing reply a worker hint carries (L.offer in _lib.lua has already taken
+    the worker out of the parked state), or None: no payload, or one from before this
+    park (a hint that outlived an earlier call)."""
+    if not payload:
+        return None
+    parts = payload.split(b"\x1f", 5)
+    if len(parts) != 6 or not parts[0].isdigit() or int(parts[0]) <= parked_us:
+        return None
+    return [b"x", *parts[1:]]
 
 
 def _s(v: bytes | str | int) -> str:
@@ -122,6 +141,28 @@ class OperationView:
     # "<stage><ms> ..." of the current assignment: s assigned, f fetching inputs,
     # r running, u uploading outputs (as the worker reported them).
     worker_stages: str = ""
+    # Redis time (us) of the script that produced this state; orders it against hints.
+    now_us: int = 0
+
+    def updated(self, payload: bytes) -> OperationView | None:
+        """This view moved to the state an operation hint carries (see notify_task in
+        _lib.lua), or None when the payload is malformed or older than this view."""
+        parts = payload.split(b"\x1f", 4)
+        if len(parts) != 5 or not parts[0].isdigit():
+            return None
+        at = int(parts[0])
+        stage = _STAGES.get(parts[1].decode())
+        if at < self.now_us or stage is None:
+            return None
+        wk = parts[3].decode()
+        return dataclasses.replace(
+            self,
+            stage=stage,
+            worker_stages=parts[2].decode(),
+            worker=wk[11:] if wk else "",
+            response=codec.decode_result(parts[4]) if stage == Stage.COMPLETED else None,
+            now_us=at,
+        )
 
     @property
     def done(self) -> bool:
@@ -358,6 +399,7 @@ class Scheduler:
             worker=wk[11:] if wk else "",
             gc_deadline_ms=int(_s(reply[8])),
             now_ms=int(_s(reply[7])),
+            now_us=int(_s(reply[9])),
         )
 
     async def get_operation_view(self, name: str, *, watch: bool = True) -> OperationView:
@@ -397,7 +439,8 @@ class Scheduler:
             worker=wk[11:] if wk else "",
             gc_deadline_ms=int(float(_s(r[12]))) if r[12] else None,
             now_ms=int(_s(r[11])),
-            worker_stages=_s(r[13]) if len(r) > 13 else "",
+            worker_stages=_s(r[13]),
+            now_us=int(_s(r[14])),
         )
 
     async def watch_operation(
@@ -408,12 +451,24 @@ class Scheduler:
         view = first or await self.get_operation_view(name)
         yield view
         loop = asyncio.get_running_loop()
-        sent_at, sent = loop.time(), (view.stage, view.worker_stages)
+        keepalive, touch_every = self.config.execution_update_interval, self.config.touch_interval
+        sent_at = touched_at = loop.time()
+        sent = (view.stage, view.worker_stages)
         topic = keys.operation_topic(name)
         while not view.done:
-            keepalive_in = sent_at + self.config.execution_update_interval - loop.time()
-            await self.hints.wait(topic, max(0.0, min(self.config.touch_interval, keepalive_in)))
-            view = await self.get_operation_view(name)
+            due = min(touched_at + touch_every, sent_at + keepalive) - loop.time()
+            payload = await self.hints.wait(topic, max(0.0, due))
+            if self.hints.closing:
+                raise Unavailable(
+                    f"Frontend is shutting down; reattach to operation {name} with WaitExecution"
+                )
+            # A hint with the new state saves the read, unless the lease needs renewing.
+            hinted = view.updated(payload) if payload else None
+            if hinted is None or loop.time() - touched_at >= touch_every:
+                view = await self.get_operation_view(name)
+                touched_at = loop.time()
+            else:
+                view = hinted
             if (
                 (view.stage, view.worker_stages) != sent
                 or view.done
@@ -472,28 +527,31 @@ class Scheduler:
                 "A worker with the same worker ID is already synchronizing with the scheduler"
             )
         if kind == "p":
-            reply = await self._park(domain, wk, int(_s(reply[1])))
+            reply = await self._park(domain, wk, int(_s(reply[2])))
         return self._sync_response(reply)
 
-    async def _park(self, domain: str, wk: str, deadline_ms: int) -> Reply:
+    async def _park(self, domain: str, wk: str, parked_us: int) -> Reply:
         t = self.config.idle_sync_timeout
         wait = random.uniform(t / 2, t) if t > 0 else 0.0
         topic = keys.worker_topic(domain, wk)
         loop = asyncio.get_running_loop()
         until = loop.time() + wait
+        reply: Reply | None = None
         try:
-            # A hint published just before this wait began is lost; one look at the
-            # worker record after the first second catches that case (one read per park).
-            woke = await self.hints.wait(topic, min(wait, 1.0))
-            if not woke and loop.time() < until and not await self._assigned(domain, wk):
-                await self.hints.wait(topic, until - loop.time())
+            # A hint lost on the way (Redis restarting, say) is caught by one look at the
+            # worker record after the first second (one read per park).
+            payload = await self.hints.wait(topic, min(wait, 1.0))
+            if payload is None and loop.time() < until and not await self._assigned(domain, wk):
+                payload = await self.hints.wait(topic, until - loop.time())
+            reply = _hinted_assignment(payload, parked_us)
         finally:
-            unpark = asyncio.ensure_future(
-                self.scripts.unpark_worker(
-                    domain=domain, config=self._config(domain), wk=wk, fid=self.fid
+            if reply is None:  # no assignment in hand: leave the parked state in Redis
+                unpark = asyncio.ensure_future(
+                    self.scripts.unpark_worker(
+                        domain=domain, config=self._config(domain), wk=wk, fid=self.fid
+                    )
                 )
-            )
-            reply = await asyncio.shield(unpark)
+                reply = await asyncio.shield(unpark)
         return reply
 
     async def _assigned(self, domain: str, wk: str) -> bool:
