@@ -295,6 +295,12 @@ function L.worker_stage(tid, t, stage)
   L.notify_task(t, stages)
 end
 
+-- The worker stages of an executing task ('' otherwise).
+function L.stages_of(tid, t)
+  if t.st ~= 'x' then return '' end
+  return redis.call('HGET', K_TASKS, tid .. '|s') or ''
+end
+
 function L.exec_reply(tid, t, next_ms)
   return {'x', tid, L.int(t.ep), t.qt, L.int(next_ms), redis.call('HGET', K_TASKS, tid .. '|a') or ''}
 end

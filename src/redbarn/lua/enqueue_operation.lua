@@ -7,7 +7,8 @@
 -- ARGV[1] config  ARGV[2] new operation id  ARGV[3] dedup key ('' = do_not_cache)
 -- ARGV[4] invocation path  ARGV[5] priority (10-digit, +2^31)  ARGV[6] Executing bytes
 -- ARGV[7] digest "hash-size"  ARGV[8] digest function number  ARGV[9] frontend id
--- Returns: {'op', opid, stage('q'|'x'), queued_ms, sc, prio+seq, worker, now_ms, gc_deadline_ms, now_us}
+-- Returns: {'op', opid, stage('q'|'x'), queued_ms, sc, prio+seq, worker, now_ms, gc_deadline_ms, now_us,
+--   worker_stages}
 --   | {'nodomain'} | {'full'}
 local opid, dk, path, prio = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local fid = ARGV[9]
@@ -22,7 +23,8 @@ if dk ~= '' then
         L.watch(o, fid)
         L.op_put(id, o)
         redis.call('ZADD', K_OPGC, NOW + CFG.retention, id)
-        return {'op', id, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US)}
+        return {'op', id, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
+                L.stages_of(tid, t)}
       end
     end
     local seq = stamp()
@@ -38,7 +40,8 @@ if dk ~= '' then
     else
       L.add_exec(t.sc, path, 1)
     end
-    return {'op', opid, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US)}
+    return {'op', opid, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
+            L.stages_of(tid, t)}
   end
 end
 
@@ -63,8 +66,9 @@ L.task_put(tid, t)
 redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
 if L.offer(tid, t) then
-  return {'op', opid, 'x', t.qt, sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US)}
+  return {'op', opid, 'x', t.qt, sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
+          L.stages_of(tid, t)}
 end
 redis.call('ZADD', K_QUEUED, 0, L.qmember(sc, o, opid))
 L.refresh(sc, path)
-return {'op', opid, 'q', t.qt, sc, o.qm, '', L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US)}
+return {'op', opid, 'q', t.qt, sc, o.qm, '', L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US), ''}

@@ -21,7 +21,6 @@ end
 local res = ''
 if t.st == 'd' then res = redis.call('HGET', K_TASKS, o.tid .. '|r') or '' end
 local gc = redis.call('ZSCORE', K_OPGC, opid) or ''
-local stages = ''
-if t.st == 'x' then stages = redis.call('HGET', K_TASKS, o.tid .. '|s') or '' end
+local stages = L.stages_of(o.tid, t)
 return {'op', t.st, t.qt, t.dg, t.fn, res, t.sc, o.qm, o.path, o.tid, t.w, L.int(NOW), gc, stages,
   L.int(NOW_US)}

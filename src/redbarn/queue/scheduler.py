@@ -400,6 +400,7 @@ class Scheduler:
             gc_deadline_ms=int(_s(reply[8])),
             now_ms=int(_s(reply[7])),
             now_us=int(_s(reply[9])),
+            worker_stages=_s(reply[10]),
         )
 
     async def get_operation_view(self, name: str, *, watch: bool = True) -> OperationView:
