@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -26,6 +27,7 @@ from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
+from redbarn.queue import codec, keys
 from redbarn.queue.config import SchedulerConfig
 
 from .conftest import digest_of
@@ -584,3 +586,66 @@ async def test_stream_carries_worker_stage_timestamps(cluster: Cluster) -> None:
     await worker.sync(done, prefer_idle=True)
     ops = await asyncio.wait_for(collect(stream), 5)
     assert ops[-1].done
+
+
+@pytest.mark.parametrize("cas", ["scheduler-redis", "separate-redis"])
+async def test_missing_command_or_input_root(redis_url: str, cas: str) -> None:
+    """FAILED_PRECONDITION with a MISSING violation per absent blob, and nothing queued,
+    whether the enqueue script checks the inputs (CAS in the scheduler's Redis) or the
+    frontend does first (any other CAS)."""
+    config = FrontendConfig(
+        listen="127.0.0.1:0",
+        redis_url=redis_url,
+        cas_redis_url=redis_url.rsplit("/", 1)[0] + "/1" if cas == "separate-redis" else "",
+        health_interval=0.2,
+        grace_period=0.5,
+    )
+    c = Cluster(config, SCHED)
+    try:
+        node = await c.add()
+        await node.queue.Synchronize(
+            rw_pb2.SynchronizeRequest(
+                worker_id={"w": "1"}, platform=PLATFORM, prefer_being_idle=True,
+                current_state=rw_pb2.CurrentState(idle={}),
+            )
+        )  # fmt: skip
+        command = re_pb2.Command(arguments=["x"], platform=PLATFORM).SerializeToString()
+        root = re_pb2.Directory(
+            files=[re_pb2.FileNode(name="f", digest=digest_of(b"gone"))]
+        ).SerializeToString()
+        action = re_pb2.Action(
+            command_digest=digest_of(command), input_root_digest=digest_of(root), platform=PLATFORM
+        ).SerializeToString()
+
+        async def upload(*blobs: bytes) -> None:
+            Req = re_pb2.BatchUpdateBlobsRequest.Request
+            await node.cas.BatchUpdateBlobs(
+                re_pb2.BatchUpdateBlobsRequest(
+                    requests=[Req(digest=digest_of(b), data=b) for b in blobs]
+                )
+            )
+
+        def subject(blob: bytes) -> str:
+            d = digest_of(blob)
+            return f"blobs/{d.hash}/{d.size_bytes}"
+
+        request = re_pb2.ExecuteRequest(action_digest=digest_of(action), skip_cache_lookup=True)
+        await upload(action)
+        err = await _execute_error(node, request)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (err.details() or "").startswith(
+            f"Failed to obtain inputs of action {digest_of(action).hash}-{len(action)}: Blobs "
+        )
+        assert _precondition(err) == [("MISSING", subject(command)), ("MISSING", subject(root))]
+        await upload(command)
+        err = await _execute_error(node, request)
+        assert _precondition(err) == [("MISSING", subject(root))]
+        await upload(root)
+        first = await anext(node.execution.Execute(request).__aiter__())
+        assert metadata_of(first).stage == re_pb2.ExecutionStage.QUEUED
+        # Only now is there an operation: the refused calls created none.
+        domain = keys.domain_id("", codec.platform_json(PLATFORM))
+        async with aioredis.Redis.from_url(redis_url) as r:
+            assert await r.hlen(keys.domain_key(domain, "ops")) == 1
+    finally:
+        await c.close()

@@ -641,3 +641,33 @@ def test_operation_hint_payloads_apply_only_forwards() -> None:
     assert failed is not None and failed.response.status.code == 14  # type: ignore[union-attr]
     for bad in (b"", b"junk", b"x\x1fq\x1f\x1f\x1f", b"4000\x1fz\x1f\x1f\x1f"):
         assert view.updated(bad) is None
+
+
+async def test_enqueue_checks_required_blobs_first(any_redis: aioredis.Redis) -> None:
+    """Required blobs (the CAS in the same Redis) are touched in the enqueue script: any
+    missing one stops it (MissingBlobs, by position), present ones get their TTL back."""
+    from redbarn.queue.scheduler import MissingBlobs
+    from redbarn.queue.scripts import RequiredBlobs
+
+    s = make(any_redis)
+    await s.synchronize(request("1", prefer_idle=True))
+    digest, a = action(1)
+    await any_redis.set("cas:{a}:1", b"x", px=1000)
+    await any_redis.set("cas:{b}:2", b"y", px=1000)
+    await any_redis.set("cas:{b}:2:c0", b"y", px=1000)
+    needed = [["cas:{a}:1"], ["cas:{gone}:3"], ["cas:{b}:2", "cas:{b}:2:c0", "cas:{b}:2:c1"]]
+    with pytest.raises(MissingBlobs) as err:
+        await s.execute(
+            instance_name="", action_digest=digest, action=a, digest_function=1,
+            required=RequiredBlobs(keys=needed, ttl_ms=600_000),
+        )  # fmt: skip
+    assert err.value.positions == [1, 2]  # a chunk missing makes the blob missing
+    domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
+    assert await any_redis.hlen(keys.domain_key(domain, "ops")) == 0
+    view = await s.execute(
+        instance_name="", action_digest=digest, action=a, digest_function=1,
+        required=RequiredBlobs(keys=[["cas:{a}:1"], ["cas:{b}:2", "cas:{b}:2:c0"]], ttl_ms=600_000),
+    )  # fmt: skip
+    assert view.stage == Stage.QUEUED
+    assert await any_redis.pttl("cas:{a}:1") > 500_000
+    assert await any_redis.pttl("cas:{b}:2:c0") > 500_000

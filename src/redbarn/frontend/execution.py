@@ -12,7 +12,7 @@ streams end with UNAVAILABLE so clients reattach with WaitExecution elsewhere.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -24,9 +24,11 @@ from redbarn import errors
 from redbarn.frontend import digests
 from redbarn.frontend.errors import grpc_errors
 from redbarn.frontend.storage import ActionCacheStore, BlobStore
+from redbarn.frontend.storage.redis import RedisBlobStore
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.queue.scheduler import OperationView, Scheduler
+from redbarn.queue.scheduler import MissingBlobs, OperationView, Scheduler
+from redbarn.queue.scripts import RequiredBlobs
 
 REQUEST_METADATA_HEADER = "build.bazel.remote.execution.v2.requestmetadata-bin"
 
@@ -43,9 +45,11 @@ def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> re_pb2.Requ
 
 
 async def read_action(
-    blobs: BlobStore, instance_name: str, digest: digests.Digest
-) -> re_pb2.Action:
-    """The Action, with its Command and input root checked present in one round trip."""
+    blobs: BlobStore, instance_name: str, digest: digests.Digest, *, check_inputs: bool = True
+) -> tuple[re_pb2.Action, list[digests.Digest]]:
+    """The Action and the digests of its Command and input root. With `check_inputs`,
+    those are checked present (and their TTL refreshed) in one more round trip;
+    without, the caller has the enqueue script check them (`RequiredBlobs`)."""
     try:
         action = re_pb2.Action.FromString(await blobs.get(instance_name, digest))
     except errors.NotFound as err:
@@ -63,14 +67,21 @@ async def read_action(
     ]
     if not action.HasField("command_digest"):
         raise errors.InvalidArgument(f"Action {digest} has no command digest")
-    missing = await blobs.find_missing(instance_name, needed)
-    if missing:
-        names = ", ".join(str(d) for d in missing)
-        raise errors.FailedPrecondition(
-            f"Failed to obtain inputs of action {digest}: Blobs {names} not found",
-            [d.subject for d in missing],
-        )
-    return action
+    if check_inputs:
+        missing = await blobs.find_missing(instance_name, needed)
+        if missing:
+            raise missing_inputs(digest, missing)
+    return action, needed
+
+
+def missing_inputs(
+    digest: digests.Digest, missing: Sequence[digests.Digest]
+) -> errors.RedbarnError:
+    names = ", ".join(str(d) for d in missing)
+    return errors.FailedPrecondition(
+        f"Failed to obtain inputs of action {digest}: Blobs {names} not found",
+        [d.subject for d in missing],
+    )
 
 
 def cached_operation(
@@ -96,6 +107,25 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
         self._scheduler = scheduler
         self._blobs = blobs
         self._ac = action_cache
+        # With the CAS in the scheduler's own (non-cluster) Redis, the enqueue script
+        # checks the Command and input root itself: one round trip fewer per Execute.
+        self._cas_in_scheduler = (
+            isinstance(blobs, RedisBlobStore)
+            and blobs.client is scheduler.redis
+            and blobs.uses_scripts
+        )
+
+    def _required(
+        self, needed: Sequence[digests.Digest]
+    ) -> tuple[RequiredBlobs | None, list[digests.Digest]]:
+        if not self._cas_in_scheduler:
+            return None, []
+        assert isinstance(self._blobs, RedisBlobStore)
+        checked = [d for d in dict.fromkeys(needed) if not d.is_empty]
+        if not checked:
+            return None, []
+        keys = [self._blobs.blob_keys(d) for d in checked]
+        return RequiredBlobs(keys=keys, ttl_ms=self._blobs.ttl_ms), checked
 
     @grpc_errors
     async def Execute(
@@ -111,7 +141,9 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
             digest = digests.parse_field(request, "action_digest", function)
         except errors.InvalidArgument as err:
             raise errors.wrap("Failed to extract digest for action", err) from err
-        action = await read_action(self._blobs, instance, digest)
+        action, needed = await read_action(
+            self._blobs, instance, digest, check_inputs=not self._cas_in_scheduler
+        )
         if not request.skip_cache_lookup and not action.do_not_cache:
             try:
                 result = await self._ac.get(instance, digest)
@@ -126,15 +158,20 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
             packed = any_pb2.Any()
             packed.Pack(metadata)
             aux.append(packed)
-        first = await self._scheduler.execute(
-            instance_name=instance,
-            action_digest=digest.to_proto(),
-            action=action,
-            digest_function=function,
-            priority=request.execution_policy.priority,
-            request_metadata=metadata,
-            auxiliary_metadata=aux,
-        )
+        required, checked = self._required(needed)
+        try:
+            first = await self._scheduler.execute(
+                instance_name=instance,
+                action_digest=digest.to_proto(),
+                action=action,
+                digest_function=function,
+                priority=request.execution_policy.priority,
+                request_metadata=metadata,
+                auxiliary_metadata=aux,
+                required=required,
+            )
+        except MissingBlobs as err:
+            raise missing_inputs(digest, [checked[i] for i in err.positions]) from None
         async for op in self._stream(first.name, first):
             yield op
 

@@ -50,7 +50,7 @@ from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue import codec, keys, validate
 from redbarn.queue.admin import AdminReads
 from redbarn.queue.config import SchedulerConfig
-from redbarn.queue.scripts import Reply, Scripts
+from redbarn.queue.scripts import Reply, RequiredBlobs, Scripts
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,15 @@ class Hints(Protocol):
     closing: bool
 
     async def wait(self, topic: str, timeout: float) -> bytes | None: ...
+
+
+class MissingBlobs(Exception):
+    """`execute(required=...)` found required blobs missing; nothing was enqueued.
+    `positions` index `RequiredBlobs.keys` (0-based)."""
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(f"missing blobs at {positions}")
+        self.positions = positions
 
 
 class PollingHints:
@@ -324,12 +333,15 @@ class Scheduler:
         request_metadata: re_pb2.RequestMetadata | None = None,
         auxiliary_metadata: Sequence[any_pb2.Any] = (),
         w3c_trace_context: Mapping[str, str] | None = None,
+        required: RequiredBlobs | None = None,
     ) -> OperationView:
         """Create or join an operation; returns its first view (QUEUED or EXECUTING).
 
         The caller has validated the instance name, digest function and digest
         (`validate`) and fetched `action` from the CAS. Raises InvalidArgument (platform,
-        timeout), Unavailable/FailedPrecondition (no workers), ResourceExhausted (full).
+        timeout), Unavailable/FailedPrecondition (no workers), ResourceExhausted (full),
+        MissingBlobs when `required` blobs (checked in the same script, so in the same
+        round trip) are gone.
         """
         validate.platform(action.platform)
         timeout = validate.action_timeout(
@@ -376,8 +388,11 @@ class Scheduler:
             digest=codec.digest_field(action_digest),
             digest_function=digest_function,
             fid=self.fid,
+            required=required,
         )
         kind = _s(reply[0])
+        if kind == "missing":
+            raise MissingBlobs([int(_s(i)) - 1 for i in reply[1:]])
         if kind == "nodomain":
             raise await self._no_workers(instance_name, pjson)
         if kind == "full":

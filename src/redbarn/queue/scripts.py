@@ -8,6 +8,8 @@ single server and through `RedisCluster` (all KEYS share the domain's hash tag).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -27,6 +29,15 @@ SCRIPT_NAMES = (
 )
 
 Reply = list[Any]
+
+
+@dataclass(frozen=True)
+class RequiredBlobs:
+    """Blobs the enqueue script checks (and refreshes) before it enqueues: per blob, its
+    keys in the same non-cluster Redis (its CAS key and chunk keys), and their TTL."""
+
+    keys: Sequence[Sequence[str]]
+    ttl_ms: int
 
 
 def script_body(name: str) -> str:
@@ -49,9 +60,13 @@ class Scripts:
         self._s = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
         self.calls = 0
 
-    async def _run(self, name: str, domain: str, args: list[str | bytes]) -> Reply:
+    async def _run(
+        self, name: str, domain: str, args: list[str | bytes], extra_keys: Sequence[str] = ()
+    ) -> Reply:
         self.calls += 1
-        out = await self._s[name](keys=keys.domain_keys(domain), args=[_b(a) for a in args])
+        out = await self._s[name](
+            keys=[*keys.domain_keys(domain), *extra_keys], args=[_b(a) for a in args]
+        )
         return list(out)
 
     async def enqueue_operation(
@@ -67,11 +82,17 @@ class Scripts:
         digest: str,
         digest_function: int,
         fid: str,
+        required: RequiredBlobs | None = None,
     ) -> Reply:
+        args: list[str | bytes] = [
+            config, opid, dedup_key, path, priority, executing, digest, str(digest_function), fid
+        ]  # fmt: skip
+        if required is None:
+            return await self._run("enqueue_operation", domain, [*args, ""])
+        counts = [str(len(k)) for k in required.keys]
+        extra = [key for blob_keys in required.keys for key in blob_keys]
         return await self._run(
-            "enqueue_operation",
-            domain,
-            [config, opid, dedup_key, path, priority, executing, digest, str(digest_function), fid],
+            "enqueue_operation", domain, [*args, str(required.ttl_ms), *counts], extra
         )
 
     async def synchronize_worker(

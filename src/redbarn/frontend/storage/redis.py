@@ -158,6 +158,15 @@ class RedisBlobStore:
             missing += [d for d, ok in zip(batch, present, strict=True) if not ok]
         return missing
 
+    @property
+    def uses_scripts(self) -> bool:
+        """True when multi-key scripts may span its blobs' keys (not a cluster client)."""
+        return self._scripts
+
+    def blob_keys(self, digest: Digest) -> list[str]:
+        """The keys that hold `digest`: its CAS key, then its chunk keys."""
+        return self._blob_keys(digest)
+
     def _blob_keys(self, digest: Digest) -> list[str]:
         count = self._chunk_count(digest.size_bytes)
         return [cas_key(digest), *(cas_chunk_key(digest, i) for i in range(count))]
