@@ -263,8 +263,9 @@ function L.pick(sc)
   end
 end
 
--- Hand task tid (queued) to worker wk; returns the executing reply.
-function L.assign(tid, t, wk, w)
+-- Hand task tid (queued) to worker wk. quiet: its watchers learn the new stage from
+-- this call's own reply (a new task offered by enqueue_operation), so no hint is sent.
+function L.assign(tid, t, wk, w, quiet)
   -- Leave the queue and count as executing in one walk per operation.
   for _, opid in ipairs(t.ops) do
     redis.call('ZREM', K_QUEUED, L.qmember(t.sc, L.op_get(opid), opid))
@@ -281,7 +282,7 @@ function L.assign(tid, t, wk, w)
   w.t = tid
   w.ep = t.ep
   L.worker_put(wk, w)
-  L.notify_task(t, stages)
+  if not quiet then L.notify_task(t, stages) end
 end
 
 -- Worker stages of the current assignment, "<stage><ms> ..." in field <tid>|s (stage s =
@@ -335,7 +336,7 @@ end
 -- the frontend holding its Synchronize carries the whole reply, so that frontend answers
 -- without another round trip: "w <domain> <wk>\31<now_us>\31<tid>\31<epoch>\31<queued_ms>
 -- \31<next_ms>\31<Executing bytes>".
-function L.offer(tid, t)
+function L.offer(tid, t, quiet)
   local sc = t.sc
   local pw = redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
   if not pw[1] then return false end
@@ -346,7 +347,7 @@ function L.offer(tid, t)
   local holder = w.h
   w.h = ''
   redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
-  L.assign(tid, t, wk, w)
+  L.assign(tid, t, wk, w, quiet)
   if holder ~= '' then
     local r = L.exec_reply(tid, t, NOW + CFG.busy)
     L.publish(holder, 'w ' .. CFG.domain .. ' ' .. wk .. S .. L.int(NOW_US) .. S ..

@@ -82,7 +82,8 @@ redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
 L.task_put(tid, t)
 redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
-if L.offer(tid, t) then
+-- quiet: the caller (the operation's only watcher so far) learns the stage from the reply.
+if L.offer(tid, t, true) then
   return {'op', opid, 'x', t.qt, sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
           L.stages_of(tid, t)}
 end
