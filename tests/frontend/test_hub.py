@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from redbarn.frontend.hub import Hub, new_frontend_id
 from redbarn.redisserver import RedisServer
 
 
-async def test_publish_wakes_only_its_topic(real_redis: aioredis.Redis) -> None:
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_publish_wakes_only_its_topic(redis_url: str, protocol: int) -> None:
+    """Hints arrive over RESP2 (read off the connection) and RESP3 (push messages)."""
+    real_redis = aioredis.Redis.from_url(redis_url, protocol=protocol)
     hub = Hub(real_redis, new_frontend_id())
     await hub.start()
     try:
@@ -27,6 +31,7 @@ async def test_publish_wakes_only_its_topic(real_redis: aioredis.Redis) -> None:
         assert await carried == b"state\x1fwith\x1fseparators"
     finally:
         await hub.stop()
+        await real_redis.aclose()
 
 
 async def test_waiters_wake_after_redis_restart(tmp_path: object) -> None:
