@@ -89,7 +89,11 @@ opgc      ZSET  <opid> scored by last waiter touch + operation_retention. "why i
           stuck / when does it go": redis-cli ZRANGE 'redbarn:v1:{P}:opgc' 0 -1 WITHSCORES
 
 Pub/sub (not keys): scripts PUBLISH hints to `redbarn:v1:fe:<fid>`: "w <P> <wk>" when
-a parked worker got work, "o <P>.<opid>" when an operation changed stage.
+a parked worker got work, "o <P>.<opid>" when an operation changed stage. Each may be
+followed by \x1f and the new state, so the waiter need not read it back: for "w", the
+Redis time in us, then task id, epoch, queued ms, next-sync ms and the Executing
+message (L.offer); for "o", the time in us, stage, worker stages, worker key and, once
+done, the result (L.notify_task). A bare hint (drains, terminate) means "re-read".
 """
 
 from __future__ import annotations
