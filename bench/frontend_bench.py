@@ -1016,7 +1016,9 @@ def main() -> int:
             time.sleep(0.05)
         time.sleep(0.5)
         try:
-            lines = eventloop.run(bench(args, shas, frontends, redis_server, workers, counters, tmp))
+            lines = eventloop.run(
+                bench(args, shas, frontends, redis_server, workers, counters, tmp)
+            )
         except BaseException:
             for i, fe in enumerate(frontends):
                 tail = fe.log_tail()
