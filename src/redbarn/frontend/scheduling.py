@@ -32,7 +32,7 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
 
     async def add_scheduling(frontend: Frontend) -> None:
         hub = Hub(frontend.redis, new_frontend_id())
-        scheduler = Scheduler(frontend.redis, config, hints=hub)
+        scheduler = Scheduler(frontend.redis, config, hints=hub, fast=frontend.fast_redis)
         add_scheduling.scheduler = scheduler  # type: ignore[attr-defined]
         try:
             await scheduler.start()

@@ -51,6 +51,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from redbarn.config import ConfigError
+from redbarn.fastredis import FastRedis
 from redbarn.frontend.action_cache import ActionCacheServicer
 from redbarn.frontend.auth import AuthInterceptor, TokenTable
 from redbarn.frontend.bytestream import ByteStreamServicer
@@ -109,6 +110,7 @@ class Frontend:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     worker_server: grpc.aio.Server | None = None  # the worker listener's, if configured
     worker_service_names: list[str] = field(default_factory=list)
+    fast_redis: FastRedis | None = None  # pipelined client of `redis`, for hot script calls
 
     def servers_for(self, listeners: Sequence[str]) -> list[grpc.aio.Server]:
         """The distinct servers behind `listeners` (worker = client without a worker listener)."""
@@ -192,9 +194,11 @@ async def _as_coro(run: Callable[[], Awaitable[None]]) -> None:
 
 
 def build_storage(
-    config: FrontendConfig, scheduler_redis: aioredis.Redis
+    config: FrontendConfig, scheduler_redis: aioredis.Redis, fast: FastRedis | None = None
 ) -> tuple[BlobStore, ActionCacheStore, list[Callable[[], Awaitable[None]]]]:
-    """The CAS and (completeness-checking) Action Cache `config` asks for, and their closers."""
+    """The CAS and (completeness-checking) Action Cache `config` asks for, and their closers.
+    `fast` (a pipelined client of the scheduler's Redis) serves small CAS reads when the
+    CAS is that same Redis."""
     closers: list[Callable[[], Awaitable[None]]] = []
     blobs: BlobStore
     base_ac: ActionCacheStore
@@ -208,9 +212,11 @@ def build_storage(
         if config.cas_redis_url and config.cas_redis_url != config.redis_url:
             client = redis_client(config.cas_redis_url)
             closers.append(client.aclose)
+            fast = None
         blobs = RedisBlobStore(
-            client, ttl=config.cas_ttl, upload_ttl=config.upload_ttl, chunk_size=config.chunk_size
-        )
+            client, ttl=config.cas_ttl, upload_ttl=config.upload_ttl, chunk_size=config.chunk_size,
+            fast=fast,
+        )  # fmt: skip
         base_ac = RedisActionCache(client, ttl=config.ac_ttl)
     ac = CompletenessCheckingActionCache(base_ac, blobs, max_tree_bytes=config.max_tree_check_size)
     return blobs, ac, closers
@@ -306,16 +312,21 @@ async def create_server(
     server = new_server(CLIENT)
     worker_server = new_server(WORKER) if config.worker_listen else None
     closers: list[Callable[[], Awaitable[None]]] = []
+    fast: FastRedis | None = None
     if redis is None:
         redis = redis_client(config.redis_url)
         closers.append(redis.aclose)
-    blobs, ac, storage_closers = build_storage(config, redis)
+        # The hot path's script calls pipeline over one more connection (fastredis).
+        fast = FastRedis.from_url(config.redis_url)
+        if fast is not None:
+            closers.append(fast.aclose)
+    blobs, ac, storage_closers = build_storage(config, redis, fast)
     health_servicer = HealthServicer()
     checks: list[tuple[str, Check]] = [("redis", redis.ping), ("storage", blobs.ping)]
     frontend = Frontend(
         config=config, server=server, redis=redis, blobs=blobs, action_cache=ac,
         health=HealthReporter(health_servicer, checks, interval=config.health_interval),
-        closers=[*storage_closers, *closers], worker_server=worker_server,
+        closers=[*storage_closers, *closers], worker_server=worker_server, fast_redis=fast,
     )  # fmt: skip
     frontend.add_service(
         re_grpc.add_ContentAddressableStorageServicer_to_server,

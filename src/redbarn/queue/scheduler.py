@@ -44,6 +44,7 @@ from redbarn.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from redbarn.fastredis import FastRedis
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
@@ -246,11 +247,12 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         *,
         hints: Hints | None = None,
+        fast: FastRedis | None = None,
     ) -> None:
         self.redis = redis
         self.config = config or SchedulerConfig()
         self.hints: Hints = hints or PollingHints()
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, fast)
         self.admin = AdminReads(redis, self.config)
         self._registry = _Registry()
         self._registered: dict[str, float] = {}

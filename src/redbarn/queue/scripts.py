@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redbarn.fastredis import FastRedis
 from redbarn.queue import keys
 
 SCRIPT_NAMES = (
@@ -55,9 +56,16 @@ def _b(v: str | bytes) -> bytes:
 class Scripts:
     """The registered scripts of one Redis (or RedisCluster) client."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, fast: FastRedis | None = None) -> None:
+        """`fast`, when given, carries the calls (one pipelined connection to the same
+        single server, see `redbarn.fastredis`); else redis-py's `Script` objects do."""
         self._redis = redis
-        self._s = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._s: dict[str, Any] = {
+            name: fast.script(script_source(name))
+            if fast
+            else redis.register_script(script_source(name))
+            for name in SCRIPT_NAMES
+        }
         self.calls = 0
 
     async def _run(

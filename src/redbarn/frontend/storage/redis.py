@@ -58,6 +58,7 @@ from redbarn.errors import (
     RedbarnError,
     Unavailable,
 )
+from redbarn.fastredis import FastRedis
 from redbarn.frontend.digests import Digest, check_data, check_hasher
 from redbarn.frontend.storage import tree
 from redbarn.proto import remote_execution_pb2 as re_pb2
@@ -68,6 +69,7 @@ DEFAULT_UPLOAD_TTL = 3600.0
 _MANIFEST_PREFIX = b"redbarn-chunked:v1:"
 _MIN_CHUNK_SIZE = 1024
 _TOUCH_BATCH = 2000  # digests per touch_blobs.lua call, bounding how long Redis is busy
+_FAST_READ_MAX = 64 * 1024  # bytes a read may return over the pipelined connection
 
 
 def _script(name: str) -> str:
@@ -125,6 +127,7 @@ class RedisBlobStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         flush_size: int = 256 * 1024,
         use_scripts: bool | None = None,
+        fast: FastRedis | None = None,
     ) -> None:
         if chunk_size < _MIN_CHUNK_SIZE:
             raise ValueError(f"chunk size {chunk_size} is below {_MIN_CHUNK_SIZE} bytes")
@@ -140,6 +143,10 @@ class RedisBlobStore:
         self._touch = client.register_script(_script("touch_blobs.lua"))
         self._put = client.register_script(_script("put_blobs.lua"))
         self._get = client.register_script(_script("get_blobs.lua"))
+        # Small reads (an Action at Execute, say) go over the pipelined connection when
+        # there is one; big ones keep redis-py's pool, so they never hold up the
+        # scheduler's calls queued behind them on that one connection.
+        self._fast_get = fast.script(_script("get_blobs.lua")) if fast and self._scripts else None
 
     def _chunk_count(self, size: int) -> int:
         """0 for a blob stored in its main key, else the number of chunk keys."""
@@ -235,6 +242,8 @@ class RedisBlobStore:
         keys = [cas_key(d) for d in digests]
         if not keys:
             return []
+        if self._fast_get is not None and sum(d.size_bytes for d in digests) <= _FAST_READ_MAX:
+            return list(await self._fast_get(keys=keys, args=[self.ttl_ms]))
         if self._scripts:
             return list(await self._get(keys=keys, args=[self.ttl_ms]))
         async with self.client.pipeline(transaction=False) as pipe:

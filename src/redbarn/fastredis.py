@@ -1,0 +1,273 @@
+"""A pipelining Redis client for the frontend's hot path: script calls.
+
+redis-py's asyncio client borrows a pooled connection for every command and wraps it
+in a lock, a timeout and a retry: about 50 us of frontend CPU per call under load, and
+over 100 us (138 us of latency) for a lone call. That is most of what a script call
+costs the frontend. `FastRedis` keeps one connection and pipelines over it instead:
+each call queues its command (commands queued in the same event-loop turn go out in
+one write) and waits for its reply in order, since Redis answers one connection's
+commands in the order they arrived. hiredis parses the replies. Measured on this
+project's 2-core machine: about 6 us of CPU per call under load, and 88 us per lone
+round trip.
+
+Scope: plain commands and `script(source)` (EVALSHA, loading the script on
+NOSCRIPT) over `redis://` and `unix://` URLs, with username, password and database.
+`from_url` returns None for anything else (`rediss://`), and callers then use
+redis-py. The frontend uses it for the scheduler's scripts and for reading CAS blobs;
+pub/sub, admin reads and everything else stay on redis-py.
+
+Failures look like redis-py's, so error mapping is unchanged:
+- a lost connection fails every call in flight with `redis.exceptions.ConnectionError`,
+  and the next call reconnects;
+- a reply that has not come after `reply_timeout` seconds closes the connection, and
+  every call in flight fails with `redis.exceptions.TimeoutError`;
+- error replies raise what redis-py raises for them: `ResponseError` and its
+  `NoScriptError`, `NoPermissionError`, `ReadOnlyError`; `BusyLoadingError` and
+  `AuthenticationError` (both ConnectionErrors, so UNAVAILABLE to clients).
+A cancelled call leaves its place in the queue; its reply is read and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+from redis import exceptions
+from redis.asyncio.connection import parse_url
+
+_ERRORS: dict[str, type[exceptions.RedisError]] = {
+    "NOSCRIPT": exceptions.NoScriptError,
+    "LOADING": exceptions.BusyLoadingError,
+    "NOPERM": exceptions.NoPermissionError,
+    "WRONGPASS": exceptions.AuthenticationError,
+    "NOAUTH": exceptions.AuthenticationError,
+    "READONLY": exceptions.ReadOnlyError,
+}
+
+Arg = str | bytes | int
+
+
+def _error(reply: hiredis.ReplyError) -> exceptions.RedisError:
+    message = str(reply)
+    cls = _ERRORS.get(message.split(" ", 1)[0], exceptions.ResponseError)
+    return cls(message)
+
+
+def pack(args: Sequence[Arg]) -> bytes:
+    """One command in RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        out += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    """One Redis connection: queued commands out, replies matched in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, where: str) -> None:
+        self.loop = loop
+        self.where = where
+        self.reader = hiredis.Reader()
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.failure: exceptions.RedisError | None = None
+        self._out: list[bytes] = []
+        self._flushing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        try:
+            while (reply := self.reader.gets()) is not False:
+                if not self.waiting:
+                    raise hiredis.ProtocolError("a reply nobody asked for")
+                waiter, _ = self.waiting.popleft()
+                if waiter.done():
+                    continue  # its caller was cancelled
+                if isinstance(reply, hiredis.ReplyError):
+                    waiter.set_exception(_error(reply))
+                else:
+                    waiter.set_result(reply)
+        except hiredis.ProtocolError as err:
+            self.fail(
+                exceptions.ConnectionError(f"Protocol error from Redis at {self.where}: {err}")
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.failure is None:
+            reason = exc or "closed by server"
+            self.failure = exceptions.ConnectionError(
+                f"Connection to Redis at {self.where} lost: {reason}"
+            )
+        while self.waiting:
+            waiter, _ = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(self.failure)
+
+    def fail(self, failure: exceptions.RedisError) -> None:
+        """Close the connection; every call in flight gets `failure`."""
+        if self.failure is None:
+            self.failure = failure
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows and fails the waiters
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        if self.failure is not None:
+            raise self.failure
+        waiter = self.loop.create_future()
+        self.waiting.append((waiter, self.loop.time()))
+        self._out.append(command)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+        return waiter
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if self._out and self.transport is not None and self.failure is None:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+
+class FastRedis:
+    """One pipelined connection to one Redis server (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 2.0,
+        reply_timeout: float = 30.0,
+    ) -> None:
+        self.host, self.port, self.path, self.db = host, port, path, db
+        self.username, self.password = username, password
+        self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
+        self.where = path or f"{host}:{port}"
+        self._conn: _Connection | None = None
+        self._lock: asyncio.Lock | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> FastRedis | None:
+        """A client for a `redis://` or `unix://` URL (parsed by redis-py, so username,
+        password and db may also come from the query string), or None for TLS
+        (`rediss://`) and anything else redis-py would connect with a special class."""
+        try:
+            kw = parse_url(url)
+        except ValueError:
+            return None
+        cls_name = getattr(kw.get("connection_class"), "__name__", "")
+        if cls_name not in ("", "UnixDomainSocketConnection"):
+            return None
+        return cls(
+            host=kw.get("host") or "127.0.0.1", port=int(kw.get("port") or 6379),
+            path=kw.get("path"), db=int(kw.get("db") or 0), username=kw.get("username"),
+            password=kw.get("password"), **options,
+        )  # fmt: skip
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command and return its reply (bytes, int, None or a list)."""
+        conn = self._conn
+        if conn is None or conn.failure is not None:
+            conn = await self._connect()
+        return await conn.send(pack(args))
+
+    def script(self, source: str) -> FastScript:
+        return FastScript(self, source)
+
+    async def _connect(self) -> _Connection:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._conn is not None and self._conn.failure is None:
+                return self._conn
+            loop = asyncio.get_running_loop()
+            conn: _Connection | None = None
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    if self.path:
+                        _, conn = await loop.create_unix_connection(
+                            lambda: _Connection(loop, self.where), self.path
+                        )
+                    else:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(loop, self.where), self.host, self.port
+                        )
+                    if self.password is not None:
+                        who = [self.username] if self.username else []
+                        await conn.send(pack(["AUTH", *who, self.password]))
+                    if self.db:
+                        await conn.send(pack(["SELECT", self.db]))
+            except (OSError, TimeoutError) as err:
+                if conn is not None:
+                    conn.fail(exceptions.ConnectionError("connection set-up failed"))
+                raise exceptions.ConnectionError(
+                    f"Error connecting to Redis at {self.where}: {str(err) or 'timed out'}"
+                ) from err
+            except exceptions.RedisError:
+                if conn is not None:
+                    conn.fail(exceptions.ConnectionError("connection set-up failed"))
+                raise
+            self._conn = conn
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(1.0, self._watch)
+            return conn
+
+    def _watch(self) -> None:
+        """Once a second: a reply overdue by reply_timeout closes the connection."""
+        conn = self._conn
+        self._watchdog = None
+        if conn is None or conn.failure is not None:
+            return
+        if conn.waiting and conn.loop.time() - conn.waiting[0][1] > self.reply_timeout:
+            conn.fail(
+                exceptions.TimeoutError(
+                    f"Timeout reading from Redis at {self.where}: "
+                    f"no reply for {self.reply_timeout:g}s"
+                )
+            )
+            return
+        self._watchdog = conn.loop.call_later(1.0, self._watch)
+
+    async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._conn is not None:
+            self._conn.fail(exceptions.ConnectionError("client closed"))
+            self._conn = None
+
+
+class FastScript:
+    """A Lua script called as `await script(keys=[...], args=[...])`, like redis-py's
+    `AsyncScript`: EVALSHA, and on NOSCRIPT (Redis restarted, SCRIPT FLUSH) a load and
+    one retry."""
+
+    def __init__(self, client: FastRedis, source: str) -> None:
+        self.client = client
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await self.client.execute(*command)
+        except exceptions.NoScriptError:
+            await self.client.execute("SCRIPT", "LOAD", self.source)
+            return await self.client.execute(*command)

@@ -1,0 +1,157 @@
+"""The pipelining client against real redis-server processes (private ports only)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis import exceptions
+
+from redbarn.fastredis import FastRedis, pack
+from redbarn.redisserver import RedisServer
+
+
+def test_pack_is_resp() -> None:
+    assert pack(["SET", b"k\r\n", 12]) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n"
+
+
+def test_from_url() -> None:
+    c = FastRedis.from_url("redis://alice:p%40ss@10.0.0.1:6380/3")
+    assert c is not None
+    assert (c.host, c.port, c.db, c.username, c.password) == ("10.0.0.1", 6380, 3, "alice", "p@ss")
+    u = FastRedis.from_url("unix:///run/redis.sock?db=2")
+    assert u is not None and (u.path, u.db) == ("/run/redis.sock", 2)
+    # TLS and anything unusual stay with redis-py.
+    assert FastRedis.from_url("rediss://r:6380/0?ssl_ca_certs=/ca.pem") is None
+    q = FastRedis.from_url("redis://r:6379/0?username=bob&password=pw")
+    assert q is not None and (q.username, q.password) == ("bob", "pw")
+
+
+async def test_commands_pipeline_in_order(real_redis: aioredis.Redis, redis_url: str) -> None:
+    fast = FastRedis.from_url(redis_url)
+    assert fast is not None
+    try:
+        replies = await asyncio.gather(*(fast.execute("INCR", "fast:n") for _ in range(500)))
+        assert sorted(replies) == list(range(1, 501))
+        # Each caller got its own reply: INCR results arrive in the order sent.
+        assert replies == list(range(1, 501))
+        await fast.execute("SET", "fast:b", b"\x00\xff")
+        assert await fast.execute("GET", "fast:b") == b"\x00\xff"
+        assert await fast.execute("GET", "fast:missing") is None
+        with pytest.raises(exceptions.ResponseError, match="WRONGTYPE"):
+            await fast.execute("HGET", "fast:b", "f")
+        assert await fast.execute("PING") == b"PONG"  # still usable after an error reply
+    finally:
+        await fast.aclose()
+
+
+async def test_scripts_load_on_noscript(real_redis: aioredis.Redis, redis_url: str) -> None:
+    fast = FastRedis.from_url(redis_url)
+    assert fast is not None
+    try:
+        script = fast.script("return {KEYS[1], ARGV[1], 7}")
+        assert await script(keys=["k"], args=[b"v"]) == [b"k", b"v", 7]
+        await real_redis.script_flush()
+        assert await script(keys=["k2"], args=["w"]) == [b"k2", b"w", 7]
+    finally:
+        await fast.aclose()
+
+
+async def test_cancelled_call_keeps_order(real_redis: aioredis.Redis, redis_url: str) -> None:
+    fast = FastRedis.from_url(redis_url)
+    assert fast is not None
+    try:
+        await fast.execute("SET", "fast:c", "1")
+        slow = asyncio.ensure_future(fast.execute("BLPOP", "fast:never", "0.3"))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        # The next call waits behind the cancelled one and still gets its own reply.
+        assert await fast.execute("GET", "fast:c") == b"1"
+    finally:
+        await fast.aclose()
+
+
+async def test_password_and_database() -> None:
+    server = RedisServer().start()
+    with redis.Redis(port=server.port) as admin:
+        admin.config_set("requirepass", "s3cret")
+    try:
+        fast = FastRedis(port=server.port, password="s3cret", db=2)
+        await fast.execute("SET", "k", "in-db-2")
+        async with aioredis.Redis(port=server.port, password="s3cret", db=2) as r:
+            assert await r.get("k") == b"in-db-2"
+        await fast.aclose()
+        wrong = FastRedis(port=server.port, password="nope")
+        with pytest.raises(exceptions.AuthenticationError):
+            await wrong.execute("PING")
+        await wrong.aclose()
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+async def test_lost_connection_fails_calls_and_reconnects() -> None:
+    server = RedisServer().start()
+    fast = FastRedis(port=server.port, connect_timeout=0.5)
+    try:
+        assert await fast.execute("PING") == b"PONG"
+        waiting = asyncio.ensure_future(fast.execute("BLPOP", "q", "5"))
+        await asyncio.sleep(0.1)
+        server.stop(kill=True)
+        with pytest.raises(exceptions.ConnectionError, match="lost"):
+            await waiting
+        with pytest.raises(exceptions.ConnectionError, match="Error connecting"):
+            await fast.execute("PING")
+        server.start()
+        assert await fast.execute("PING") == b"PONG"
+    finally:
+        await fast.aclose()
+        server.stop()
+        server.cleanup()
+
+
+async def test_overdue_reply_times_out(real_redis: aioredis.Redis, redis_url: str) -> None:
+    fast = FastRedis.from_url(redis_url, reply_timeout=0.3)
+    assert fast is not None
+    try:
+        await fast.execute("PING")
+        await real_redis.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        try:
+            with pytest.raises(exceptions.TimeoutError, match=r"no reply for 0\.3s"):
+                await fast.execute("PING")
+        finally:
+            await real_redis.execute_command("CLIENT", "UNPAUSE")
+        assert await fast.execute("PING") == b"PONG"  # a new connection
+    finally:
+        await fast.aclose()
+
+
+def test_under_uvloop(redis_url: str) -> None:
+    """The frontend runs on uvloop (its transports are not asyncio.Transport objects)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        fast = FastRedis.from_url(redis_url)
+        assert fast is not None
+        try:
+            replies = await asyncio.gather(*(fast.execute("INCR", "fast:uv") for _ in range(100)))
+            assert replies == list(range(1, 101))
+            assert await fast.script("return ARGV[1]")(args=["x"]) == b"x"
+        finally:
+            await fast.aclose()
+
+    uvloop.run(scenario())
+
+
+async def test_connect_timeout() -> None:
+    """A server that accepts but never answers (here: to AUTH) fails the call in time."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        fast = FastRedis(port=silent.getsockname()[1], password="x", connect_timeout=0.3)
+        with pytest.raises(exceptions.ConnectionError, match="timed out"):
+            await asyncio.wait_for(fast.execute("PING"), 5)
+        await fast.aclose()
