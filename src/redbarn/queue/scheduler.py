@@ -678,16 +678,7 @@ class Scheduler:
         size_class: int,
         pattern: Mapping[str, str],
     ) -> None:
-        domain = await self._size_class_domain(instance_name_prefix, platform)
-        r = await self.scripts.add_drain(
-            domain=domain,
-            config=self._config(domain),
-            size_class=keys.size_class_field(size_class),
-            pattern_json=codec.worker_json(pattern),
-            tokens=codec.tokens(pattern),
-        )
-        if _s(r[0]) != "ok":
-            raise NotFound("Size class queue not found")
+        await self._drain(True, instance_name_prefix, platform, size_class, pattern)
 
     async def remove_drain(
         self,
@@ -697,13 +688,27 @@ class Scheduler:
         size_class: int,
         pattern: Mapping[str, str],
     ) -> None:
-        domain = await self._size_class_domain(instance_name_prefix, platform)
-        r = await self.scripts.remove_drain(
-            domain=domain,
-            config=self._config(domain),
-            size_class=keys.size_class_field(size_class),
-            pattern_json=codec.worker_json(pattern),
-        )
+        await self._drain(False, instance_name_prefix, platform, size_class, pattern)
+
+    async def _drain(
+        self,
+        add: bool,
+        prefix: str,
+        platform: re_pb2.Platform,
+        size_class: int,
+        pattern: Mapping[str, str],
+    ) -> None:
+        domain = await self._size_class_domain(prefix, platform)
+        common = {
+            "domain": domain,
+            "config": self._config(domain),
+            "size_class": keys.size_class_field(size_class),
+            "pattern_json": codec.worker_json(pattern),
+        }
+        if add:
+            r = await self.scripts.add_drain(**common, tokens=codec.tokens(pattern))
+        else:
+            r = await self.scripts.remove_drain(**common)
         if _s(r[0]) != "ok":
             raise NotFound("Size class queue not found")
 
@@ -756,13 +761,13 @@ class Scheduler:
         scq = request.size_class_queue_name
         if not scq.HasField("platform_queue_name"):
             raise InvalidArgument("No platform queue name provided")
-        kw = {
-            "instance_name_prefix": scq.platform_queue_name.instance_name_prefix,
-            "platform": scq.platform_queue_name.platform,
-            "size_class": scq.size_class,
-            "pattern": dict(request.worker_id_pattern),
-        }
-        await (self.add_drain(**kw) if add else self.remove_drain(**kw))  # type: ignore[arg-type]
+        await self._drain(
+            add,
+            scq.platform_queue_name.instance_name_prefix,
+            scq.platform_queue_name.platform,
+            scq.size_class,
+            dict(request.worker_id_pattern),
+        )
 
     # BuildQueueState reads (see `redbarn.queue.admin`) ---------------------------------
 
