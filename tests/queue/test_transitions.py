@@ -671,3 +671,46 @@ async def test_enqueue_checks_required_blobs_first(any_redis: aioredis.Redis) ->
     assert view.stage == Stage.QUEUED
     assert await any_redis.pttl("cas:{a}:1") > 500_000
     assert await any_redis.pttl("cas:{b}:2:c0") > 500_000
+
+
+async def test_hints_for_the_calling_frontend_come_back_in_the_reply(
+    real_redis: aioredis.Redis,
+) -> None:
+    """Execute, the parked worker's wake-up, its completion and the stream all on one
+    frontend: every hint travels in a script reply, none over pub/sub."""
+    from redbarn.frontend.hub import Hub
+
+    async def publishes() -> int:
+        stats = await real_redis.info("commandstats")
+        return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+    hub = Hub(real_redis, "fe5")
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        s = Scheduler(
+            real_redis,
+            dataclasses.replace(FAST, idle_sync_timeout=5.0, waiter_poll_interval=30.0),
+            hints=hub,
+        )
+        await s.synchronize(request("0", prefer_idle=True))
+        sync = asyncio.create_task(s.synchronize(request("1")))
+        await asyncio.sleep(0.1)
+        before = await publishes()
+        view = await execute(s, 1)
+        d = assigned(await asyncio.wait_for(sync, 2))
+        assert d == action(1)[0]
+        stages = []
+
+        async def watch() -> None:
+            async for v in s.watch_operation(view.name, first=view):
+                stages.append(v.stage)
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.1)
+        await s.synchronize(request("1", "completed", d, response=OK, prefer_idle=True))
+        await asyncio.wait_for(task, 2)  # woken at once, not by the 30 s poll
+        assert stages == [Stage.EXECUTING, Stage.COMPLETED]
+        assert await publishes() == before
+    finally:
+        await hub.stop()

@@ -146,6 +146,10 @@ class Hub:
             if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"message", "message"):
                 self._dispatch(reply[2])
 
+    def deliver(self, message: bytes) -> None:
+        """A hint for this frontend returned by one of its own script calls."""
+        self._dispatch(message)
+
     def _dispatch(self, data: object) -> None:
         if isinstance(data, str):
             data = data.encode()

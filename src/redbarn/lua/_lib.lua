@@ -5,7 +5,7 @@
 -- KEYS[6] ops   KEYS[7] queued   KEYS[8] pick    KEYS[9] inv     KEYS[10] inflight
 -- KEYS[11] drains  KEYS[12] opgc
 -- ARGV[1] config: "<domain> <worker_timeout_ms> <busy_ms> <idle_ms> <retention_ms>
---         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued>"
+--         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued> [<caller fid>]"
 -- Records are strings of fields joined by \31 (unit separator); see redbarn.queue.codec.
 
 -- Library functions are fields of one table: closures over few upvalues are cheap to
@@ -33,9 +33,10 @@ end
 
 local CFG = {}
 do
-  local d, a, b, c, e, f, g, h, i = string.match(ARGV[1],
-    '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local d, a, b, c, e, f, g, h, i, fid = string.match(ARGV[1],
+    '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) ?(%S*)$')
   CFG.domain = d
+  CFG.fid = fid
   CFG.worker_timeout, CFG.busy, CFG.idle, CFG.retention = tonumber(a), tonumber(b), tonumber(c), tonumber(e)
   CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = tonumber(f), tonumber(g), tonumber(h), tonumber(i)
 end
@@ -61,8 +62,16 @@ function L.words(s)
   return out
 end
 
+-- Hints for the calling frontend itself are not published: they go back in this call's
+-- reply (scripts.py appends LOCAL as a last, nested element), saving a pub/sub hop.
+local LOCAL = {}
 function L.publish(fid, msg)
-  if fid ~= nil and fid ~= '' then redis.call('PUBLISH', 'redbarn:v1:fe:' .. fid, msg) end
+  if fid == nil or fid == '' then return end
+  if fid == CFG.fid then
+    LOCAL[#LOCAL + 1] = msg
+  else
+    redis.call('PUBLISH', 'redbarn:v1:fe:' .. fid, msg)
+  end
 end
 
 -- Task record: st sc ep n r qt dg fn dk w fb ops. Records are parsed with one

@@ -87,6 +87,10 @@ class Hints(Protocol):
 
     async def wait(self, topic: str, timeout: float) -> bytes | None: ...
 
+    def deliver(self, message: bytes) -> None:
+        """A hint for this frontend that came back in a script's reply instead of over
+        pub/sub ("<topic>\x1f<payload>", as published)."""
+
 
 class MissingBlobs(Exception):
     """`execute(required=...)` found required blobs missing; nothing was enqueued.
@@ -109,6 +113,9 @@ class PollingHints:
     async def wait(self, topic: str, timeout: float) -> bytes | None:
         await asyncio.sleep(max(0.0, min(timeout, self._step)))
         return None
+
+    def deliver(self, message: bytes) -> None:
+        """Dropped: polling waiters re-read state anyway."""
 
 
 ms_timestamp = codec.ms_timestamp
@@ -252,7 +259,7 @@ class Scheduler:
         self.redis = redis
         self.config = config or SchedulerConfig()
         self.hints: Hints = hints or PollingHints()
-        self.scripts = Scripts(redis, fast)
+        self.scripts = Scripts(redis, fast, local_hints=self.hints.deliver)
         self.admin = AdminReads(redis, self.config)
         self._registry = _Registry()
         self._registered: dict[str, float] = {}
@@ -265,7 +272,7 @@ class Scheduler:
     def _config(self, domain: str) -> str:
         c = self._cfg.get(domain)
         if c is None:
-            c = self._cfg[domain] = self.config.script_config(domain)
+            c = self._cfg[domain] = f"{self.config.script_config(domain)} {self.fid}"
         return c
 
     async def now_ms(self) -> int:

@@ -8,7 +8,7 @@ single server and through `RedisCluster` (all KEYS share the domain's hash tag).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -46,7 +46,15 @@ def script_body(name: str) -> str:
 
 
 def script_source(name: str) -> str:
-    return script_body("_lib") + "\n" + script_body(name)
+    """_lib.lua, then the script's body run as a function, so that whatever it returns
+    gets the hints for the calling frontend appended (L.publish) as one nested list."""
+    return (
+        script_body("_lib")
+        + "\nlocal function transition()\n"
+        + script_body(name)
+        + "\nend\nlocal reply = transition()\n"
+        + "if #LOCAL > 0 then reply[#reply + 1] = LOCAL end\nreturn reply\n"
+    )
 
 
 def _b(v: str | bytes) -> bytes:
@@ -56,10 +64,18 @@ def _b(v: str | bytes) -> bytes:
 class Scripts:
     """The registered scripts of one Redis (or RedisCluster) client."""
 
-    def __init__(self, redis: Any, fast: FastRedis | None = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        fast: FastRedis | None = None,
+        local_hints: Callable[[bytes], None] | None = None,
+    ) -> None:
         """`fast`, when given, carries the calls (one pipelined connection to the same
-        single server, see `redbarn.fastredis`); else redis-py's `Script` objects do."""
+        single server, see `redbarn.fastredis`); else redis-py's `Script` objects do.
+        `local_hints` receives the hints a call made for its own frontend (the fid at
+        the end of the config argument), which come back in the reply, not by pub/sub."""
         self._redis = redis
+        self._local_hints = local_hints
         self._s: dict[str, Any] = {
             name: fast.script(script_source(name))
             if fast
@@ -72,10 +88,16 @@ class Scripts:
         self, name: str, domain: str, args: list[str | bytes], extra_keys: Sequence[str] = ()
     ) -> Reply:
         self.calls += 1
-        out = await self._s[name](
-            keys=[*keys.domain_keys(domain), *extra_keys], args=[_b(a) for a in args]
+        out = list(
+            await self._s[name](
+                keys=[*keys.domain_keys(domain), *extra_keys], args=[_b(a) for a in args]
+            )
         )
-        return list(out)
+        if out and isinstance(out[-1], list):  # hints for this frontend (script_source)
+            for message in out.pop():
+                if self._local_hints is not None:
+                    self._local_hints(bytes(message))
+        return out
 
     async def enqueue_operation(
         self,
