@@ -94,6 +94,8 @@ followed by \x1f and the new state, so the waiter need not read it back: for "w"
 Redis time in us, then task id, epoch, queued ms, next-sync ms and the Executing
 message (L.offer); for "o", the time in us, stage, worker stages, worker key and, once
 done, the result (L.notify_task). A bare hint (drains, terminate) means "re-read".
+Hints for the frontend making the call (its fid ends the config argument) are not
+published: the script's reply carries them as a last, nested list (scripts.py).
 """
 
 from __future__ import annotations
