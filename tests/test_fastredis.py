@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -12,6 +13,17 @@ from redis import exceptions
 
 from redbarn.fastredis import FastRedis, pack
 from redbarn.redisserver import RedisServer
+
+
+@pytest.fixture
+async def fast(redis_url: str) -> AsyncIterator[FastRedis]:
+    """A client of the private test server."""
+    client = FastRedis.from_url(redis_url)
+    assert client is not None
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def test_pack_is_resp() -> None:
@@ -30,48 +42,33 @@ def test_from_url() -> None:
     assert q is not None and (q.username, q.password) == ("bob", "pw")
 
 
-async def test_commands_pipeline_in_order(real_redis: aioredis.Redis, redis_url: str) -> None:
-    fast = FastRedis.from_url(redis_url)
-    assert fast is not None
-    try:
-        replies = await asyncio.gather(*(fast.execute("INCR", "fast:n") for _ in range(500)))
-        assert sorted(replies) == list(range(1, 501))
-        # Each caller got its own reply: INCR results arrive in the order sent.
-        assert replies == list(range(1, 501))
-        await fast.execute("SET", "fast:b", b"\x00\xff")
-        assert await fast.execute("GET", "fast:b") == b"\x00\xff"
-        assert await fast.execute("GET", "fast:missing") is None
-        with pytest.raises(exceptions.ResponseError, match="WRONGTYPE"):
-            await fast.execute("HGET", "fast:b", "f")
-        assert await fast.execute("PING") == b"PONG"  # still usable after an error reply
-    finally:
-        await fast.aclose()
+async def test_commands_pipeline_in_order(fast: FastRedis) -> None:
+    replies = await asyncio.gather(*(fast.execute("INCR", "fast:n") for _ in range(500)))
+    assert sorted(replies) == list(range(1, 501))
+    # Each caller got its own reply: INCR results arrive in the order sent.
+    assert replies == list(range(1, 501))
+    await fast.execute("SET", "fast:b", b"\x00\xff")
+    assert await fast.execute("GET", "fast:b") == b"\x00\xff"
+    assert await fast.execute("GET", "fast:missing") is None
+    with pytest.raises(exceptions.ResponseError, match="WRONGTYPE"):
+        await fast.execute("HGET", "fast:b", "f")
+    assert await fast.execute("PING") == b"PONG"  # still usable after an error reply
 
 
-async def test_scripts_load_on_noscript(real_redis: aioredis.Redis, redis_url: str) -> None:
-    fast = FastRedis.from_url(redis_url)
-    assert fast is not None
-    try:
-        script = fast.script("return {KEYS[1], ARGV[1], 7}")
-        assert await script(keys=["k"], args=[b"v"]) == [b"k", b"v", 7]
-        await real_redis.script_flush()
-        assert await script(keys=["k2"], args=["w"]) == [b"k2", b"w", 7]
-    finally:
-        await fast.aclose()
+async def test_scripts_load_on_noscript(real_redis: aioredis.Redis, fast: FastRedis) -> None:
+    script = fast.script("return {KEYS[1], ARGV[1], 7}")
+    assert await script(keys=["k"], args=[b"v"]) == [b"k", b"v", 7]
+    await real_redis.script_flush()
+    assert await script(keys=["k2"], args=["w"]) == [b"k2", b"w", 7]
 
 
-async def test_cancelled_call_keeps_order(real_redis: aioredis.Redis, redis_url: str) -> None:
-    fast = FastRedis.from_url(redis_url)
-    assert fast is not None
-    try:
-        await fast.execute("SET", "fast:c", "1")
-        slow = asyncio.ensure_future(fast.execute("BLPOP", "fast:never", "0.3"))
-        await asyncio.sleep(0.05)
-        slow.cancel()
-        # The next call waits behind the cancelled one and still gets its own reply.
-        assert await fast.execute("GET", "fast:c") == b"1"
-    finally:
-        await fast.aclose()
+async def test_cancelled_call_keeps_order(fast: FastRedis) -> None:
+    await fast.execute("SET", "fast:c", "1")
+    slow = asyncio.ensure_future(fast.execute("BLPOP", "fast:never", "0.3"))
+    await asyncio.sleep(0.05)
+    slow.cancel()
+    # The next call waits behind the cancelled one and still gets its own reply.
+    assert await fast.execute("GET", "fast:c") == b"1"
 
 
 async def test_password_and_database() -> None:

@@ -214,16 +214,14 @@ class FastRedis:
                         await conn.send(pack(["AUTH", *who, self.password]))
                     if self.db:
                         await conn.send(pack(["SELECT", self.db]))
-            except (OSError, TimeoutError) as err:
+            except (OSError, TimeoutError, exceptions.RedisError) as err:
                 if conn is not None:
                     conn.fail(exceptions.ConnectionError("connection set-up failed"))
+                if isinstance(err, exceptions.RedisError):
+                    raise  # AUTH or SELECT refused: redis-py's error for it
                 raise exceptions.ConnectionError(
                     f"Error connecting to Redis at {self.where}: {str(err) or 'timed out'}"
                 ) from err
-            except exceptions.RedisError:
-                if conn is not None:
-                    conn.fail(exceptions.ConnectionError("connection set-up failed"))
-                raise
             self._conn = conn
             if self._watchdog is None:
                 self._watchdog = loop.call_later(1.0, self._watch)

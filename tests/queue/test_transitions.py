@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +20,7 @@ from redbarn.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from redbarn.frontend.hub import Hub
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import codec, keys
@@ -189,18 +192,25 @@ async def test_park_and_direct_assignment(any_redis: aioredis.Redis) -> None:
     assert assigned(await sync) == digest
 
 
+@contextlib.asynccontextmanager
+async def subscribed_hub(redis: aioredis.Redis, fid: str) -> AsyncIterator[Hub]:
+    """A running hint hub for frontend `fid`, subscribed before the body starts."""
+    hub = Hub(redis, fid)
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        yield hub
+    finally:
+        await hub.stop()
+
+
 def wk_of(thread: str) -> str:
     """The worker key of `request(thread)`'s worker."""
     return keys.worker_key(0, codec.worker_json({"host": "h", "thread": thread}))
 
 
 async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
-    from redbarn.frontend.hub import Hub
-
-    hub = Hub(real_redis, "fe1")
-    await hub.start()
-    try:
-        await asyncio.wait_for(hub.connected.wait(), 5)
+    async with subscribed_hub(real_redis, "fe1") as hub:
         s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=5.0), hints=hub)
         await s.synchronize(request("0", prefer_idle=True))
         loop = asyncio.get_running_loop()
@@ -218,27 +228,18 @@ async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
         assert await real_redis.zcard(keys.domain_key(domain, "parked")) == 0
         record = await real_redis.hget(keys.domain_key(domain, "workers"), wk_of("1"))
         assert codec.WorkerRecord.parse(record).holder == ""
-    finally:
-        await hub.stop()
 
 
 async def test_a_worker_hint_from_before_the_park_is_not_taken(real_redis: aioredis.Redis) -> None:
     """A hint that outlived an earlier Synchronize (kept by the hub for a moment) must not
     answer a later park with that old assignment: it is re-read from Redis instead."""
-    from redbarn.frontend.hub import Hub
-
-    hub = Hub(real_redis, "fe3")
-    await hub.start()
-    try:
-        await asyncio.wait_for(hub.connected.wait(), 5)
+    async with subscribed_hub(real_redis, "fe3") as hub:
         s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=0.4), hints=hub)
         await s.synchronize(request("0", prefer_idle=True))
         domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
         stale = b"1\x1ft999\x1f1\x1f0\x1f0\x1f"
         hub.notify(keys.worker_topic(domain, wk_of("1")), stale)
         assert is_idle(await s.synchronize(request("1")))
-    finally:
-        await hub.stop()
 
 
 async def test_prefer_being_idle(any_redis: aioredis.Redis) -> None:
@@ -568,12 +569,7 @@ async def test_cancelled_park_leaves_the_parked_set(any_redis: aioredis.Redis) -
 
 
 async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
-    from redbarn.frontend.hub import Hub
-
-    hub = Hub(real_redis, "fe2")
-    await hub.start()
-    try:
-        await asyncio.wait_for(hub.connected.wait(), 5)
+    async with subscribed_hub(real_redis, "fe2") as hub:
         s = Scheduler(real_redis, dataclasses.replace(FAST, waiter_poll_interval=30.0), hints=hub)
         await s.synchronize(request("1"))
         v = await execute(s, 1)
@@ -594,8 +590,6 @@ async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
         await asyncio.wait_for(task, 2)  # woken by hints, not by the 30 s poll
         assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
         assert s.scripts.calls == calls  # the hints carried the states: nothing re-read
-    finally:
-        await hub.stop()
 
 
 class _DeafHints(PollingHints):
@@ -678,16 +672,12 @@ async def test_hints_for_the_calling_frontend_come_back_in_the_reply(
 ) -> None:
     """Execute, the parked worker's wake-up, its completion and the stream all on one
     frontend: every hint travels in a script reply, none over pub/sub."""
-    from redbarn.frontend.hub import Hub
 
     async def publishes() -> int:
         stats = await real_redis.info("commandstats")
         return int(stats.get("cmdstat_publish", {}).get("calls", 0))
 
-    hub = Hub(real_redis, "fe5")
-    await hub.start()
-    try:
-        await asyncio.wait_for(hub.connected.wait(), 5)
+    async with subscribed_hub(real_redis, "fe5") as hub:
         s = Scheduler(
             real_redis,
             dataclasses.replace(FAST, idle_sync_timeout=5.0, waiter_poll_interval=30.0),
@@ -712,5 +702,3 @@ async def test_hints_for_the_calling_frontend_come_back_in_the_reply(
         await asyncio.wait_for(task, 2)  # woken at once, not by the 30 s poll
         assert stages == [Stage.EXECUTING, Stage.COMPLETED]
         assert await publishes() == before
-    finally:
-        await hub.stop()

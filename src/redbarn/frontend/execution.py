@@ -24,7 +24,7 @@ from redbarn import errors
 from redbarn.frontend import digests
 from redbarn.frontend.errors import grpc_errors
 from redbarn.frontend.storage import ActionCacheStore, BlobStore
-from redbarn.frontend.storage.redis import RedisBlobStore
+from redbarn.frontend.storage.redis import RedisBlobStore, stored
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.queue.scheduler import MissingBlobs, OperationView, Scheduler
@@ -121,7 +121,7 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
         if not self._cas_in_scheduler:
             return None, []
         assert isinstance(self._blobs, RedisBlobStore)
-        checked = [d for d in dict.fromkeys(needed) if not d.is_empty]
+        checked = stored(needed)
         if not checked:
             return None, []
         keys = [self._blobs.blob_keys(d) for d in checked]

@@ -94,8 +94,9 @@ class Scripts:
             )
         )
         if out and isinstance(out[-1], list):  # hints for this frontend (script_source)
-            for message in out.pop():
-                if self._local_hints is not None:
+            local = out.pop()
+            if self._local_hints is not None:
+                for message in local:
                     self._local_hints(bytes(message))
         return out
 

@@ -72,6 +72,11 @@ _TOUCH_BATCH = 2000  # digests per touch_blobs.lua call, bounding how long Redis
 _FAST_READ_MAX = 64 * 1024  # bytes a read may return over the pipelined connection
 
 
+def stored(digests: Sequence[Digest]) -> list[Digest]:
+    """`digests` that occupy keys: each once, in order, without the empty blob."""
+    return [d for d in dict.fromkeys(digests) if not d.is_empty]
+
+
 def _script(name: str) -> str:
     return (resources.files("redbarn.frontend.storage") / name).read_text()
 
@@ -155,7 +160,7 @@ class RedisBlobStore:
     # ------------------------------------------------------------ find / put / get
 
     async def find_missing(self, instance_name: str, digests: Sequence[Digest]) -> list[Digest]:
-        unique = [d for d in dict.fromkeys(digests) if not d.is_empty]
+        unique = stored(digests)
         missing: list[Digest] = []
         for start in range(0, len(unique), _TOUCH_BATCH):
             batch = unique[start : start + _TOUCH_BATCH]
@@ -172,9 +177,6 @@ class RedisBlobStore:
 
     def blob_keys(self, digest: Digest) -> list[str]:
         """The keys that hold `digest`: its CAS key, then its chunk keys."""
-        return self._blob_keys(digest)
-
-    def _blob_keys(self, digest: Digest) -> list[str]:
         count = self._chunk_count(digest.size_bytes)
         return [cas_key(digest), *(cas_chunk_key(digest, i) for i in range(count))]
 
@@ -183,7 +185,7 @@ class RedisBlobStore:
         keys: list[str] = []
         counts: list[int] = []
         for d in digests:
-            blob_keys = self._blob_keys(d)
+            blob_keys = self.blob_keys(d)
             keys += blob_keys
             counts.append(len(blob_keys))
         replies = await self._touch(keys=keys, args=[self.ttl_ms, *counts])
@@ -193,7 +195,7 @@ class RedisBlobStore:
         """The cluster-safe form: a pipeline of single-key PEXPIREs."""
         async with self.client.pipeline(transaction=False) as pipe:
             for d in digests:
-                for key in self._blob_keys(d):
+                for key in self.blob_keys(d):
                     pipe.pexpire(key, self.ttl_ms)
             replies = await pipe.execute()
         present, pos = [], 0
