@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -202,6 +203,17 @@ async def subscribed_hub(redis: aioredis.Redis, fid: str) -> AsyncIterator[Hub]:
         yield hub
     finally:
         await hub.stop()
+
+
+def watch_stages(s: Scheduler, first: Any) -> tuple[asyncio.Task[None], list[int]]:
+    """Stream `first`'s operation in the background; the list fills with its stages."""
+    stages: list[int] = []
+
+    async def watch() -> None:
+        async for view in s.watch_operation(first.name, first=first):
+            stages.append(view.stage)
+
+    return asyncio.create_task(watch()), stages
 
 
 def wk_of(thread: str) -> str:
@@ -573,13 +585,7 @@ async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
         s = Scheduler(real_redis, dataclasses.replace(FAST, waiter_poll_interval=30.0), hints=hub)
         await s.synchronize(request("1"))
         v = await execute(s, 1)
-        stages = []
-
-        async def watch() -> None:
-            async for view in s.watch_operation(v.name, first=v):
-                stages.append(view.stage)
-
-        task = asyncio.create_task(watch())
+        task, stages = watch_stages(s, v)
         await asyncio.sleep(0.1)
         other = make(real_redis)  # another frontend does the worker's side
         d = assigned(await other.synchronize(request("1")))
@@ -690,13 +696,7 @@ async def test_hints_for_the_calling_frontend_come_back_in_the_reply(
         view = await execute(s, 1)
         d = assigned(await asyncio.wait_for(sync, 2))
         assert d == action(1)[0]
-        stages = []
-
-        async def watch() -> None:
-            async for v in s.watch_operation(view.name, first=view):
-                stages.append(v.stage)
-
-        task = asyncio.create_task(watch())
+        task, stages = watch_stages(s, view)
         await asyncio.sleep(0.1)
         await s.synchronize(request("1", "completed", d, response=OK, prefer_idle=True))
         await asyncio.wait_for(task, 2)  # woken at once, not by the 30 s poll
