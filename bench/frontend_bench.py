@@ -70,17 +70,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import grpc
-import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+# The load generator and the synthetic workers run gRPC the way redbarn's own processes
+# do (redbarn.grpcenv); $GRPC_EXPERIMENTS, when set, wins here as it does there.
+from redbarn import grpcenv
 
-from redbarn import eventloop
-from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.proto import remoteworker_pb2 as rw_pb2
-from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.queue.scripts import SCRIPT_NAMES, script_source
-from redbarn.redisserver import RedisServer, free_port
+GRPC_DEFAULTS_APPLIED = grpcenv.apply()
+
+import grpc  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from redbarn import eventloop  # noqa: E402
+from redbarn.proto import remote_execution_pb2 as re_pb2  # noqa: E402
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc  # noqa: E402
+from redbarn.proto import remoteworker_pb2 as rw_pb2  # noqa: E402
+from redbarn.proto import remoteworker_pb2_grpc as rw_grpc  # noqa: E402
+from redbarn.queue.scripts import SCRIPT_NAMES, script_source  # noqa: E402
+from redbarn.redisserver import RedisServer, free_port  # noqa: E402
 
 try:
     import psutil
@@ -823,6 +829,9 @@ async def bench(
             f"workers, {os.cpu_count()} CPUs, skip_cache_lookup=true, distinct no-op actions, "
             f"event loop {'uvloop' if eventloop.loop_factory() else 'asyncio'} "
             f"(${eventloop.ENV} sets it, here and in the frontends)",
+            f"gRPC core experiments ${grpcenv.ENV}="
+            f"{os.environ.get(grpcenv.ENV, '')!r} in every process here "
+            f"({'redbarn defaults' if GRPC_DEFAULTS_APPLIED else 'from the environment'})",
             "",
             *fmt_phase_table([p1, p100], idle_fe_cpu_per_s, idle),
             "",

@@ -13,7 +13,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from redbarn import grpcenv
 from redbarn.redisserver import RedisServer
+
+# In-process servers and clients in tests run gRPC the way the `redbarn` command does.
+# Nothing imported above imports grpc; test modules, collected after this file, do.
+grpcenv.apply()
 
 SHARED_PORT = 6379
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from redbarn import __version__
+from redbarn import __version__, grpcenv
 from redbarn.config import ConfigError
 
 # name -> (module, one-line help)
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    grpcenv.apply()  # before build_parser imports grpc
     parser = build_parser()
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
