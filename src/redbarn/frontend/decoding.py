@@ -107,6 +107,11 @@ def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
     """Answers undecodable requests with INVALID_ARGUMENT instead of grpc's UNKNOWN."""
 
+    def __init__(self) -> None:
+        # Servicers hand back the same handler object for a method on every call, so
+        # each is wrapped once: id(handler) -> (handler, its guarded copy).
+        self._guarded: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -115,4 +120,13 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        return guard(handler)
+        entry = self._guarded.get(id(handler))
+        if entry is not None and entry[0] is handler:
+            return entry[1]
+        guarded = guard(handler)
+        if len(self._guarded) < _GUARDED_MAX:  # a handler built per call is not kept
+            self._guarded[id(handler)] = (handler, guarded)
+        return guarded
+
+
+_GUARDED_MAX = 1000

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, duration_pb2
@@ -244,6 +244,19 @@ def _suffix(instance: str, prefix: str) -> str:
     return instance[len(prefix) + 1 :]
 
 
+class _Identity(NamedTuple):
+    """A synchronizing worker in the scripts' terms (Scheduler._identity)."""
+
+    domain: str
+    prefix: str
+    platform_json: str
+    wk: str
+    tokens: str
+
+
+_IDENTITY_CACHE_MAX = 10_000  # workers (or platforms) per frontend; cleared whole when full
+
+
 class Scheduler:
     """The scheduler as seen by a frontend. Stateless apart from caches: any number of
     Scheduler objects (in any number of processes) may share one Redis."""
@@ -264,6 +277,8 @@ class Scheduler:
         self._registry = _Registry()
         self._registered: dict[str, float] = {}
         self._cfg: dict[str, str] = {}
+        self._identities: dict[tuple[Any, ...], _Identity] = {}
+        self._platforms_seen: dict[tuple[tuple[str, str], ...], str] = {}
 
     @property
     def fid(self) -> str:
@@ -352,13 +367,12 @@ class Scheduler:
         MissingBlobs when `required` blobs (checked in the same script, so in the same
         round trip) are gone.
         """
-        validate.platform(action.platform)
+        pjson = self._platform_json(action.platform)
         timeout = validate.action_timeout(
             action,
             default=self.config.default_action_timeout,
             maximum=self.config.max_action_timeout,
         )
-        pjson = codec.platform_json(action.platform)
         found = await self._resolve(instance_name, pjson)
         if found is None:
             raise await self._no_workers(instance_name, pjson)
@@ -507,13 +521,8 @@ class Scheduler:
     async def synchronize(self, request: rw_pb2.SynchronizeRequest) -> rw_pb2.SynchronizeResponse:
         """One worker report. Steady state is ONE script call; an idle or completed report
         with nothing to do parks (holds the call until a hint or the jittered timeout)."""
-        prefix = request.instance_name_prefix
-        validate.instance_name(prefix)
-        validate.platform(request.platform)
-        pjson = codec.platform_json(request.platform)
-        domain = keys.domain_id(prefix, pjson)
+        domain, prefix, pjson, wk, tokens = self._identity(request)
         await self._register(domain, prefix, pjson)
-        wk = keys.worker_key(request.size_class, codec.worker_json(request.worker_id))
         state = request.current_state
         which = state.WhichOneof("worker_state") if request.HasField("current_state") else None
         digest, result, failed = "", b"", False
@@ -538,7 +547,7 @@ class Scheduler:
             domain=domain,
             config=self._config(domain),
             wk=wk,
-            tokens=codec.tokens(request.worker_id),
+            tokens=tokens,
             fid=self.fid,
             report=report,
             digest=digest,
@@ -554,6 +563,43 @@ class Scheduler:
         if kind == "p":
             reply = await self._park(domain, wk, int(_s(reply[2])))
         return self._sync_response(reply)
+
+    def _platform_json(self, platform: re_pb2.Platform) -> str:
+        """`platform` validated and in its JSON form; a bounded cache, since a cluster
+        sees few distinct platforms (invalid ones raise and are never cached)."""
+        cache_key = tuple((p.name, p.value) for p in platform.properties)
+        pjson = self._platforms_seen.get(cache_key)
+        if pjson is None:
+            validate.platform(platform)
+            pjson = codec.platform_json(platform)
+            if len(self._platforms_seen) >= _IDENTITY_CACHE_MAX:
+                self._platforms_seen.clear()
+            self._platforms_seen[cache_key] = pjson
+        return pjson
+
+    def _identity(self, request: rw_pb2.SynchronizeRequest) -> _Identity:
+        """Who is synchronizing, in the scripts' terms. A worker sends the same worker ID,
+        platform, prefix and size class every time: validated and encoded once, then
+        looked up (a bounded cache; invalid requests raise and are never cached)."""
+        prefix = request.instance_name_prefix
+        cache_key = (
+            prefix,
+            request.size_class,
+            tuple((p.name, p.value) for p in request.platform.properties),
+            tuple(sorted(request.worker_id.items())),
+        )
+        found = self._identities.get(cache_key)
+        if found is not None:
+            return found
+        validate.instance_name(prefix)
+        pjson = self._platform_json(request.platform)
+        domain = keys.domain_id(prefix, pjson)
+        wk = keys.worker_key(request.size_class, codec.worker_json(request.worker_id))
+        identity = _Identity(domain, prefix, pjson, wk, codec.tokens(request.worker_id))
+        if len(self._identities) >= _IDENTITY_CACHE_MAX:
+            self._identities.clear()
+        self._identities[cache_key] = identity
+        return identity
 
     async def _park(self, domain: str, wk: str, parked_us: int) -> Reply:
         t = self.config.idle_sync_timeout
