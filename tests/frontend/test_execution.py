@@ -235,7 +235,12 @@ async def test_execute_to_completion(cluster: Cluster) -> None:
     try:
         digest = await upload_action(node, ["echo", "hi"])
         ops = await asyncio.wait_for(
-            collect(node.execution.Execute(re_pb2.ExecuteRequest(action_digest=digest))), 10
+            collect(
+                node.execution.Execute(
+                    re_pb2.ExecuteRequest(action_digest=digest), metadata=invocation("build-7")
+                )
+            ),
+            10,
         )
     finally:
         await worker.stop()
@@ -252,6 +257,10 @@ async def test_execute_to_completion(cluster: Cluster) -> None:
     assert ex.action.timeout == duration_pb2.Duration(seconds=1800)
     assert ex.digest_function == re_pb2.DigestFunction.SHA256
     assert ex.HasField("queued_timestamp")
+    # The client's RequestMetadata reaches the worker as auxiliary metadata.
+    [aux] = ex.auxiliary_metadata
+    sent = re_pb2.RequestMetadata()
+    assert aux.Unpack(sent) and sent.tool_invocation_id == "build-7"
 
 
 async def test_parked_worker_on_a_is_woken_by_execute_on_b(cluster: Cluster) -> None:

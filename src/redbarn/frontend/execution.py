@@ -31,14 +31,18 @@ from redbarn.queue.scheduler import MissingBlobs, OperationView, Scheduler
 from redbarn.queue.scripts import RequiredBlobs
 
 REQUEST_METADATA_HEADER = "build.bazel.remote.execution.v2.requestmetadata-bin"
+_REQUEST_METADATA_URL = "type.googleapis.com/" + re_pb2.RequestMetadata.DESCRIPTOR.full_name
 
 
-def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> re_pb2.RequestMetadata | None:
-    """The first `requestmetadata-bin` header value that parses (Buildbarn, IMBQ:412)."""
+def request_metadata(
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> tuple[re_pb2.RequestMetadata, bytes] | None:
+    """The first `requestmetadata-bin` header value that parses (Buildbarn, IMBQ:412),
+    parsed and as sent."""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_METADATA_HEADER and isinstance(value, bytes):
             try:
-                return re_pb2.RequestMetadata.FromString(value)
+                return re_pb2.RequestMetadata.FromString(value), value
             except DecodeError:
                 continue
     return None
@@ -152,12 +156,12 @@ class ExecutionServicer(re_grpc.ExecutionServicer):
             else:
                 yield cached_operation(digest, result)
                 return
-        metadata = request_metadata(context)
-        aux = []
-        if metadata is not None:
-            packed = any_pb2.Any()
-            packed.Pack(metadata)
-            aux.append(packed)
+        header = request_metadata(context)
+        metadata, aux = None, []
+        if header is not None:
+            # Workers get it as auxiliary metadata: the bytes as sent, packed in an Any.
+            metadata = header[0]
+            aux.append(any_pb2.Any(type_url=_REQUEST_METADATA_URL, value=header[1]))
         required, checked = self._required(needed)
         try:
             first = await self._scheduler.execute(
