@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import grpc
+import pytest
+
 from redbarn import grpcenv
+from redbarn.config import ConfigError
 
 PROBE = """
 import os, sys
@@ -56,3 +60,43 @@ def test_the_redbarn_command_runs_with_the_defaults() -> None:
         [sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip().splitlines()[-1] == grpcenv.EXPERIMENTS
+
+
+def test_poller_policy_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(grpcenv.POLLER_ENV, raising=False)
+    assert grpcenv.poller_policy() == "batch"
+    monkeypatch.setenv(grpcenv.POLLER_ENV, " Normal ")
+    assert grpcenv.poller_policy() == "normal"
+    monkeypatch.setenv(grpcenv.POLLER_ENV, "fifo")
+    with pytest.raises(ConfigError, match='REDBARN_GRPC_POLLER must be "batch" or "normal"'):
+        grpcenv.poller_policy()
+
+
+def test_a_bad_poller_policy_stops_the_frontend_before_it_serves() -> None:
+    env = {**os.environ, grpcenv.POLLER_ENV: "fifo"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "redbarn", "frontend", "--listen", "127.0.0.1:0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        'redbarn frontend: REDBARN_GRPC_POLLER must be "batch" or "normal", not "fifo"'
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+async def test_the_poller_thread_gets_the_policy() -> None:
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()  # grpc.aio's poller thread runs from here on
+    try:
+        [poller] = grpcenv.poller_threads()
+        assert poller.native_id is not None
+        assert grpcenv.set_poller_policy("batch") == 1
+        assert os.sched_getscheduler(poller.native_id) == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop's thread: untouched
+        assert grpcenv.set_poller_policy("normal") == 1
+        assert os.sched_getscheduler(poller.native_id) == os.SCHED_OTHER
+    finally:
+        grpcenv.set_poller_policy(grpcenv.poller_policy())
+        await server.stop(None)

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from redbarn import grpcenv
 from redbarn.cli import build_parser
 from redbarn.config import ConfigError
 from redbarn.frontend import cli as frontend_cli
@@ -323,4 +324,18 @@ async def test_proxy_to_a_dead_upstream_is_unavailable(frontend_config: Frontend
         assert reply.status == NOT_SERVING
     finally:
         await channel.close()
+        await server.stop(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+async def test_a_started_frontend_batches_its_grpc_poller(frontend_config: FrontendConfig) -> None:
+    # redbarn.grpcenv: SCHED_BATCH for grpc.aio's poller thread, set when the server starts.
+    server, _ = await create_server(frontend_config)
+    grpcenv.set_poller_policy("normal")  # whatever an earlier test left
+    await server.start()
+    try:
+        [poller] = grpcenv.poller_threads()
+        assert poller.native_id is not None
+        assert os.sched_getscheduler(poller.native_id) == os.SCHED_BATCH
+    finally:
         await server.stop(0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from redbarn import eventloop
+from redbarn import eventloop, grpcenv
 from redbarn.config import ConfigError, add_flag, parse_duration, parse_size
 from redbarn.frontend.config import FrontendConfig
 from redbarn.queue.config import SchedulerConfig
@@ -168,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    grpcenv.poller_policy()  # a bad $REDBARN_GRPC_POLLER fails here, before serving
     logging.basicConfig(
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -50,6 +50,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from redbarn import grpcenv
 from redbarn.config import ConfigError
 from redbarn.fastredis import FastRedis
 from redbarn.frontend.action_cache import ActionCacheServicer
@@ -162,6 +163,8 @@ class FrontendServer:
         await self.frontend.health.check_once()
         for server in self._servers:
             await server.start()
+        # grpc.aio's poller thread exists now (redbarn.grpcenv says why this helps).
+        grpcenv.set_poller_policy(grpcenv.poller_policy())
         runners = [self.frontend.health.run, *self.frontend.background]
         self._tasks = [asyncio.create_task(_as_coro(run)) for run in runners]
 
