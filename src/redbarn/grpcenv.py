@@ -45,16 +45,17 @@ def apply() -> bool:
 # The poller thread ---------------------------------------------------------------------
 #
 # grpc.aio runs one thread that waits on gRPC's completion queue (and, with the settings
-# above, on the sockets) and hands each completion to the event loop. It wakes once or
-# more per completion, and each wake-up, under Linux's default policy, preempts
-# whatever runs on that CPU, usually the event loop thread it is about to feed: on the
-# frontend's hot path that was about 4 involuntary context switches of the event loop
-# per action. SCHED_BATCH (a normal fair-share policy that only gives up wake-up
-# preemption) lets the running thread finish its turn, so the poller hands over more
-# completions per wake-up. Measured with bench/frontend_bench.py at 100 in flight: the
-# event loop's involuntary context switches fell by 40% and the poller's wake-ups by
-# half; frontend CPU per action 1.01 -> 0.89 ms. It can add up to a scheduler slice of
-# latency to a completion while every CPU is busy with other work.
+# above, on the sockets) and hands each completion to the event loop. It wakes for
+# almost every completion, and under Linux's default policy each wake-up may preempt
+# whatever runs on that CPU, often the event loop thread it is about to feed: at 100
+# actions in flight a frontend's event loop was preempted about 7 times per action.
+# SCHED_BATCH (a normal fair-share policy that only gives up wake-up preemption) lets
+# the running thread finish its turn, so the poller hands over more completions per
+# wake-up. Measured with bench/frontend_bench.py at 100 in flight, over 5 s of one
+# frontend: the event loop's involuntary context switches 20,453 -> 12,055, the
+# poller's wake-ups 31,467 -> 16,688; frontend CPU per action 1.01 -> 0.89 ms. It can
+# add up to a scheduler slice of latency to a completion while every CPU is busy with
+# other work.
 
 POLLER_ENV = "REDBARN_GRPC_POLLER"
 POLLER_POLICIES = ("batch", "normal")
