@@ -73,7 +73,7 @@ async def fill(s: Scheduler, domain: str, start: int, count: int, invocations: i
         ex = rw_pb2.DesiredState.Executing(action_digest=digest, action=a, digest_function=1)
         await s.scripts.enqueue_operation(
             domain=domain,
-            config=s.config.script_config(domain),
+            config=f"{s.config.script_config(domain)} bench",  # ends with the caller's fid
             opid=hashlib.md5(b"%d" % n).hexdigest(),
             dedup_key=codec.dedup_key(1, digest, ""),
             path=codec.invocation_path([("t", f"inv{n % invocations}")]),
@@ -81,7 +81,6 @@ async def fill(s: Scheduler, domain: str, start: int, count: int, invocations: i
             executing=ex.SerializeToString(),
             digest=codec.digest_field(digest),
             digest_function=1,
-            fid="bench",
         )
 
     batch = 64

@@ -6,25 +6,25 @@
 -- KEYS[11] drains  KEYS[12] opgc
 -- ARGV[1] config  ARGV[2] new operation id  ARGV[3] dedup key ('' = do_not_cache)
 -- ARGV[4] invocation path  ARGV[5] priority (10-digit, +2^31)  ARGV[6] Executing bytes
--- ARGV[7] digest "hash-size"  ARGV[8] digest function number  ARGV[9] frontend id
--- ARGV[10] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
--- ARGV[11..] per such blob, how many of KEYS[13..] are its keys (its CAS key and chunks).
+-- ARGV[7] digest "hash-size"  ARGV[8] digest function number
+-- ARGV[9] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
+-- ARGV[10..] per such blob, how many of KEYS[13..] are its keys (its CAS key and chunks).
 --   Only a caller whose CAS lives in this same non-cluster Redis passes them; each is
 --   touched (TTL refreshed) and any missing one stops the enqueue.
 -- Returns: {'op', opid, stage('q'|'x'), queued_ms, sc, prio+seq, worker, now_ms, gc_deadline_ms, now_us,
 --   worker_stages}
 --   | {'nodomain'} | {'full'} | {'missing', i...} (1-based indices of the missing blobs)
 local opid, dk, path, prio = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local fid = ARGV[9]
+local fid = CFG.fid  -- the caller's frontend: it watches the operation
 
-if ARGV[10] ~= '' then
+if ARGV[9] ~= '' then
   local missing, k = {'missing'}, 13
-  for b = 11, #ARGV do
+  for b = 10, #ARGV do
     local present = true
     for i = k, k + tonumber(ARGV[b]) - 1 do
-      if redis.call('PEXPIRE', KEYS[i], ARGV[10]) == 0 then present = false end
+      if redis.call('PEXPIRE', KEYS[i], ARGV[9]) == 0 then present = false end
     end
-    if not present then missing[#missing + 1] = L.int(b - 10) end
+    if not present then missing[#missing + 1] = L.int(b - 9) end
     k = k + tonumber(ARGV[b])
   end
   if #missing > 1 then return missing end

@@ -3,16 +3,16 @@
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
 -- KEYS[11] drains  KEYS[12] opgc
--- ARGV[1] config (see _lib.lua)
--- ARGV[2] worker key "<sc> <worker-json>"  ARGV[3] worker id tokens  ARGV[4] frontend id
--- ARGV[5] report: 'i' idle | 'p<stage>' progress (stage s f r u: started, fetching inputs,
---         running, uploading outputs) | 'c' completed  ARGV[6] reported digest "hash-size"
--- ARGV[7] result "R"+ExecuteResponse bytes (completed)  ARGV[8] '1' if the completion failed
--- ARGV[9] '1' if prefer_being_idle
+-- ARGV[1] config (see _lib.lua; its last word, the caller's frontend id, holds the call)
+-- ARGV[2] worker key "<sc> <worker-json>"  ARGV[3] worker id tokens
+-- ARGV[4] report: 'i' idle | 'p<stage>' progress (stage s f r u: started, fetching inputs,
+--         running, uploading outputs) | 'c' completed  ARGV[5] reported digest "hash-size"
+-- ARGV[6] result "R"+ExecuteResponse bytes (completed)  ARGV[7] '1' if the completion failed
+-- ARGV[8] '1' if prefer_being_idle
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'c', next_ms}
 --   | {'i', next_ms} | {'p', park_deadline_ms, now_us} | {'b'} (same worker already synchronizing)
-local wk, fid, kind, dg, failed, prefer = ARGV[2], ARGV[4], string.sub(ARGV[5], 1, 1), ARGV[6], ARGV[8], ARGV[9]
-local substage = string.sub(ARGV[5], 2, 2)
+local wk, fid, kind, dg, failed, prefer = ARGV[2], CFG.fid, string.sub(ARGV[4], 1, 1), ARGV[5], ARGV[7], ARGV[8]
+local substage = string.sub(ARGV[4], 2, 2)
 local sc = L.sc_of(wk)
 local w = L.worker_get(wk)
 local dirty = false -- the worker record must be written back
@@ -122,7 +122,7 @@ elseif kind == 'c' then
         L.notify_task(t)
       end
     else
-      L.complete(tid, t, ARGV[7])
+      L.complete(tid, t, ARGV[6])
     end
     w.t = ''
     tid = nil

@@ -3,10 +3,10 @@
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
 -- KEYS[11] drains  KEYS[12] opgc
--- ARGV[1] config (see _lib.lua)
--- ARGV[2] worker key  ARGV[3] frontend id that parked it
+-- ARGV[1] config (see _lib.lua; its last word is the id of the frontend that parked it)
+-- ARGV[2] worker key
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'i', next_ms}
-local wk, fid = ARGV[2], ARGV[3]
+local wk, fid = ARGV[2], CFG.fid
 local w = L.worker_get(wk)
 if not w then return {'i', L.int(NOW)} end
 if w.h == fid then

@@ -429,7 +429,6 @@ class Scheduler:
             executing=executing.SerializeToString(),
             digest=codec.digest_field(action_digest),
             digest_function=digest_function,
-            fid=self.fid,
             required=required,
         )
         kind = _s(reply[0])
@@ -567,7 +566,6 @@ class Scheduler:
             config=self._config(domain),
             wk=wk,
             tokens=tokens,
-            fid=self.fid,
             report=report,
             digest=digest,
             result=result,
@@ -637,9 +635,7 @@ class Scheduler:
         finally:
             if reply is None:  # no assignment in hand: leave the parked state in Redis
                 unpark = asyncio.ensure_future(
-                    self.scripts.unpark_worker(
-                        domain=domain, config=self._config(domain), wk=wk, fid=self.fid
-                    )
+                    self.scripts.unpark_worker(domain=domain, config=self._config(domain), wk=wk)
                 )
                 reply = await asyncio.shield(unpark)
         return reply

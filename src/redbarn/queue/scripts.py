@@ -112,11 +112,11 @@ class Scripts:
         executing: bytes,
         digest: str,
         digest_function: int,
-        fid: str,
         required: RequiredBlobs | None = None,
     ) -> Reply:
+        # The caller's frontend id (it watches the operation) is the config's last word.
         args: list[str | bytes] = [
-            config, opid, dedup_key, path, priority, executing, digest, str(digest_function), fid
+            config, opid, dedup_key, path, priority, executing, digest, str(digest_function)
         ]  # fmt: skip
         if required is None:
             return await self._run("enqueue_operation", domain, [*args, ""])
@@ -133,7 +133,6 @@ class Scripts:
         config: str,
         wk: str,
         tokens: str,
-        fid: str,
         report: str,
         digest: str,
         result: bytes,
@@ -147,7 +146,6 @@ class Scripts:
                 config,
                 wk,
                 tokens,
-                fid,
                 report,
                 digest,
                 result,
@@ -156,8 +154,8 @@ class Scripts:
             ],
         )
 
-    async def unpark_worker(self, *, domain: str, config: str, wk: str, fid: str) -> Reply:
-        return await self._run("unpark_worker", domain, [config, wk, fid])
+    async def unpark_worker(self, *, domain: str, config: str, wk: str) -> Reply:
+        return await self._run("unpark_worker", domain, [config, wk])
 
     async def touch_operation(self, *, domain: str, config: str, opid: str, fid: str) -> Reply:
         return await self._run("touch_operation", domain, [config, opid, fid])
