@@ -64,10 +64,13 @@ _POLLER_TARGET = "_poll_wrapper"  # grpc.aio names its poller thread after this 
 
 def poller_policy() -> str:
     """$REDBARN_GRPC_POLLER: "batch" (the default) or "normal"; ConfigError otherwise."""
-    choice = os.environ.get(POLLER_ENV, "batch").strip().lower() or "batch"
-    if choice not in POLLER_POLICIES:
-        raise ConfigError(f'{POLLER_ENV} must be "batch" or "normal", not "{choice}"')
-    return choice
+    return _checked(os.environ.get(POLLER_ENV, "batch").strip().lower() or "batch")
+
+
+def _checked(policy: str) -> str:
+    if policy not in POLLER_POLICIES:
+        raise ConfigError(f'{POLLER_ENV} must be "batch" or "normal", not "{policy}"')
+    return policy
 
 
 def poller_threads() -> list[threading.Thread]:
@@ -82,8 +85,7 @@ def poller_threads() -> list[threading.Thread]:
 def set_poller_policy(policy: str) -> int:
     """Give grpc.aio's poller thread(s) `policy` ("batch" or "normal"); returns how many
     threads were set. Does nothing where Linux scheduling policies are not available."""
-    if policy not in POLLER_POLICIES:
-        raise ConfigError(f'{POLLER_ENV} must be "batch" or "normal", not "{policy}"')
+    _checked(policy)
     batch = getattr(os, "SCHED_BATCH", None)
     if batch is None or not hasattr(os, "sched_setscheduler"):
         return 0

@@ -91,7 +91,15 @@ def digest_from_field(field: str) -> re_pb2.Digest:
 
 
 def ms_timestamp(ms: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+    t = timestamp_pb2.Timestamp()
+    set_ms_timestamp(t, ms)
+    return t
+
+
+def set_ms_timestamp(field: timestamp_pb2.Timestamp, ms: int) -> None:
+    """Milliseconds since the epoch into a Timestamp field in place (no message built and
+    copied: this runs for every Synchronize reply and stream message)."""
+    field.seconds, field.nanos = ms // 1000, (ms % 1000) * 1_000_000
 
 
 # Invocation paths -------------------------------------------------------------------

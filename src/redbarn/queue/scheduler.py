@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
 from google.longrunning import operations_pb2
-from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from redbarn.errors import (
     FailedPrecondition,
@@ -121,11 +121,7 @@ class PollingHints:
 
 
 ms_timestamp = codec.ms_timestamp
-
-
-def _set_ms(field: timestamp_pb2.Timestamp, ms: int) -> None:
-    """ms_timestamp into an existing field, without building and copying a message."""
-    field.seconds, field.nanos = ms // 1000, (ms % 1000) * 1_000_000
+_set_ms = codec.set_ms_timestamp
 
 
 def _hinted_assignment(payload: bytes | None, parked_us: int) -> Reply | None:
@@ -214,15 +210,14 @@ class OperationView:
         """The worker's progress so far: each stage's start, and the end of the stages
         it has left behind (REAPI's partial_execution_metadata)."""
         at = {part[0]: int(part[1:]) for part in self.worker_stages.split() if len(part) > 1}
-        meta = re_pb2.ExecutedActionMetadata(
-            worker=self.worker, queued_timestamp=ms_timestamp(self.queued_ms)
-        )
+        meta = re_pb2.ExecutedActionMetadata(worker=self.worker)
+        _set_ms(meta.queued_timestamp, self.queued_ms)
         for stage, name in _STAGE_STARTS.items():
             if stage in at:
-                getattr(meta, name).CopyFrom(ms_timestamp(at[stage]))
+                _set_ms(getattr(meta, name), at[stage])
         for stage, (after, name) in _STAGE_ENDS.items():
             if stage in at and after in at:
-                getattr(meta, name).CopyFrom(ms_timestamp(at[after]))
+                _set_ms(getattr(meta, name), at[after])
         return meta
 
     def operation(self) -> operations_pb2.Operation:
@@ -273,7 +268,14 @@ class _Identity(NamedTuple):
     tokens: str
 
 
-_IDENTITY_CACHE_MAX = 10_000  # workers (or platforms) per frontend; cleared whole when full
+_CACHE_MAX = 10_000  # workers (or platforms) a frontend remembers
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """A bounded cache entry: a full cache is cleared whole (entries are cheap to redo)."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 class Scheduler:
@@ -589,9 +591,7 @@ class Scheduler:
         if pjson is None:
             validate.platform(platform)
             pjson = codec.platform_json(platform)
-            if len(self._platforms_seen) >= _IDENTITY_CACHE_MAX:
-                self._platforms_seen.clear()
-            self._platforms_seen[cache_key] = pjson
+            _remember(self._platforms_seen, cache_key, pjson)
         return pjson
 
     def _identity(self, request: rw_pb2.SynchronizeRequest) -> _Identity:
@@ -613,9 +613,7 @@ class Scheduler:
         domain = keys.domain_id(prefix, pjson)
         wk = keys.worker_key(request.size_class, codec.worker_json(request.worker_id))
         identity = _Identity(domain, prefix, pjson, wk, codec.tokens(request.worker_id))
-        if len(self._identities) >= _IDENTITY_CACHE_MAX:
-            self._identities.clear()
-        self._identities[cache_key] = identity
+        _remember(self._identities, cache_key, identity)
         return identity
 
     async def _park(self, domain: str, wk: str, parked_us: int) -> Reply:
