@@ -1,6 +1,6 @@
 """Frontend benchmark (run by hand): `.venv/bin/python bench/frontend_bench.py`.
 
-Starts one private redis-server (redbarn.redisserver.RedisServer, never 6379), two
+Starts one private redis-server (redbarn.runtime.redisserver.RedisServer, never 6379), two
 `python -m redbarn frontend` processes on it, and one process of synthetic workers
 (`--workers` worker IDs spread over both frontends, speaking OperationQueue/Synchronize
 over gRPC: idle -> executing -> at once completed with an ExecuteResponse). This
@@ -71,8 +71,8 @@ from pathlib import Path
 from typing import Any
 
 # The load generator and the synthetic workers run gRPC the way redbarn's own processes
-# do (redbarn.grpcenv); $GRPC_EXPERIMENTS, when set, wins here as it does there.
-from redbarn import grpcenv
+# do (redbarn.runtime.grpcenv); $GRPC_EXPERIMENTS, when set, wins here as it does there.
+from redbarn.runtime import grpcenv
 
 GRPC_DEFAULTS_APPLIED = grpcenv.apply()
 
@@ -80,13 +80,13 @@ import grpc  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from redbarn import eventloop  # noqa: E402
 from redbarn.proto import remote_execution_pb2 as re_pb2  # noqa: E402
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc  # noqa: E402
 from redbarn.proto import remoteworker_pb2 as rw_pb2  # noqa: E402
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc  # noqa: E402
 from redbarn.queue.scripts import SCRIPT_NAMES, script_source  # noqa: E402
-from redbarn.redisserver import RedisServer, free_port  # noqa: E402
+from redbarn.runtime import eventloop  # noqa: E402
+from redbarn.runtime.redisserver import RedisServer, free_port  # noqa: E402
 
 try:
     import psutil

@@ -21,7 +21,7 @@ from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue import codec, keys
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scheduler import PollingHints, Scheduler
-from redbarn.redisserver import RedisServer
+from redbarn.runtime.redisserver import RedisServer
 
 CFG = SchedulerConfig(idle_sync_timeout=0.01, platform_cache_ttl=3600)
 

@@ -28,7 +28,7 @@ from redbarn.proto import bytestream_pb2 as bs_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.redisserver import RedisServer
+from redbarn.runtime.redisserver import RedisServer
 
 MiB = 1 << 20
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redbarn.redisserver import RedisServer, free_port
+from redbarn.runtime.redisserver import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX_TEMPLATE = REPO / "deploy" / "nginx.conf.template"

@@ -13,8 +13,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from redbarn import grpcenv
-from redbarn.redisserver import RedisServer
+from redbarn.runtime import grpcenv
+from redbarn.runtime.redisserver import RedisServer
 
 # In-process servers and clients in tests run gRPC the way the `redbarn` command does.
 # Nothing imported above imports grpc; test modules, collected after this file, do.

@@ -11,8 +11,8 @@ import redis
 import redis.asyncio as aioredis
 from redis import exceptions
 
-from redbarn.fastredis import FastRedis, pack
-from redbarn.redisserver import RedisServer
+from redbarn.runtime.fastredis import FastRedis, pack
+from redbarn.runtime.redisserver import RedisServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""redbarn.grpcenv: gRPC core defaults set before grpc is imported, never over the user's."""
+"""redbarn.runtime.grpcenv: gRPC core defaults set before grpc is imported, never over the user's."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import sys
 import grpc
 import pytest
 
-from redbarn import grpcenv
 from redbarn.config import ConfigError
+from redbarn.runtime import grpcenv
 
 PROBE = """
 import os, sys
 {before}
-from redbarn import cli, grpcenv
+from redbarn import cli
+from redbarn.runtime import grpcenv
 applied = grpcenv.apply()
 print(applied, repr(os.environ.get(grpcenv.ENV)), "grpc" in sys.modules)
 """

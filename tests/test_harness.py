@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from redbarn.cli import SUBCOMMANDS, build_parser
 from redbarn.config import ConfigError, parse_duration, parse_pair, parse_size
-from redbarn.redisserver import RedisServer, find_redis_server
+from redbarn.runtime.redisserver import RedisServer, find_redis_server
 
 
 async def test_any_redis_runs_lua(any_redis: aioredis.Redis) -> None:

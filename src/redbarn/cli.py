@@ -12,8 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from redbarn import __version__, grpcenv
+from redbarn import __version__
 from redbarn.config import ConfigError
+from redbarn.runtime import grpcenv
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

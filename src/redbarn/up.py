@@ -21,7 +21,12 @@ from typing import IO
 
 from redbarn.config import ConfigError, add_flag, parse_pair
 from redbarn.frontend.config import redact_url
-from redbarn.redisserver import RedisBinaryMissing, RedisServer, find_redis_server, port_in_use
+from redbarn.runtime.redisserver import (
+    RedisBinaryMissing,
+    RedisServer,
+    find_redis_server,
+    port_in_use,
+)
 
 DEFAULT_DATA_DIR = os.path.join(
     os.environ.get("XDG_DATA_HOME", os.path.join(os.path.expanduser("~"), ".local", "share")),

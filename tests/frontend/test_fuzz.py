@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from redbarn.proto import bytestream_pb2, remote_execution_pb2, remoteworker_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.redisserver import RedisServer, free_port
+from redbarn.runtime.redisserver import RedisServer, free_port
 
 DEADLINE = 10.0  # seconds; a call still open after this is a hang
 SERVICES = [

@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from redbarn.frontend.hub import Hub, new_frontend_id
-from redbarn.redisserver import RedisServer
+from redbarn.runtime.redisserver import RedisServer
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

@@ -29,7 +29,7 @@ from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
 from redbarn.queue.config import SchedulerConfig
-from redbarn.redisserver import RedisServer, find_redis_server, free_port
+from redbarn.runtime.redisserver import RedisServer, find_redis_server, free_port
 
 from .conftest import digest_of
 from .test_security_tls import Pki, make_pki

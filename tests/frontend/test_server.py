@@ -15,7 +15,6 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from redbarn import grpcenv
 from redbarn.cli import build_parser
 from redbarn.config import ConfigError
 from redbarn.frontend import cli as frontend_cli
@@ -24,7 +23,8 @@ from redbarn.frontend.server import EXECUTION, Frontend, create_server
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import semver_pb2
 from redbarn.queue.config import SchedulerConfig
-from redbarn.redisserver import RedisServer, free_port
+from redbarn.runtime import grpcenv
+from redbarn.runtime.redisserver import RedisServer, free_port
 
 from .conftest import Client, MiB, client_for, digest_of, open_client_channel, start_frontend
 
@@ -329,7 +329,7 @@ async def test_proxy_to_a_dead_upstream_is_unavailable(frontend_config: Frontend
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 async def test_a_started_frontend_batches_its_grpc_poller(frontend_config: FrontendConfig) -> None:
-    # redbarn.grpcenv: SCHED_BATCH for grpc.aio's poller thread, set when the server starts.
+    # redbarn.runtime.grpcenv: SCHED_BATCH for grpc.aio's poller thread, set when the server starts.
     server, _ = await create_server(frontend_config)
     grpcenv.set_poller_policy("normal")  # whatever an earlier test left
     await server.start()

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from redbarn.redisserver import RedisServer, free_port
+from redbarn.runtime.redisserver import RedisServer, free_port
 
 pytestmark = [
     pytest.mark.system,

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import keys
 from redbarn.queue.scheduler import PollingHints, Scheduler
-from redbarn.redisserver import find_redis_server, port_in_use
+from redbarn.runtime.redisserver import find_redis_server, port_in_use
 
 Stage = re_pb2.ExecutionStage
 

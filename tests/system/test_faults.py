@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reapi_client import ReapiClient, digest_of
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.redisserver import RedisServer
+from redbarn.runtime.redisserver import RedisServer
 
 from .conftest import FAST
 

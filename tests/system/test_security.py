@@ -31,7 +31,7 @@ from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.redisserver import RedisServer, free_port
+from redbarn.runtime.redisserver import RedisServer, free_port
 
 from .conftest import FAST
 

@@ -277,7 +277,7 @@ def test_invariant_checker_sees_leftovers(tmp_path: Path) -> None:
     """The checker is not vacuous: each leftover it must catch, planted by hand."""
     from redbarn.queue import keys
     from redbarn.queue.codec import SEP
-    from redbarn.redisserver import RedisServer
+    from redbarn.runtime.redisserver import RedisServer
 
     server = RedisServer(data_dir=str(tmp_path / "redis")).start()
     r = redis.Redis.from_url(server.url)

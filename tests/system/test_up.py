@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from reapi_client import ReapiClient
 
-from redbarn.redisserver import free_port
+from redbarn.runtime.redisserver import free_port
 
 pytestmark = [pytest.mark.system]
 
@@ -169,11 +169,16 @@ def test_worker_heartbeat_feeds_the_compose_health_check(tmp_path: Path) -> None
         deadline = time.monotonic() + 20
         while not beat.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        check = [sys.executable, "-m", "redbarn.healthcheck", "--heartbeat", str(beat)]
+        check = [sys.executable, "-m", "redbarn.runtime.healthcheck", "--heartbeat", str(beat)]
         assert subprocess.run(check).returncode == 0
         stale = [*check, "--max-age", "0"]
         time.sleep(1.1)
         c.frontends[0].stop()
         assert subprocess.run(stale, capture_output=True).returncode == 1
-        frontend = [sys.executable, "-m", "redbarn.healthcheck", f"127.0.0.1:{c.frontend_ports[0]}"]
+        frontend = [
+            sys.executable,
+            "-m",
+            "redbarn.runtime.healthcheck",
+            f"127.0.0.1:{c.frontend_ports[0]}",
+        ]
         assert subprocess.run(frontend, capture_output=True).returncode == 1

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from redbarn import eventloop, grpcenv
 from redbarn.config import ConfigError, add_flag, parse_duration, parse_size
 from redbarn.frontend.config import FrontendConfig
 from redbarn.queue.config import SchedulerConfig
+from redbarn.runtime import eventloop, grpcenv
 
 _D = FrontendConfig()
 

@@ -133,7 +133,7 @@ class Hub:
                 await asyncio.sleep(self._retry_delay)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def _read(self, connection: Any) -> None:
         """Read the subscription's replies off its connection directly: each hint is one

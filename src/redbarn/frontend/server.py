@@ -50,9 +50,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from redbarn import grpcenv
 from redbarn.config import ConfigError
-from redbarn.fastredis import FastRedis
 from redbarn.frontend.action_cache import ActionCacheServicer
 from redbarn.frontend.auth import AuthInterceptor, TokenTable
 from redbarn.frontend.bytestream import ByteStreamServicer
@@ -68,6 +66,8 @@ from redbarn.frontend.storage.redis import RedisActionCache, RedisBlobStore
 from redbarn.proto import bytestream_pb2, remote_execution_pb2, remoteworker_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+from redbarn.runtime import grpcenv
+from redbarn.runtime.fastredis import FastRedis
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class FrontendServer:
         await self.frontend.health.check_once()
         for server in self._servers:
             await server.start()
-        # grpc.aio's poller thread exists now (redbarn.grpcenv says why this helps).
+        # grpc.aio's poller thread exists now (redbarn.runtime.grpcenv says why this helps).
         grpcenv.set_poller_policy(grpcenv.poller_policy())
         runners = [self.frontend.health.run, *self.frontend.background]
         self._tasks = [asyncio.create_task(_as_coro(run)) for run in runners]

@@ -43,7 +43,6 @@ from redbarn.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from redbarn.fastredis import FastRedis
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
@@ -51,6 +50,7 @@ from redbarn.queue import codec, keys, validate
 from redbarn.queue.admin import AdminReads
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scripts import Reply, RequiredBlobs, Scripts
+from redbarn.runtime.fastredis import FastRedis
 
 log = logging.getLogger(__name__)
 

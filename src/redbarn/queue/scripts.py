@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redbarn.fastredis import FastRedis
 from redbarn.queue import keys
+from redbarn.runtime.fastredis import FastRedis
 
 SCRIPT_NAMES = (
     "enqueue_operation",
@@ -71,7 +71,7 @@ class Scripts:
         local_hints: Callable[[bytes], None] | None = None,
     ) -> None:
         """`fast`, when given, carries the calls (one pipelined connection to the same
-        single server, see `redbarn.fastredis`); else redis-py's `Script` objects do.
+        single server, see `redbarn.runtime.fastredis`); else redis-py's `Script` objects do.
         `local_hints` receives the hints a call made for its own frontend (the fid at
         the end of the config argument), which come back in the reply, not by pub/sub."""
         self._redis = redis

@@ -197,7 +197,7 @@ HEARTBEAT_FILE = ".heartbeat"
 
 class Heartbeat:
     """Touches a file after successful Synchronize calls, at most once a second, so a
-    container health check (`python -m redbarn.healthcheck --heartbeat FILE`) can tell
+    container health check (`python -m redbarn.runtime.healthcheck --heartbeat FILE`) can tell
     a worker that reaches its scheduler from one that does not."""
 
     def __init__(self, path: str, every: float = 1.0) -> None:

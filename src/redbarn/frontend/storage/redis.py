@@ -58,10 +58,10 @@ from redbarn.errors import (
     RedbarnError,
     Unavailable,
 )
-from redbarn.fastredis import FastRedis
 from redbarn.frontend.digests import Digest, check_data, check_hasher
 from redbarn.frontend.storage import tree
 from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.runtime.fastredis import FastRedis
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_CAS_TTL = 7 * 24 * 3600.0

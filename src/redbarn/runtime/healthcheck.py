@@ -1,8 +1,8 @@
 """Container health checks, for compose.yaml.
 
-`python -m redbarn.healthcheck HOST:PORT` exits 0 when the frontend's gRPC health
+`python -m redbarn.runtime.healthcheck HOST:PORT` exits 0 when the frontend's gRPC health
 service answers SERVING (it answers NOT_SERVING while Redis is unreachable).
-`python -m redbarn.healthcheck --heartbeat FILE` exits 0 when FILE (which the worker
+`python -m redbarn.runtime.healthcheck --heartbeat FILE` exits 0 when FILE (which the worker
 touches after every successful Synchronize) changed within `--max-age` seconds.
 """
 
@@ -39,7 +39,7 @@ def check_heartbeat(path: str, max_age: float) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m redbarn.healthcheck")
+    parser = argparse.ArgumentParser(prog="python -m redbarn.runtime.healthcheck")
     parser.add_argument("target", nargs="?", default="127.0.0.1:8981")
     parser.add_argument("--heartbeat", help="worker heartbeat file to check instead")
     parser.add_argument("--max-age", type=float, default=150.0)
