@@ -1,11 +1,11 @@
-"""Digest, instance-name and ByteStream resource-name parsing (no server)."""
+"""The frontend's use of `redbarn.digests`: ByteStream resource names, instance names,
+the SHA256-only storage policy (no server). The shared rules: tests/test_digests.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from redbarn.errors import InvalidArgument
-from redbarn.frontend.digests import (
+from redbarn.digests import (
     Digest,
     ResourceName,
     parse_digest,
@@ -14,6 +14,7 @@ from redbarn.frontend.digests import (
     resolve_function,
     validate_instance_name,
 )
+from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 H = "ab" * 32

@@ -11,8 +11,9 @@ import pytest
 from google.rpc import code_pb2
 from worker_fakes import Cluster, FakeScheduler, FakeStorage, Tree, key, make_action, start_server
 
+from redbarn.digests import worker_json
 from redbarn.worker.cli import serve
-from redbarn.worker.client import thread_worker_ids, worker_name
+from redbarn.worker.client import thread_worker_ids
 from redbarn.worker.config import WorkerConfig
 
 
@@ -119,7 +120,7 @@ def test_worker_ids_follow_bb_worker() -> None:
     assert ids[11]["thread"] == "11"
     assert thread_worker_ids(1, {}, "h") == [{"hostname": "h"}]
     assert thread_worker_ids(2, {"thread": "x"}, "h")[0]["thread"] == "x"
-    assert worker_name({"thread": "3", "hostname": "w<1>"}) == (
+    assert worker_json({"thread": "3", "hostname": "w<1>"}) == (
         '{"hostname":"w\\u003c1\\u003e","thread":"3"}'
     )
 

@@ -21,6 +21,7 @@ from google.rpc import code_pb2
 from worker_fakes import FakeStorage, make_action
 
 from redbarn import errors
+from redbarn.frontend.operation_queue import decode_report, encode_reply
 from redbarn.proto import bytestream_pb2_grpc
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
@@ -40,7 +41,8 @@ class _OperationQueue(rw_grpc.OperationQueueServicer):
         self, request: rw_pb2.SynchronizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rw_pb2.SynchronizeResponse:
         try:
-            return await self._scheduler.synchronize(request)
+            report = decode_report(request)
+            return encode_reply(await self._scheduler.workers.synchronize(report))
         except errors.RedbarnError as err:
             await context.abort(getattr(grpc.StatusCode, err.code), err.message)
             raise
@@ -69,7 +71,7 @@ class Setup:
         digest, action = make_action(self.storage, arguments, **kwargs)
         for _ in range(200):  # until a worker has created the platform queue
             try:
-                return await self.scheduler.execute(
+                return await self.scheduler.operations.execute(
                     instance_name="",
                     action_digest=digest,
                     action=action,
@@ -80,7 +82,7 @@ class Setup:
         raise AssertionError("no worker registered")
 
     async def wait_stage(self, view: OperationView, *, executing: bool = False) -> OperationView:
-        async for v in self.scheduler.watch_operation(view.name, first=view):
+        async for v in self.scheduler.operations.watch_operation(view.name, first=view):
             if v.done or (executing and v.stage == re_pb2.ExecutionStage.EXECUTING):
                 return v
         raise AssertionError("stream ended early")

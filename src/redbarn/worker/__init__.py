@@ -1,6 +1,8 @@
 """The worker: Synchronize loop, executor chain, input cache and runner.
 
-Module map (composition root: `cli.serve`; `python -m redbarn.worker` runs it alone):
+Module map (composition root: `cli.serve`; `python -m redbarn.worker` runs it alone;
+digests, instance names and worker ids come from `redbarn.digests`, shared with the
+frontend and the scheduler; nothing here imports `redbarn.queue`):
 
     client.py        WorkerThread: one worker identity's Synchronize loop (bb_worker BuildClient)
     executors/       BuildExecutor chain, innermost first: local, timestamped,
@@ -11,7 +13,6 @@ Module map (composition root: `cli.serve`; `python -m redbarn.worker` runs it al
     runner.py        one command in its own process group, deadline, wait4 rusage
     cas.py           CAS/AC/ByteStream client (batched small blobs, streamed large ones)
     builddir.py      per-action build directories
-    digests.py       digest functions, validation, resource names
     status.py        errors -> google.rpc.Status, first error wins
     auth.py          bearer token on every call
     config.py, cli.py  WorkerConfig and `redbarn worker`

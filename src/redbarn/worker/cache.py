@@ -31,9 +31,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from redbarn import digests
 from redbarn.errors import FailedPrecondition
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.worker import digests
 from redbarn.worker.cas import CasClient, Scope
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class LocalCache:
         base = self._bases.get((want.executable, scope.digest_function))
         if base is None:
             kind = "exec" if want.executable else "plain"
-            base = os.path.join(self.root, kind, digests.function_name(scope.digest_function))
+            base = os.path.join(self.root, kind, digests.function_component(scope.digest_function))
             self._bases[(want.executable, scope.digest_function)] = base
         h = d.hash
         return f"{base}/{h[:2]}/{h}-{d.size_bytes}"

@@ -15,9 +15,10 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import code_pb2
 from tenacity import (
     AsyncRetrying,
@@ -26,13 +27,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from redbarn import digests
 from redbarn.errors import FailedPrecondition, Internal
 from redbarn.proto import bytestream_pb2, bytestream_pb2_grpc
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.worker import digests
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 log = logging.getLogger(__name__)
 
 # CANCELLED and INTERNAL are included because that is how a load balancer reports a
@@ -55,16 +57,19 @@ class Scope:
     instance_name: str
     digest_function: int
 
-    @property
-    def function(self) -> re_pb2.DigestFunction.Value:
-        """`digest_function` typed for request constructors."""
-        return cast(re_pb2.DigestFunction.Value, self.digest_function)
+    def request(self, message: Callable[..., M], **fields: object) -> M:
+        """A request `message` in this scope: `fields` plus instance name and digest function."""
+        return message(
+            instance_name=self.instance_name, digest_function=self.digest_function, **fields
+        )
 
     def resource(self, digest: re_pb2.Digest, *, upload: bool = False) -> str:
-        path = digests.blob_path(self.digest_function, digest)
         if upload:
-            path = f"uploads/{uuid.uuid4()}/{path}"
-        return f"{self.instance_name}/{path}" if self.instance_name else path
+            upload_id = str(uuid.uuid4())
+            return digests.write_resource_name(
+                self.instance_name, upload_id, digest, self.digest_function
+            )
+        return digests.read_resource_name(self.instance_name, digest, self.digest_function)
 
 
 @dataclass
@@ -79,7 +84,7 @@ class Blob:
 def _missing(scope: Scope, digest: re_pb2.Digest) -> FailedPrecondition:
     return FailedPrecondition(
         f"Blob {digests.key(digest)} not found",
-        missing=[digests.blob_path(scope.digest_function, digest)],
+        missing=[digests.blob_path(digest, scope.digest_function)],
     )
 
 
@@ -138,6 +143,10 @@ class CasClient:
                     return await fn()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _call(self, rpc: Callable[..., Awaitable[T]], request: Message) -> T:
+        """One unary call with the per-call timeout, retried as `_retry` says."""
+        return await self._retry(lambda: rpc(request, timeout=self._timeout))
+
     # -- reads ---------------------------------------------------------------
 
     def _batches(self, items: Sequence[re_pb2.Digest]) -> Iterable[list[re_pb2.Digest]]:
@@ -159,12 +168,8 @@ class CasClient:
         out: dict[str, bytes] = {}
 
         async def one(batch: list[re_pb2.Digest]) -> None:
-            req = re_pb2.BatchReadBlobsRequest(
-                instance_name=scope.instance_name,
-                digests=batch,
-                digest_function=scope.function,
-            )
-            resp = await self._retry(lambda: self._cas.BatchReadBlobs(req, timeout=self._timeout))
+            req = scope.request(re_pb2.BatchReadBlobsRequest, digests=batch)
+            resp = await self._call(self._cas.BatchReadBlobs, req)
             for r in resp.responses:
                 if r.status.code == code_pb2.NOT_FOUND:
                     raise _missing(scope, r.digest)
@@ -245,14 +250,8 @@ class CasClient:
         unique = list({digests.key(d): d for d in items}.values())
         missing: list[re_pb2.Digest] = []
         for i in range(0, len(unique), 10000):
-            req = re_pb2.FindMissingBlobsRequest(
-                instance_name=scope.instance_name,
-                blob_digests=unique[i : i + 10000],
-                digest_function=scope.function,
-            )
-            resp = await self._retry(
-                lambda req=req: self._cas.FindMissingBlobs(req, timeout=self._timeout)  # type: ignore[misc]
-            )
+            req = scope.request(re_pb2.FindMissingBlobsRequest, blob_digests=unique[i : i + 10000])
+            resp = await self._call(self._cas.FindMissingBlobs, req)
             missing.extend(resp.missing_blob_digests)
         return missing
 
@@ -291,12 +290,8 @@ class CasClient:
                 with open(b.path, "rb") as f:  # noqa: ASYNC230 - at most batch_blob_limit
                     data = f.read()
             requests.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=b.digest, data=data))
-        req = re_pb2.BatchUpdateBlobsRequest(
-            instance_name=scope.instance_name,
-            requests=requests,
-            digest_function=scope.function,
-        )
-        resp = await self._retry(lambda: self._cas.BatchUpdateBlobs(req, timeout=self._timeout))
+        req = scope.request(re_pb2.BatchUpdateBlobsRequest, requests=requests)
+        resp = await self._call(self._cas.BatchUpdateBlobs, req)
         for r in resp.responses:
             if r.status.code != code_pb2.OK:
                 raise Internal(f"Failed to store blob {digests.key(r.digest)}: {r.status.message}")
@@ -348,10 +343,7 @@ class CasClient:
     async def update_action_result(
         self, scope: Scope, action_digest: re_pb2.Digest, result: re_pb2.ActionResult
     ) -> None:
-        req = re_pb2.UpdateActionResultRequest(
-            instance_name=scope.instance_name,
-            action_digest=action_digest,
-            action_result=result,
-            digest_function=scope.function,
+        req = scope.request(
+            re_pb2.UpdateActionResultRequest, action_digest=action_digest, action_result=result
         )
-        await self._retry(lambda: self._ac.UpdateActionResult(req, timeout=self._timeout))
+        await self._call(self._ac.UpdateActionResult, req)

@@ -21,11 +21,20 @@ import time
 
 import grpc
 
-from redbarn.config import ConfigError, add_flag, parse_duration, parse_pair, parse_size
+from redbarn import digests
+from redbarn.config import (
+    ConfigError,
+    add_flag,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_pair,
+    parse_size,
+    read_file,
+)
 from redbarn.errors import RedbarnError
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.queue import validate
 from redbarn.worker import auth, builddir
 from redbarn.worker.auth import read_token
 from redbarn.worker.cache import LocalCache
@@ -59,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         d.frontend,
         "gRPC target of the scheduler (any gRPC target, e.g. dns:///host:8981)",
     )
-    add_flag(parser, "--cas", None, "gRPC target for CAS/AC/ByteStream (default: the frontend)")
+    add_flag(parser, "--cas", d.cas, "gRPC target for CAS/AC/ByteStream (default: the frontend)")
     add_flag(
         parser, "--concurrency", str(d.concurrency), "worker threads, each its own worker identity"
     )
@@ -78,8 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "environment variable KEY=VALUE for every action (the Command's win)",
         repeat=True,
     )
-    add_flag(parser, "--instance-name-prefix", "", "instance name prefix of this worker's queue")
-    add_flag(parser, "--size-class", "0", "size class of this worker's queue")
+    add_flag(
+        parser,
+        "--instance-name-prefix",
+        d.instance_name_prefix,
+        "instance name prefix of this worker's queue",
+    )
+    add_flag(parser, "--size-class", str(d.size_class), "size class of this worker's queue")
     add_flag(
         parser,
         "--build-dir",
@@ -87,18 +101,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per-action build directories (same file system as --cache-dir)",
     )
     add_flag(parser, "--cache-dir", d.cache_dir, "local content-addressed input cache")
-    add_flag(parser, "--cache-size", "10GiB", "largest size of the input cache (LRU eviction)")
-    add_flag(parser, "--hostname", None, "hostname label of worker_id (default: this host's name)")
+    add_flag(
+        parser,
+        "--cache-size",
+        format_size(d.cache_size),
+        "largest size of the input cache (LRU eviction)",
+    )
+    add_flag(
+        parser, "--hostname", d.hostname, "hostname label of worker_id (default: this host's name)"
+    )
     add_flag(
         parser,
         "--token-file",
         None,
         "file holding this worker's bearer token (frontend worker role)",
     )
-    add_flag(parser, "--tls-ca", None, "PEM CA bundle of the frontend's certificate: use TLS")
-    add_flag(parser, "--tls-cert", None, "PEM client certificate chain, for mutual TLS")
-    add_flag(parser, "--tls-key", None, "PEM private key of --tls-cert")
-    add_flag(parser, "--sync-timeout", "300s", "deadline of one Synchronize call")
+    add_flag(parser, "--tls-ca", d.tls_ca, "PEM CA bundle of the frontend's certificate: use TLS")
+    add_flag(parser, "--tls-cert", d.tls_cert, "PEM client certificate chain, for mutual TLS")
+    add_flag(parser, "--tls-key", d.tls_key, "PEM private key of --tls-cert")
+    add_flag(
+        parser,
+        "--sync-timeout",
+        format_duration(d.sync_timeout),
+        "deadline of one Synchronize call",
+    )
     add_flag(parser, "--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
@@ -129,7 +155,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     if len(set(platform)) != len(platform):
         raise ConfigError("duplicate --platform property")
     try:  # the scheduler would refuse every Synchronize; say so once, at start
-        validate.instance_name(args.instance_name_prefix)
+        digests.validate_instance_name(args.instance_name_prefix)
     except RedbarnError as err:
         raise ConfigError(f"--instance-name-prefix: {err.message}") from None
     tls_ca, tls_cert, tls_key = _tls_paths(args)
@@ -154,14 +180,6 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-def _read(path: str, flag: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise ConfigError(f"cannot read {flag} {path}: {err.strerror}") from None
-
-
 def open_channel(
     target: str, config: WorkerConfig, interceptors: list[grpc.aio.ClientInterceptor]
 ) -> grpc.aio.Channel:
@@ -169,9 +187,9 @@ def open_channel(
     if not config.tls_ca:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(config.tls_ca, "--tls-ca"),
-        private_key=_read(config.tls_key, "--tls-key") if config.tls_key else None,
-        certificate_chain=_read(config.tls_cert, "--tls-cert") if config.tls_cert else None,
+        root_certificates=read_file(config.tls_ca, "--tls-ca"),
+        private_key=read_file(config.tls_key, "--tls-key") if config.tls_key else None,
+        certificate_chain=read_file(config.tls_cert, "--tls-cert") if config.tls_cert else None,
     )
     return grpc.aio.secure_channel(
         target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors

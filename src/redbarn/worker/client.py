@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,10 +27,10 @@ from google.protobuf import empty_pb2
 from google.rpc import code_pb2
 from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_random_exponential
 
+from redbarn import digests
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.worker import digests
 from redbarn.worker.cas import Scope
 from redbarn.worker.executors.base import BuildExecutor, Job, Stage
 from redbarn.worker.status import status_from_error
@@ -39,12 +38,6 @@ from redbarn.worker.status import status_from_error
 log = logging.getLogger(__name__)
 
 Executing = rw_pb2.CurrentState.Executing
-
-
-def worker_name(worker_id: Mapping[str, str]) -> str:
-    """Go's json.Marshal of the map: sorted keys, compact, HTML characters escaped."""
-    text = json.dumps(dict(worker_id), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def thread_worker_ids(
@@ -88,7 +81,7 @@ class WorkerThread:
         clock: Callable[[], float] = time.time,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
-        self.name = worker_name(worker_id)
+        self.name = digests.worker_json(worker_id)
         self._heartbeat = heartbeat
         self._stub = stub
         self._executor = executor
@@ -268,8 +261,12 @@ class WorkerThread:
 
     async def _start_execution(self, desired: rw_pb2.DesiredState.Executing) -> None:
         await self._stop_execution()
-        function = desired.digest_function or digests.infer_function(desired.action_digest)
-        scope = Scope(digests.instance_name(self._prefix, desired.instance_name_suffix), function)
+        function = desired.digest_function or digests.infer_function(
+            len(desired.action_digest.hash)
+        )
+        scope = Scope(
+            digests.join_instance_name(self._prefix, desired.instance_name_suffix), function
+        )
         action_digest = re_pb2.Digest()
         action_digest.CopyFrom(desired.action_digest)
         updates: asyncio.Queue[Executing] = asyncio.Queue()

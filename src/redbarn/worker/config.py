@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from redbarn.config import DEFAULT_PORT, GiB
+
 
 def _default_base() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -14,7 +16,7 @@ def _default_base() -> str:
 @dataclass(frozen=True)
 class WorkerConfig:
     # gRPC target of the scheduler (OperationQueue), e.g. lb:8981 or dns:///frontends:8981.
-    frontend: str = "127.0.0.1:8981"
+    frontend: str = f"127.0.0.1:{DEFAULT_PORT}"
     # gRPC target for CAS, ActionCache and ByteStream; None means the frontend.
     cas: str | None = None
     # Number of worker threads, each its own worker identity.
@@ -23,13 +25,15 @@ class WorkerConfig:
     platform: tuple[tuple[str, str], ...] = ()
     # Extra worker_id labels (override "hostname"/"thread" on a clash).
     labels: tuple[tuple[str, str], ...] = ()
+    # The platform queue this worker serves: instance name prefix and size class.
     instance_name_prefix: str = ""
     size_class: int = 0
     # Per-action build directories live here; must share a file system with cache_dir.
     build_dir: str = field(default_factory=lambda: os.path.join(_default_base(), "build"))
     # Content-addressed input cache; survives restarts.
     cache_dir: str = field(default_factory=lambda: os.path.join(_default_base(), "cas"))
-    cache_size: int = 10 << 30
+    # Largest total size of cache_dir (LRU eviction).
+    cache_size: int = 10 * GiB
     # Environment variables every action gets, below the Command's own.
     environment: tuple[tuple[str, str], ...] = ()
     # Hostname label of worker_id; None means socket.gethostname().

@@ -18,9 +18,9 @@ import shutil
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from redbarn import digests
 from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.worker import digests
 from redbarn.worker.cache import Want
 from redbarn.worker.cas import CasClient, Scope
 

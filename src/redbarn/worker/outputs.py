@@ -12,9 +12,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from redbarn import digests
 from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.worker import digests
 from redbarn.worker.cas import Blob
 
 INLINE_LIMIT = 1 << 20  # files up to this size are read into memory when collected

@@ -7,31 +7,19 @@ wins, later ones are only logged by the caller.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 
-from redbarn.errors import FailedPrecondition, RedbarnError
+from redbarn.errors import RedbarnError, wrap
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 
 def status_from_error(err: BaseException, prefix: str = "") -> status_pb2.Status:
-    """A Status for `err`: RedbarnError keeps its code, a gRPC error keeps its code,
-    anything else is INTERNAL. FailedPrecondition carries PreconditionFailure details
-    listing the missing blobs, as REAPI asks."""
+    """A Status for `err`: RedbarnError keeps its code (and FailedPrecondition its
+    PreconditionFailure details, as REAPI asks), a gRPC error keeps its code,
+    anything else is INTERNAL."""
     lead = f"{prefix}: " if prefix else ""
     if isinstance(err, RedbarnError):
-        status = status_pb2.Status(code=code_pb2.Code.Value(err.code), message=lead + err.message)
-        if isinstance(err, FailedPrecondition) and err.missing:
-            failure = error_details_pb2.PreconditionFailure(
-                violations=[
-                    error_details_pb2.PreconditionFailure.Violation(type="MISSING", subject=s)
-                    for s in err.missing
-                ]
-            )
-            detail = any_pb2.Any()
-            detail.Pack(failure)
-            status.details.append(detail)
-        return status
+        return (wrap(prefix, err) if prefix else err).to_status()
     if isinstance(err, grpc.aio.AioRpcError):
         code = err.code().value[0]
         return status_pb2.Status(code=code, message=lead + (err.details() or err.code().name))
@@ -46,5 +34,6 @@ def attach_error(response: re_pb2.ExecuteResponse, err: BaseException, prefix: s
     return True
 
 
-def code_name(response: re_pb2.ExecuteResponse) -> str:
-    return str(code_pb2.Code.Name(response.status.code))
+def succeeded(response: re_pb2.ExecuteResponse) -> bool:
+    """The action ran and exited 0: status OK and `exit_code` 0."""
+    return response.status.code == code_pb2.OK and response.result.exit_code == 0

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from redbarn import errors
+from redbarn import digests, errors
 from redbarn.errors import InvalidArgument, RedbarnError
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.worker import builddir, digests, inputs, outputs, runner
+from redbarn.worker import builddir, inputs, outputs, runner
 from redbarn.worker.cache import LocalCache
 from redbarn.worker.cas import Blob, CasClient
 from redbarn.worker.executors.base import Job, Stage, new_response

@@ -7,8 +7,8 @@ import time
 
 from google.rpc import code_pb2
 
+from redbarn import digests
 from redbarn.proto import remote_execution_pb2 as re_pb2
-from redbarn.worker import digests
 from redbarn.worker.executors.base import BuildExecutor, Job
 
 log = logging.getLogger("redbarn.worker.actions")

@@ -29,6 +29,25 @@ class WorkerMetrics:
     duration_seconds: dict[str, float] = field(default_factory=dict)
     posix: dict[str, float] = field(default_factory=dict)
 
+    def record(self, response: re_pb2.ExecuteResponse) -> None:
+        """Count one finished action: its result and code, stage times, resource usage."""
+        self.actions[(result_label(response), code_pb2.Code.Name(response.status.code))] += 1
+        meta = response.result.execution_metadata
+        for stage, (start, end) in _STAGES.items():
+            if meta.HasField(start) and meta.HasField(end):
+                ns = getattr(meta, end).ToNanoseconds() - getattr(meta, start).ToNanoseconds()
+                self.duration_seconds[stage] = self.duration_seconds.get(stage, 0.0) + ns / 1e9
+        for aux in meta.auxiliary_metadata:
+            usage = resourceusage_pb2.POSIXResourceUsage()
+            if aux.Unpack(usage):
+                for name, value in (
+                    ("user_time", usage.user_time.ToNanoseconds() / 1e9),
+                    ("system_time", usage.system_time.ToNanoseconds() / 1e9),
+                    ("voluntary_context_switches", usage.voluntary_context_switches),
+                    ("involuntary_context_switches", usage.involuntary_context_switches),
+                ):
+                    self.posix[name] = self.posix.get(name, 0.0) + value
+
     def summary(self) -> str:
         done = ", ".join(f"{r}/{c}={n}" for (r, c), n in sorted(self.actions.items()))
         stages = ", ".join(f"{s}={v:.3f}s" for s, v in sorted(self.duration_seconds.items()))
@@ -48,21 +67,5 @@ class MetricsBuildExecutor:
 
     async def execute(self, job: Job) -> re_pb2.ExecuteResponse:
         response = await self._inner.execute(job)
-        m = self._metrics
-        m.actions[(result_label(response), code_pb2.Code.Name(response.status.code))] += 1
-        meta = response.result.execution_metadata
-        for stage, (start, end) in _STAGES.items():
-            if meta.HasField(start) and meta.HasField(end):
-                ns = getattr(meta, end).ToNanoseconds() - getattr(meta, start).ToNanoseconds()
-                m.duration_seconds[stage] = m.duration_seconds.get(stage, 0.0) + ns / 1e9
-        for aux in meta.auxiliary_metadata:
-            usage = resourceusage_pb2.POSIXResourceUsage()
-            if aux.Unpack(usage):
-                for name, value in (
-                    ("user_time", usage.user_time.ToNanoseconds() / 1e9),
-                    ("system_time", usage.system_time.ToNanoseconds() / 1e9),
-                    ("voluntary_context_switches", usage.voluntary_context_switches),
-                    ("involuntary_context_switches", usage.involuntary_context_switches),
-                ):
-                    m.posix[name] = m.posix.get(name, 0.0) + value
+        self._metrics.record(response)
         return response
