@@ -11,10 +11,16 @@ import argparse
 import os
 import re
 
+# The frontend's gRPC port unless told otherwise (`--listen`, the worker's `--frontend`).
+DEFAULT_PORT = 8981
+# Units for writing defaults: `cas_ttl: float = 7 * DAY`, `max_blob_size: int = 1 * GiB`.
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": MINUTE, "h": HOUR, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 
 
 class ConfigError(ValueError):
@@ -38,12 +44,42 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
+def format_duration(seconds: float) -> str:
+    """A default for `--help`, read back by `parse_duration`: whole hours as "168h",
+    whole minutes from ten minutes up as "15m", anything shorter in seconds ("60s")."""
+    if seconds >= HOUR and seconds % HOUR == 0:
+        return f"{int(seconds // HOUR)}h"
+    if seconds >= 10 * MINUTE and seconds % MINUTE == 0:
+        return f"{int(seconds // MINUTE)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds * 1000:g}ms"
+
+
+def format_size(size: int) -> str:
+    """A default for `--help`, read back by `parse_size`: the largest binary unit that
+    divides it ("4MiB", "10GiB"), else bytes."""
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def parse_pair(text: str, what: str = "KEY=VALUE") -> tuple[str, str]:
     """Parse "key=value"; the key must be non-empty."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f'invalid {what} "{text}": expected KEY=VALUE')
     return key, value
+
+
+def read_file(path: str, flag: str) -> bytes:
+    """The bytes of the file a flag names (a PEM file, say); ConfigError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read {flag} {path}: {err.strerror}") from None
 
 
 def env_name(flag: str) -> str:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from redbarn.config import ConfigError, add_flag, parse_pair
+from redbarn.config import DEFAULT_PORT, ConfigError, add_flag, parse_pair
 from redbarn.frontend.config import redact_url
 from redbarn.runtime.redisserver import (
     RedisBinaryMissing,
@@ -27,6 +27,7 @@ from redbarn.runtime.redisserver import (
     find_redis_server,
     port_in_use,
 )
+from redbarn.worker.config import WorkerConfig
 
 DEFAULT_DATA_DIR = os.path.join(
     os.environ.get("XDG_DATA_HOME", os.path.join(os.path.expanduser("~"), ".local", "share")),
@@ -37,9 +38,12 @@ STOP_GRACE = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--port", "8981", "port of the frontend on 127.0.0.1")
+    add_flag(parser, "--port", str(DEFAULT_PORT), "port of the frontend on 127.0.0.1")
     add_flag(
-        parser, "--workers", str(os.cpu_count() or 1), "worker threads (one per core by default)"
+        parser,
+        "--workers",
+        str(WorkerConfig().concurrency),
+        "worker threads (one per core by default)",
     )
     add_flag(
         parser, "--data-dir", DEFAULT_DATA_DIR, "Redis AOF, worker cache and build directories"

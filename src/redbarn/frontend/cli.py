@@ -13,14 +13,57 @@ frontend serves storage (CAS, ByteStream, AC, Capabilities) and, through
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+from typing import Any
 
-from redbarn.config import ConfigError, add_flag, parse_duration, parse_size
-from redbarn.frontend.config import FrontendConfig
+from redbarn.config import (
+    ConfigError,
+    add_flag,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+from redbarn.frontend.config import MESSAGE_HEADROOM, FrontendConfig
 from redbarn.queue.config import SchedulerConfig
 from redbarn.runtime import eventloop, grpcenv
 
 _D = FrontendConfig()
+_S = SchedulerConfig()
+
+# Duration fields set by a flag of the same name (`cas_ttl`: --cas-ttl), with its help.
+_DURATIONS = {
+    "cas_ttl": "CAS blob lifetime, refreshed on use",
+    "ac_ttl": "Action Cache entry lifetime, refreshed on use",
+    "upload_ttl": "how long an interrupted upload stays resumable",
+    "grace_period": "time in-flight calls get to finish on SIGTERM",
+}
+# The same for SchedulerConfig, and its whole-number fields.
+_SCHEDULER_DURATIONS = {
+    "worker_timeout": "a worker is lost this long after its last Synchronize",
+    "idle_sync_timeout": "longest hold of an idle Synchronize",
+    "busy_sync_interval": "next_synchronization_at offset for busy workers",
+    "operation_retention": "operation kept after its last waiter; also the no-waiter cancel delay",
+    "execution_update_interval": "keep-alive period of Execute/WaitExecution streams",
+    "platform_queue_timeout": (
+        "a platform queue without workers is removed after this; also the start-up grace"
+    ),
+    "default_action_timeout": "action timeout when the Action sets none",
+    "max_action_timeout": "largest action timeout accepted",
+}
+_SCHEDULER_COUNTS = {
+    "max_attempts": "assignments of an action before a lost worker fails it",
+    "max_queued_per_platform": "queued actions per platform queue before RESOURCE_EXHAUSTED",
+}
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _durations(args: argparse.Namespace, fields: dict[str, str]) -> dict[str, Any]:
+    return {field: parse_duration(getattr(args, field)) for field in fields}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,78 +71,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser,
         "--worker-listen",
-        "",
+        _D.worker_listen,
         "second listener for workers (OperationQueue, CAS, AC, ByteStream); "
         "when set, --listen no longer serves Synchronize",
     )
     add_flag(parser, "--redis", _D.redis_url, "scheduler Redis URL")
-    add_flag(parser, "--cas-redis", "", "Redis URL for CAS and Action Cache (default: --redis)")
+    add_flag(
+        parser,
+        "--cas-redis",
+        _D.cas_redis_url,
+        "Redis URL for CAS and Action Cache (default: --redis)",
+    )
     add_flag(
         parser,
         "--storage",
         _D.storage,
         'CAS/AC backend: "redis", or grpc://HOST:PORT of a REAPI storage to forward to',
     )
-    add_flag(parser, "--max-blob-size", "1GiB", "largest blob accepted by ByteStream Write")
-    add_flag(parser, "--max-batch-size", "4MiB", "largest total of blob sizes in one batch call")
-    add_flag(parser, "--cas-ttl", "168h", "CAS blob lifetime, refreshed on use")
-    add_flag(parser, "--ac-ttl", "168h", "Action Cache entry lifetime, refreshed on use")
-    add_flag(parser, "--upload-ttl", "1h", "how long an interrupted upload stays resumable")
-    add_flag(parser, "--grace-period", "10s", "time in-flight calls get to finish on SIGTERM")
+    blob, batch = format_size(_D.max_blob_size), format_size(_D.max_batch_total_size)
+    add_flag(parser, "--max-blob-size", blob, "largest blob accepted by ByteStream Write")
+    add_flag(parser, "--max-batch-size", batch, "largest total of blob sizes in one batch call")
+    for field, meaning in _DURATIONS.items():
+        add_flag(parser, _flag(field), format_duration(getattr(_D, field)), meaning)
     add_flag(parser, "--log-level", "info", "debug, info, warning or error")
     security = parser  # authentication and TLS
-    add_flag(security, "--client-tokens", "", "file of client bearer tokens, one per line")
-    add_flag(security, "--worker-tokens", "", "file of worker bearer tokens, one per line")
-    add_flag(security, "--admin-tokens", "", "file of admin bearer tokens (BuildQueueState writes)")
+    add_flag(
+        security, "--client-tokens", _D.client_tokens, "file of client bearer tokens, one per line"
+    )
+    add_flag(
+        security, "--worker-tokens", _D.worker_tokens, "file of worker bearer tokens, one per line"
+    )
+    add_flag(
+        security,
+        "--admin-tokens",
+        _D.admin_tokens,
+        "file of admin bearer tokens (BuildQueueState writes)",
+    )
     add_flag(
         security,
         "--allow-client-ac-writes",
-        "true",
+        str(_D.allow_client_ac_writes).lower(),
         "may clients UpdateActionResult: true or false",
     )
-    add_flag(security, "--tls-cert", "", "PEM certificate chain: TLS on both listeners")
-    add_flag(security, "--tls-key", "", "PEM private key of --tls-cert")
+    add_flag(security, "--tls-cert", _D.tls_cert, "PEM certificate chain: TLS on both listeners")
+    add_flag(security, "--tls-key", _D.tls_key, "PEM private key of --tls-cert")
     add_flag(
         security,
         "--tls-client-ca",
-        "",
+        _D.tls_client_ca,
         "PEM CA bundle: the worker listener requires client certificates it signed (mTLS)",
     )
     sched = parser  # scheduling flags (redbarn.queue.config.SchedulerConfig)
-    add_flag(
-        sched, "--worker-timeout", "60s", "a worker is lost this long after its last Synchronize"
-    )
-    add_flag(sched, "--idle-sync-timeout", "60s", "longest hold of an idle Synchronize")
-    add_flag(
-        sched, "--busy-sync-interval", "10s", "next_synchronization_at offset for busy workers"
-    )
-    add_flag(
-        sched,
-        "--operation-retention",
-        "60s",
-        "operation kept after its last waiter; also the no-waiter cancel delay",
-    )
-    add_flag(
-        sched,
-        "--execution-update-interval",
-        "60s",
-        "keep-alive period of Execute/WaitExecution streams",
-    )
-    add_flag(
-        sched,
-        "--platform-queue-timeout",
-        "15m",
-        "a platform queue without workers is removed after this; also the start-up grace",
-    )
-    add_flag(sched, "--default-action-timeout", "30m", "action timeout when the Action sets none")
-    add_flag(sched, "--max-action-timeout", "2h", "largest action timeout accepted")
-    add_flag(sched, "--max-attempts", "3", "assignments of an action before a lost worker fails it")
-    add_flag(
-        sched,
-        "--max-queued-per-platform",
-        "1000000",
-        "queued actions per platform queue before RESOURCE_EXHAUSTED",
-    )
+    for field, meaning in _SCHEDULER_DURATIONS.items():
+        add_flag(sched, _flag(field), format_duration(getattr(_S, field)), meaning)
+    for field, meaning in _SCHEDULER_COUNTS.items():
+        add_flag(sched, _flag(field), str(getattr(_S, field)), meaning)
 
 
 def _bool(flag: str, text: str) -> bool:
@@ -118,25 +144,16 @@ def _count(flag: str, text: str) -> int:
 
 
 def scheduler_from_args(args: argparse.Namespace) -> SchedulerConfig:
-    default_timeout = parse_duration(args.default_action_timeout)
-    max_timeout = parse_duration(args.max_action_timeout)
-    if default_timeout > max_timeout:
+    values = _durations(args, _SCHEDULER_DURATIONS)
+    values.update(
+        (field, _count(_flag(field), getattr(args, field))) for field in _SCHEDULER_COUNTS
+    )
+    if values["default_action_timeout"] > values["max_action_timeout"]:
         raise ConfigError(
             f"--default-action-timeout {args.default_action_timeout} exceeds "
             f"--max-action-timeout {args.max_action_timeout}"
         )
-    return SchedulerConfig(
-        worker_timeout=parse_duration(args.worker_timeout),
-        idle_sync_timeout=parse_duration(args.idle_sync_timeout),
-        busy_sync_interval=parse_duration(args.busy_sync_interval),
-        operation_retention=parse_duration(args.operation_retention),
-        execution_update_interval=parse_duration(args.execution_update_interval),
-        platform_queue_timeout=parse_duration(args.platform_queue_timeout),
-        default_action_timeout=default_timeout,
-        max_action_timeout=max_timeout,
-        max_attempts=_count("--max-attempts", args.max_attempts),
-        max_queued_per_platform=_count("--max-queued-per-platform", args.max_queued_per_platform),
-    )
+    return dataclasses.replace(_S, **values)
 
 
 def config_from_args(args: argparse.Namespace) -> FrontendConfig:
@@ -150,11 +167,8 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         storage=args.storage,
         max_blob_size=parse_size(args.max_blob_size),
         max_batch_total_size=batch,
-        max_message_size=batch + (1 << 20),
-        cas_ttl=parse_duration(args.cas_ttl),
-        ac_ttl=parse_duration(args.ac_ttl),
-        upload_ttl=parse_duration(args.upload_ttl),
-        grace_period=parse_duration(args.grace_period),
+        max_message_size=batch + MESSAGE_HEADROOM,
+        **_durations(args, _DURATIONS),
         scheduler=scheduler_from_args(args),
         client_tokens=args.client_tokens or "",
         worker_tokens=args.worker_tokens or "",

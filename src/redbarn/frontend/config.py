@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from redbarn.config import ConfigError
+from redbarn.config import DAY, DEFAULT_PORT, HOUR, ConfigError, GiB, KiB, MiB
 from redbarn.queue.config import SchedulerConfig
 
 
@@ -40,14 +40,14 @@ def redact_url(url: str) -> str:
         return "***"
 
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-DAY = 24 * 3600.0
+# What a gRPC message may hold beyond the blobs of a batch: framing and digests.
+MESSAGE_HEADROOM = 1 * MiB
 
 
 @dataclass(frozen=True)
 class FrontendConfig:
     # host:port to serve on; port 0 picks a free port (tests).
-    listen: str = "127.0.0.1:8981"
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     # Second listener for workers (OperationQueue plus CAS, ByteStream, AC, Capabilities,
     # health); "" = none. When set, `listen` no longer serves Synchronize.
     worker_listen: str = ""
@@ -62,14 +62,14 @@ class FrontendConfig:
     max_blob_size: int = 1 * GiB
     # Largest sum of blob sizes in one BatchUpdateBlobs/BatchReadBlobs (advertised).
     max_batch_total_size: int = 4 * MiB
-    # gRPC message limit, above the batch limit to leave room for framing.
-    max_message_size: int = 4 * MiB + 1 * MiB
+    # gRPC message limit: the batch limit plus room for framing (the CLI keeps it so).
+    max_message_size: int = max_batch_total_size + MESSAGE_HEADROOM
     # CAS blob TTL, refreshed whenever a blob is found, read or written.
     cas_ttl: float = 7 * DAY
     # Action Cache entry TTL, refreshed on every hit.
     ac_ttl: float = 7 * DAY
     # How long a half-finished ByteStream upload stays resumable.
-    upload_ttl: float = 3600.0
+    upload_ttl: float = 1 * HOUR
     # Size of one CAS chunk key; bigger blobs span several keys.
     chunk_size: int = 1 * MiB
     # Most bytes GetActionResult inlines for inline_stdout/inline_stderr/inline_output_files.

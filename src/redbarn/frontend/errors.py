@@ -1,9 +1,9 @@
-"""Domain errors -> gRPC statuses, in one table and one decorator.
+"""Domain errors -> gRPC statuses, in one decorator.
 
 `@grpc_errors` wraps every servicer method (unary, server-streaming, and
 stream-request such as ByteStream.Write):
 
-- a `redbarn.errors.RedbarnError` aborts with its code from `STATUS_CODES` and its
+- a `redbarn.errors.RedbarnError` aborts with its class's code and its
   message; `FailedPrecondition.missing` also becomes a `google.rpc.PreconditionFailure`
   with one MISSING violation per blob, sent as rich status
   (`grpc-status-details-bin` trailing metadata, a serialized `google.rpc.Status`);
@@ -24,31 +24,13 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import redis.exceptions
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 
 from redbarn import errors
 
 log = logging.getLogger(__name__)
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
-STATUS_CODES: dict[type[errors.RedbarnError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.Internal: grpc.StatusCode.INTERNAL,
-    errors.Canceled: grpc.StatusCode.CANCELLED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-}
 
 # Errors that mean "the backing Redis is not reachable right now": retry elsewhere/later.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -59,7 +41,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-_CLASSES_BY_CODE = {code: cls for cls, code in STATUS_CODES.items()}
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -70,7 +51,8 @@ def error_for(code: grpc.StatusCode | int | None, message: str) -> errors.Redbar
     )
     if status_code is None:
         return errors.Unavailable(message)
-    return _CLASSES_BY_CODE.get(status_code, errors.Internal)(message or str(status_code.name))
+    cls = errors.CLASSES.get(status_code.name, errors.Internal)
+    return cls(message or str(status_code.name))
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> errors.RedbarnError:
@@ -78,28 +60,14 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> errors.RedbarnError:
 
 
 def status_code_of(err: errors.RedbarnError) -> grpc.StatusCode:
-    for cls in type(err).__mro__:
-        if cls in STATUS_CODES:
-            return STATUS_CODES[cls]
-    return grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode[err.code]
 
 
 def status_of(err: errors.RedbarnError | None) -> status_pb2.Status:
     """The `google.rpc.Status` for `err` (OK for None), with PreconditionFailure details."""
     if err is None:
         return status_pb2.Status(code=grpc.StatusCode.OK.value[0])
-    status = status_pb2.Status(code=status_code_of(err).value[0], message=err.message)
-    if isinstance(err, errors.FailedPrecondition) and err.missing:
-        failure = error_details_pb2.PreconditionFailure(
-            violations=[
-                error_details_pb2.PreconditionFailure.Violation(type="MISSING", subject=subject)
-                for subject in err.missing
-            ]
-        )
-        detail = any_pb2.Any()
-        detail.Pack(failure)
-        status.details.append(detail)
-    return status
+    return err.to_status()
 
 
 def translate(exc: BaseException, where: str) -> errors.RedbarnError:

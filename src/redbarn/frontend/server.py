@@ -3,15 +3,15 @@
 `create_server(config)` returns a not-yet-started `FrontendServer` and the bound
 port (tests listen on 127.0.0.1:0 and talk over a real channel); `serve(config)`
 runs one until SIGTERM/SIGINT. More servicers (Execution, OperationQueue,
-BuildQueueState) come in through hooks, each called with the `Frontend` before
-the server starts:
+BuildQueueState) come in through hooks, each called (and awaited, if async) with the
+`Frontend` before the server starts; `redbarn.frontend.scheduling.scheduling_hook`
+is the real one:
 
-    def add_execution(frontend: Frontend) -> None:
-        servicer = ExecutionServicer(scheduler, frontend.blobs, frontend.action_cache)
+    async def add_execution(frontend: Frontend) -> None:
         frontend.add_service(re_grpc.add_ExecutionServicer_to_server, servicer, EXECUTION)
-        frontend.exec_enabled = True                # Capabilities reports it
-        frontend.add_background(reaper.run)         # started with the server, cancelled on stop
-        frontend.on_shutdown(servicer.release_parked)  # SIGTERM, before the grace period
+        frontend.exec_enabled = True       # Capabilities reports it
+        frontend.add_background(reaper)    # started with the server, cancelled on stop
+        frontend.on_shutdown(wake_parked)  # SIGTERM, before the grace period
 
     server, port = await create_server(config, hooks=[add_execution])
 
@@ -50,7 +50,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from redbarn.config import ConfigError
+from redbarn.config import read_file
 from redbarn.frontend.action_cache import ActionCacheServicer
 from redbarn.frontend.auth import AuthInterceptor, TokenTable
 from redbarn.frontend.bytestream import ByteStreamServicer
@@ -61,7 +61,12 @@ from redbarn.frontend.decoding import DecodeErrorInterceptor
 from redbarn.frontend.health import Check, HealthReporter
 from redbarn.frontend.storage import ActionCacheStore, BlobStore
 from redbarn.frontend.storage.completeness import CompletenessCheckingActionCache
-from redbarn.frontend.storage.proxy import GrpcActionCache, GrpcBlobStore, open_channel
+from redbarn.frontend.storage.proxy import (
+    DEFAULT_MAX_BATCH_BYTES,
+    GrpcActionCache,
+    GrpcBlobStore,
+    open_channel,
+)
 from redbarn.frontend.storage.redis import RedisActionCache, RedisBlobStore
 from redbarn.proto import bytestream_pb2, remote_execution_pb2, remoteworker_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
@@ -208,7 +213,8 @@ def build_storage(
     if config.storage.startswith("grpc://"):
         channel = open_channel(config.storage_target, max_message_bytes=config.max_message_size)
         closers.append(channel.close)
-        blobs = GrpcBlobStore(channel, max_batch_bytes=min(config.max_batch_total_size, 2 << 20))
+        batch = min(config.max_batch_total_size, DEFAULT_MAX_BATCH_BYTES)
+        blobs = GrpcBlobStore(channel, max_batch_bytes=batch)
         base_ac = GrpcActionCache(channel)
     else:
         client = scheduler_redis
@@ -237,21 +243,13 @@ def redis_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
-
-
 def server_credentials(config: FrontendConfig, *, listener: str) -> grpc.ServerCredentials | None:
     """TLS credentials for `listener` (None = plaintext); mTLS on the worker listener."""
     if not config.tls_cert:
         return None
-    pair = [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))]
+    pair = [(read_file(config.tls_key, "--tls-key"), read_file(config.tls_cert, "--tls-cert"))]
     if listener == WORKER and config.tls_client_ca:
-        ca = _read(config.tls_client_ca, "--tls-client-ca")
+        ca = read_file(config.tls_client_ca, "--tls-client-ca")
         return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redbarn.config import HOUR, MINUTE
+from redbarn.queue import keys
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -23,10 +26,10 @@ class SchedulerConfig:
     # Keep-alive period of Execute/WaitExecution streams.
     execution_update_interval: float = 60.0
     # A size class queue with no workers this long is removed; also the start-up grace.
-    platform_queue_timeout: float = 900.0
+    platform_queue_timeout: float = 15 * MINUTE
     # Action.timeout when unset, and the largest accepted.
-    default_action_timeout: float = 1800.0
-    max_action_timeout: float = 7200.0
+    default_action_timeout: float = 30 * MINUTE
+    max_action_timeout: float = 2 * HOUR
     # Assignments of one task before a lost worker fails it instead of requeueing it.
     max_attempts: int = 3
     # Re-hands of an assignment to a worker that reports idle before failing with INTERNAL.
@@ -56,7 +59,8 @@ class SchedulerConfig:
         return min(self.waiter_poll_interval, self.operation_retention / 3)
 
     def script_config(self, domain: str) -> str:
-        """ARGV[1] of every script: the domain id and the timings in ms (see _lib.lua)."""
+        """ARGV[1] of every script: the domain id, the timings in ms, the hint channel
+        prefix (see _lib.lua); the caller appends its frontend id."""
 
         def ms(s: float) -> int:
             return max(0, round(s * 1000))
@@ -73,5 +77,6 @@ class SchedulerConfig:
                 self.rehand_limit,
                 ms(self.platform_queue_timeout),
                 self.max_queued_per_platform,
+                keys.CHANNEL_PREFIX,
             )
         )
