@@ -16,6 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from redbarn import digests
+from redbarn.frontend.operation_queue import decode_report, encode_reply
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue import codec, keys
@@ -79,13 +81,17 @@ async def fill(s: Scheduler, domain: str, start: int, count: int, invocations: i
             path=codec.invocation_path([("t", f"inv{n % invocations}")]),
             priority=codec.priority_field(0),
             executing=ex.SerializeToString(),
-            digest=codec.digest_field(digest),
+            digest=digests.key(digest),
             digest_function=1,
         )
 
     batch = 64
     for i in range(start, start + count, batch):
         await asyncio.gather(*(one(n) for n in range(i, min(i + batch, start + count))))
+
+
+async def synchronize(s: Scheduler, req: rw_pb2.SynchronizeRequest) -> rw_pb2.SynchronizeResponse:
+    return encode_reply(await s.workers.synchronize(decode_report(req)))
 
 
 async def main() -> None:
@@ -99,11 +105,11 @@ async def main() -> None:
     try:
         s = Scheduler(r, CFG, hints=PollingHints("bench"))
         await s.start()
-        await s.synchronize(sync_request())  # creates the domain; parks briefly
+        await synchronize(s, sync_request())  # creates the domain; parks briefly
         domain = keys.domain_id("", "{}")
 
         # Calls per Execute and per steady-state Synchronize.
-        await s.execute(
+        await s.operations.execute(
             instance_name="",
             action_digest=make_action(-1)[0],
             action=make_action(-1)[1],
@@ -112,13 +118,15 @@ async def main() -> None:
         before = CountingRedis.calls
         for n in range(-101, -1):
             d, a = make_action(n)
-            await s.execute(instance_name="", action_digest=d, action=a, digest_function=1)
+            await s.operations.execute(
+                instance_name="", action_digest=d, action=a, digest_function=1
+            )
         per_execute = (CountingRedis.calls - before) / 100
-        resp = await s.synchronize(sync_request())
+        resp = await synchronize(s, sync_request())
         digest = resp.desired_state.executing.action_digest
         before = CountingRedis.calls
         for _ in range(50):
-            resp = await s.synchronize(sync_request("completed", digest))
+            resp = await synchronize(s, sync_request("completed", digest))
             digest = resp.desired_state.executing.action_digest
         per_sync = (CountingRedis.calls - before) / 50
         print(f"redis calls per Execute (enqueue + first view): {per_execute:.2f}")
@@ -141,7 +149,7 @@ async def main() -> None:
         for size in (int(x) for x in args.sizes.split(",")):
             await r.flushall()
             await s.start()
-            await s.synchronize(sync_request())
+            await synchronize(s, sync_request())
             mem0 = (await r.info("memory"))["used_memory"]
             await fill(s, domain, 0, size)
             mem1 = (await r.info("memory"))["used_memory"]
@@ -153,13 +161,13 @@ async def main() -> None:
                 await r.config_resetstat()
                 await fill(s, domain, size + i * per, per)
                 enq.append((await commandstat_usec(r))[1])
-            resp = await s.synchronize(sync_request())
+            resp = await synchronize(s, sync_request())
             digest = resp.desired_state.executing.action_digest
             syn = []
             for _ in range(rounds):
                 await r.config_resetstat()
                 for _ in range(per):
-                    resp = await s.synchronize(sync_request("completed", digest))
+                    resp = await synchronize(s, sync_request("completed", digest))
                     digest = resp.desired_state.executing.action_digest
                 calls, us = await commandstat_usec(r)
                 assert calls == per, calls

@@ -9,7 +9,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from redbarn.cli import SUBCOMMANDS, build_parser
-from redbarn.config import ConfigError, parse_duration, parse_pair, parse_size
+from redbarn.config import (
+    ConfigError,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_pair,
+    parse_size,
+)
 from redbarn.runtime.redisserver import RedisServer, find_redis_server
 
 
@@ -62,6 +69,28 @@ def test_parse_bad_values() -> None:
         parse_pair("novalue")
     assert parse_size("10GiB") == 10 << 30
     assert parse_pair("OSFamily=linux") == ("OSFamily", "linux")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.5, "500ms"),
+        (10.0, "10s"),
+        (300.0, "300s"),
+        (900.0, "15m"),
+        (7200.0, "2h"),
+        (7 * 86400.0, "168h"),
+    ],
+)
+def test_format_duration_reads_back(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("size", "text"), [(1000, "1000"), (4 << 20, "4MiB"), (10 << 30, "10GiB")])
+def test_format_size_reads_back(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text) == size
 
 
 def test_cli_help_lists_only_existing_subcommands() -> None:

@@ -10,8 +10,8 @@ import os
 import pytest
 import redis.asyncio as aioredis
 
+from redbarn.digests import Digest
 from redbarn.errors import Aborted, InvalidArgument, NotFound, OutOfRange
-from redbarn.frontend.digests import Digest
 from redbarn.frontend.storage.redis import (
     RedisActionCache,
     RedisBlobStore,

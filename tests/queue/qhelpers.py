@@ -7,6 +7,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
+from redbarn.frontend.operation_queue import decode_report, encode_reply
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue.config import SchedulerConfig
@@ -28,6 +29,11 @@ FAST = SchedulerConfig(
 
 def make(redis: Any, config: SchedulerConfig = FAST, fid: str | None = None) -> Scheduler:
     return Scheduler(redis, config, hints=PollingHints(fid))
+
+
+async def synchronize(s: Scheduler, req: rw_pb2.SynchronizeRequest) -> rw_pb2.SynchronizeResponse:
+    """One Synchronize through the core, as the OperationQueue servicer makes it."""
+    return encode_reply(await s.workers.synchronize(decode_report(req)))
 
 
 def action(
@@ -59,7 +65,7 @@ async def execute(
     s: Scheduler, n: int, *, instance: str = "", tool: str = "inv", priority: int = 0, **kw: Any
 ):  # type: ignore[no-untyped-def]
     digest, a = action(n, **kw)
-    return await s.execute(
+    return await s.operations.execute(
         instance_name=instance,
         action_digest=digest,
         action=a,

@@ -7,9 +7,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 from google.rpc import status_pb2
-from qhelpers import action, assigned, execute, make, request
+from qhelpers import action, assigned, execute, make, request, synchronize
 
 from redbarn.errors import InvalidArgument, NotFound
+from redbarn.frontend.buildqueuestate import kill_operations, set_drain
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue.admin import invocation_id
@@ -25,26 +26,26 @@ def inv(*tools: str) -> bq_pb2.InvocationName:
 
 async def test_reads(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
-    await s.synchronize(request("2"))
+    await synchronize(s, request("1"))
+    await synchronize(s, request("2"))
     a = [await execute(s, n, tool="A") for n in range(3)]
     b = await execute(s, 10, tool="B", priority=-5)
-    d = assigned(await s.synchronize(request("1")))
+    d = assigned(await synchronize(s, request("1")))
     assert d == action(10)[0]  # B: better priority
 
-    got = await s.get_operation(a[0].name)
+    got = await s.admin.get_operation(a[0].name)
     assert got.operation.name == ""
     assert got.operation.WhichOneof("stage") == "queued"
     assert got.operation.action_digest == action(0)[0]
     assert got.operation.expected_duration.seconds == 1800
     with pytest.raises(NotFound, match='Operation "x" not found'):
-        await s.get_operation("x")
+        await s.admin.get_operation("x")
 
-    ops = await s.list_operations(bq_pb2.ListOperationsRequest(page_size=2))
+    ops = await s.admin.list_operations(bq_pb2.ListOperationsRequest(page_size=2))
     names = sorted([*(v.name for v in a), b.name])
     assert [o.name for o in ops.operations] == names[:2]
     assert ops.pagination_info == bq_pb2.PaginationInfo(start_index=0, total_entries=4)
-    page2 = await s.list_operations(
+    page2 = await s.admin.list_operations(
         bq_pb2.ListOperationsRequest(
             page_size=10,
             start_after=bq_pb2.ListOperationsRequest.StartAfter(operation_name=names[1]),
@@ -52,16 +53,16 @@ async def test_reads(any_redis: aioredis.Redis) -> None:
     )
     assert [o.name for o in page2.operations] == names[2:]
     assert page2.pagination_info.start_index == 2
-    executing = await s.list_operations(
+    executing = await s.admin.list_operations(
         bq_pb2.ListOperationsRequest(page_size=10, filter_stage=re_pb2.ExecutionStage.EXECUTING)
     )
     assert [o.name for o in executing.operations] == [b.name]
-    by_inv = await s.list_operations(
+    by_inv = await s.admin.list_operations(
         bq_pb2.ListOperationsRequest(page_size=10, filter_invocation_id=invocation_id("t", "A"))
     )
     assert sorted(o.name for o in by_inv.operations) == sorted(v.name for v in a)
 
-    pqs = await s.list_platform_queues()
+    pqs = await s.admin.list_platform_queues()
     (pq,) = pqs.platform_queues
     (scq,) = pq.size_class_queues
     assert scq.workers_count == 2
@@ -74,29 +75,29 @@ async def test_reads(any_redis: aioredis.Redis) -> None:
         and root.queued_children_count == 1
     )
 
-    children = await s.list_invocation_children(
+    children = await s.admin.list_invocation_children(
         bq_pb2.ListInvocationChildrenRequest(
             invocation_name=inv(), filter=bq_pb2.ListInvocationChildrenRequest.ALL
         )
     )
     assert [c.state.queued_operations_count.direct for c in children.children] == [3, 0]
-    queued_children = await s.list_invocation_children(
+    queued_children = await s.admin.list_invocation_children(
         bq_pb2.ListInvocationChildrenRequest(
             invocation_name=inv(), filter=bq_pb2.ListInvocationChildrenRequest.QUEUED
         )
     )
     assert len(queued_children.children) == 1
     with pytest.raises(NotFound, match="Invocation not found"):
-        await s.list_invocation_children(
+        await s.admin.list_invocation_children(
             bq_pb2.ListInvocationChildrenRequest(invocation_name=inv("nope"))
         )
 
-    queued = await s.list_queued_operations(
+    queued = await s.admin.list_queued_operations(
         bq_pb2.ListQueuedOperationsRequest(invocation_name=inv("A"), page_size=10)
     )
     assert [o.action_digest for o in queued.queued_operations] == [action(n)[0] for n in range(3)]
 
-    workers = await s.list_workers(
+    workers = await s.admin.list_workers(
         bq_pb2.ListWorkersRequest(filter=bq_pb2.ListWorkersRequest.Filter(all=SCQ), page_size=10)
     )
     assert [dict(w.id) for w in workers.workers] == [
@@ -105,7 +106,7 @@ async def test_reads(any_redis: aioredis.Redis) -> None:
     ]
     assert workers.workers[0].current_operation.action_digest == action(10)[0]
     assert workers.workers[0].timeout.seconds > 0
-    running = await s.list_workers(
+    running = await s.admin.list_workers(
         bq_pb2.ListWorkersRequest(
             filter=bq_pb2.ListWorkersRequest.Filter(executing=inv("B")), page_size=10
         )
@@ -115,33 +116,38 @@ async def test_reads(any_redis: aioredis.Redis) -> None:
 
 async def test_admin_requests(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
-    await s.modify_drain(
+    await set_drain(
+        s,
         bq_pb2.AddOrRemoveDrainRequest(
             size_class_queue_name=SCQ, worker_id_pattern={"thread": "1"}
         ),
         add=True,
     )
-    drains = await s.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))
+    drains = await s.admin.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))
     assert len(drains.drains) == 1 and drains.drains[0].created_timestamp.seconds > 0
-    await s.modify_drain(
+    await set_drain(
+        s,
         bq_pb2.AddOrRemoveDrainRequest(
             size_class_queue_name=SCQ, worker_id_pattern={"thread": "1"}
         ),
         add=False,
     )
-    assert not (await s.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))).drains
+    assert not (
+        await s.admin.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ))
+    ).drains
     with pytest.raises(InvalidArgument, match="No size class queue name provided"):
-        await s.modify_drain(bq_pb2.AddOrRemoveDrainRequest(), add=True)
+        await set_drain(s, bq_pb2.AddOrRemoveDrainRequest(), add=True)
     with pytest.raises(InvalidArgument, match="Unknown filter provided"):
-        await s.kill_operations(bq_pb2.KillOperationsRequest())
+        await kill_operations(s, bq_pb2.KillOperationsRequest())
     status = status_pb2.Status(code=1, message="stop")
-    await s.kill_operations(
+    await kill_operations(
+        s,
         bq_pb2.KillOperationsRequest(
             filter=bq_pb2.KillOperationsRequest.Filter(operation_name=v.name), status=status
-        )
+        ),
     )
-    done = await s.get_operation_view(v.name)
+    done = await s.operations.get_operation_view(v.name)
     assert done.response is not None and done.response.status == status
     await asyncio.sleep(0)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from qhelpers import action, assigned, execute, is_continue, is_idle, make, request
+from qhelpers import action, assigned, execute, is_continue, is_idle, make, request, synchronize
 
 from redbarn.errors import InvalidArgument, ResourceExhausted
 from redbarn.proto import remote_execution_pb2 as re_pb2
@@ -17,23 +17,23 @@ P = re_pb2.Platform.Property
 async def test_queue_assign_complete(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
     await s.start()
-    resp = await s.synchronize(request("1"))
+    resp = await synchronize(s, request("1"))
     assert is_idle(resp)
     view = await execute(s, 1)
     assert view.stage == Stage.QUEUED
     digest, _ = action(1)
-    resp = await s.synchronize(request("1"))
+    resp = await synchronize(s, request("1"))
     assert assigned(resp) == digest
     ex = resp.desired_state.executing
     assert ex.action.timeout.seconds == 1800
     assert ex.queued_timestamp.seconds > 0
-    assert (await s.get_operation_view(view.name)).stage == Stage.EXECUTING
-    resp = await s.synchronize(request("1", "running", digest))
+    assert (await s.operations.get_operation_view(view.name)).stage == Stage.EXECUTING
+    resp = await synchronize(s, request("1", "running", digest))
     assert is_continue(resp)
     done = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=0))
-    resp = await s.synchronize(request("1", "completed", digest, response=done))
+    resp = await synchronize(s, request("1", "completed", digest, response=done))
     assert is_idle(resp)
-    v = await s.get_operation_view(view.name)
+    v = await s.operations.get_operation_view(view.name)
     assert v.done and v.response == done
 
 
@@ -44,11 +44,11 @@ async def test_cached_identities_still_refuse_bad_requests(any_redis: aioredis.R
     good = re_pb2.Platform(properties=[P(name="cpu", value="x"), P(name="os", value="y")])
     unsorted = re_pb2.Platform(properties=[P(name="os", value="y"), P(name="cpu", value="x")])
     for _ in range(2):
-        assert is_idle(await s.synchronize(request("w1", platform=good, prefer_idle=True)))
+        assert is_idle(await synchronize(s, request("w1", platform=good, prefer_idle=True)))
         with pytest.raises(InvalidArgument, match="not lexicographically sorted"):
-            await s.synchronize(request("w1", platform=unsorted, prefer_idle=True))
+            await synchronize(s, request("w1", platform=unsorted, prefer_idle=True))
         with pytest.raises(InvalidArgument, match="redundant slashes"):
-            await s.synchronize(request("w1", platform=good, prefix="a//b", prefer_idle=True))
+            await synchronize(s, request("w1", platform=good, prefix="a//b", prefer_idle=True))
         with pytest.raises(InvalidArgument, match="not lexicographically sorted"):
             await execute(s, 1, platform=unsorted)
     # One worker, whichever order its ID's pairs come in: a second call while the first
@@ -59,8 +59,8 @@ async def test_cached_identities_still_refuse_bad_requests(any_redis: aioredis.R
     again.worker_id["thread"] = "w2"
     again.worker_id["host"] = "h"
     again.current_state.idle.SetInParent()
-    parked = asyncio.ensure_future(s.synchronize(first))
+    parked = asyncio.ensure_future(synchronize(s, first))
     await asyncio.sleep(0.05)
     with pytest.raises(ResourceExhausted):
-        await s.synchronize(again)
+        await synchronize(s, again)
     await parked

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from qhelpers import FAST, action, assigned, is_idle, request
+from qhelpers import FAST, action, assigned, is_idle, request, synchronize
 from redis.asyncio.cluster import RedisCluster
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
@@ -127,33 +127,41 @@ async def test_scripts_on_redis_cluster(cluster: list[int]) -> None:
         linux = re_pb2.Platform(properties=[re_pb2.Platform.Property(name="os", value="linux")])
         # Two domains: their keys land in different slots (and likely different nodes).
         for prefix in ("a", "b"):
-            assert is_idle(await s.synchronize(request("1", prefix=prefix, platform=linux)))
+            assert is_idle(await synchronize(s, request("1", prefix=prefix, platform=linux)))
         for prefix in ("a", "b"):
             digest, a = action(1, platform=linux)
-            v = await s.execute(
+            v = await s.operations.execute(
                 instance_name=prefix, action_digest=digest, action=a, digest_function=1
             )
             assert v.stage == Stage.QUEUED
-            got = assigned(await s.synchronize(request("1", prefix=prefix, platform=linux)))
+            got = assigned(await synchronize(s, request("1", prefix=prefix, platform=linux)))
             assert got == digest
             done = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(exit_code=0))
-            await s.synchronize(
-                request("1", "completed", digest, response=done, prefix=prefix, platform=linux)
+            await synchronize(
+                s, request("1", "completed", digest, response=done, prefix=prefix, platform=linux)
             )
-            assert (await s.get_operation_view(v.name)).done
+            assert (await s.operations.get_operation_view(v.name)).done
         # Park + direct assignment, kill, drain and the reaper, on the cluster.
-        sync = asyncio.create_task(s.synchronize(request("2", prefix="a", platform=linux)))
+        sync = asyncio.create_task(synchronize(s, request("2", prefix="a", platform=linux)))
         await asyncio.sleep(0.05)
-        await s.add_drain(
-            instance_name_prefix="a", platform=linux, size_class=0, pattern={"thread": "9"}
+        await s.control.set_drain(
+            add=True,
+            instance_name_prefix="a",
+            platform=linux,
+            size_class=0,
+            pattern={"thread": "9"},
         )
-        await s.remove_drain(
-            instance_name_prefix="a", platform=linux, size_class=0, pattern={"thread": "9"}
+        await s.control.set_drain(
+            add=False,
+            instance_name_prefix="a",
+            platform=linux,
+            size_class=0,
+            pattern={"thread": "9"},
         )
         await sync
         await asyncio.sleep(0.4)
-        totals = await s.reap()
-        assert totals["workers"] == 3
+        totals = await s.reaper.reap()
+        assert totals.workers == 3
         slots = {
             keys.domain_key(
                 keys.domain_id(p, '{"properties":[{"name":"os","value":"linux"}]}'), "meta"
@@ -162,7 +170,9 @@ async def test_scripts_on_redis_cluster(cluster: list[int]) -> None:
         }
         assert len({rc.keyslot(k) for k in slots}) == 2
         digest, a = action(5, platform=linux)  # the domain still has a (worker-less) queue
-        v = await s.execute(instance_name="a/x", action_digest=digest, action=a, digest_function=1)
+        v = await s.operations.execute(
+            instance_name="a/x", action_digest=digest, action=a, digest_function=1
+        )
         assert v.stage == Stage.QUEUED
     finally:
         await rc.aclose()
@@ -173,6 +183,6 @@ async def test_plain_client_is_not_required(redis_url: str) -> None:
     r = aioredis.Redis.from_url(redis_url)
     try:
         s = Scheduler(r, FAST, hints=PollingHints())
-        assert is_idle(await s.synchronize(request("1")))
+        assert is_idle(await synchronize(s, request("1")))
     finally:
         await r.aclose()

@@ -8,7 +8,7 @@ import dataclasses
 import random
 
 import redis.asyncio as aioredis
-from qhelpers import FAST, SHA256, action, assigned, md, request
+from qhelpers import FAST, SHA256, action, assigned, md, request, synchronize
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import keys
@@ -41,7 +41,7 @@ async def _drive(
     fronts = [Scheduler(redis, cfg, hints=PollingHints(step=0.1)) for _ in range(n_frontends)]
     await fronts[0].start()
     for w in range(n_workers):  # workers announce the platform queue first
-        await fronts[w % n_frontends].synchronize(request(f"{w:02d}", prefer_idle=True))
+        await synchronize(fronts[w % n_frontends], request(f"{w:02d}", prefer_idle=True))
     results: dict[int, list[re_pb2.ExecuteResponse]] = {}
     stop = asyncio.Event()
 
@@ -52,14 +52,14 @@ async def _drive(
             async with sem:
                 s = fronts[c]
                 digest, a = action(n)
-                first = await s.execute(
+                first = await s.operations.execute(
                     instance_name="",
                     action_digest=digest,
                     action=a,
                     digest_function=SHA256,
                     request_metadata=md(f"inv{c}"),
                 )
-                async for view in s.watch_operation(first.name, first=first):
+                async for view in s.operations.watch_operation(first.name, first=first):
                     if view.done:
                         assert view.response is not None
                         results.setdefault(n, []).append(view.response)
@@ -70,7 +70,7 @@ async def _drive(
         req = request(f"{w:02d}")
         while not stop.is_set():
             s = rng.choice(fronts)
-            resp = await s.synchronize(req)
+            resp = await synchronize(s, req)
             d = assigned(resp)
             if d is None:
                 req = request(f"{w:02d}")
@@ -85,14 +85,14 @@ async def _drive(
                 else:
                     req = request(f"{w:02d}")
                 continue
-            await s.synchronize(request(f"{w:02d}", "running", d))
+            await synchronize(s, request(f"{w:02d}", "running", d))
             await asyncio.sleep(rng.uniform(0, 0.003))
             done = re_pb2.ExecuteResponse(result=re_pb2.ActionResult(stdout_raw=d.hash.encode()))
             req = request(f"{w:02d}", "completed", d, response=done)
 
     async def reaper() -> None:
         while True:
-            await rng.choice(fronts).reap()
+            await rng.choice(fronts).reaper.reap()
             await asyncio.sleep(0.05)
 
     reap_task = asyncio.create_task(reaper())

@@ -10,20 +10,82 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from redbarn.queue import keys
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue import keys, replies
 from redbarn.queue.scripts import SCRIPT_NAMES, Scripts, script_body
+
+Stage = re_pb2.ExecutionStage
+
+
+QM = b"2147483648000000001"  # priority 0, sequence 1
+# One reply of each script, in the shape its header's `Returns:` line gives, and the
+# record `redbarn.queue.replies` makes of it.
+SAMPLES: dict[str, tuple[list[Any], Any]] = {
+    "enqueue_operation": (
+        [b"op", b"id", b"q", b"5", b"0", QM, b"", b"7", b"8", b"9", b""],
+        replies.Enqueued("id", Stage.QUEUED, 5, 0, 0, "", 7, 8, 9, ""),
+    ),
+    "touch_operation": (
+        [
+            b"op",
+            b"x",
+            b"5",
+            b"ab-3",
+            b"1",
+            b"",
+            b"0",
+            QM,
+            b"/tinv",
+            b"t",
+            b"0000000000 {}",
+            b"7",
+            b"",
+            b"s5 ",
+            b"9",
+        ],
+        replies.OperationRead(
+            Stage.EXECUTING,
+            5,
+            re_pb2.Digest(hash="ab", size_bytes=3),
+            1,
+            None,
+            0,
+            0,
+            "/tinv",
+            "t",
+            "{}",
+            7,
+            None,
+            "s5 ",
+            9,
+        ),
+    ),
+    "synchronize_worker": (
+        [b"x", b"t", b"2", b"5", b"7", b"E"],
+        replies.Assignment("t", 2, 5, 7, b"E"),
+    ),
+    "unpark_worker": ([b"i", b"7"], replies.Idle(7)),
+    "reap_domain": ([1, 2, 3, 1, 0], replies.Reaped(1, 2, 3, True, False)),
+    "kill_operation": ([b"none"], False),
+    "kill_queued": ([b"ok", 4, 0], replies.QueuedKilled("ok", 4, False)),
+    "add_drain": ([b"ok"], True),
+    "remove_drain": ([b"none"], False),
+    "terminate_workers": ([2, b"t1"], replies.Terminated(2, ("t1",))),
+}
 
 
 class _Recorder:
-    """Stands in for redis: register_script returns callables that record their calls."""
+    """Stands in for redis: register_script returns callables that record their calls
+    and answer with the script's sample reply."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[Any]]] = []
+        self.reply: list[Any] = []
 
     def register_script(self, _source: str) -> Any:
         async def run(keys: list[str], args: list[Any]) -> list[Any]:
             self.calls.append((keys, args))
-            return [b"ok"]
+            return self.reply
 
         return run
 
@@ -53,6 +115,7 @@ async def test_header_matches_wrapper(name: str) -> None:
     key_ix = {int(i) for i in re.findall(r"KEYS\[(\d+)\]", text)}
     argv_ix = {int(i) for i in re.findall(r"ARGV\[(\d+)\]", text)}
     rec = _Recorder()
+    rec.reply, decoded = SAMPLES[name]
     scripts = Scripts(rec)
     method = getattr(scripts, name)
     kwargs: dict[str, Any] = {}
@@ -71,7 +134,7 @@ async def test_header_matches_wrapper(name: str) -> None:
             if "bytes" in ann
             else "x"
         )
-    await method(**kwargs)
+    assert await method(**kwargs) == decoded  # the wrapper returns the typed record
     ((call_keys, call_args),) = rec.calls
     assert key_ix == set(range(1, len(call_keys) + 1)), name
     assert argv_ix == set(range(1, len(call_args) + 1)), name

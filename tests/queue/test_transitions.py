@@ -12,7 +12,18 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from google.rpc import status_pb2
-from qhelpers import FAST, action, assigned, execute, is_continue, is_idle, make, md, request
+from qhelpers import (
+    FAST,
+    action,
+    assigned,
+    execute,
+    is_continue,
+    is_idle,
+    make,
+    md,
+    request,
+    synchronize,
+)
 
 from redbarn.errors import (
     FailedPrecondition,
@@ -40,7 +51,7 @@ async def test_no_workers_grace_then_failed_precondition(any_redis: aioredis.Red
         Unavailable, match=r'No workers exist for instance name prefix "main" platform \{\}'
     ):
         await execute(s, 1, instance="main")
-    await any_redis.set(keys.STARTED, str(await s.now_ms() - 10_000))
+    await any_redis.set(keys.STARTED, str(await s.registry.now_ms() - 10_000))
     with pytest.raises(FailedPrecondition) as err:
         await execute(s, 1, instance="main")
     assert err.value.message == 'No workers exist for instance name prefix "main" platform {}'
@@ -49,11 +60,13 @@ async def test_no_workers_grace_then_failed_precondition(any_redis: aioredis.Red
 async def test_platform_and_prefix_matching(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
     linux = re_pb2.Platform(properties=[re_pb2.Platform.Property(name="os", value="linux")])
-    await s.synchronize(request("1", prefix="main", platform=linux))
-    await s.synchronize(request("2", prefix="", platform=linux))
+    await synchronize(s, request("1", prefix="main", platform=linux))
+    await synchronize(s, request("2", prefix="", platform=linux))
     digest, a = action(1, platform=linux)
-    v = await s.execute(instance_name="main/sub", action_digest=digest, action=a, digest_function=1)
-    resp = await s.synchronize(request("1", prefix="main", platform=linux))
+    v = await s.operations.execute(
+        instance_name="main/sub", action_digest=digest, action=a, digest_function=1
+    )
+    resp = await synchronize(s, request("1", prefix="main", platform=linux))
     assert assigned(resp) == digest
     assert resp.desired_state.executing.instance_name_suffix == "sub"
     assert v.stage == Stage.QUEUED
@@ -63,13 +76,15 @@ async def test_platform_and_prefix_matching(any_redis: aioredis.Redis) -> None:
         await execute(s, 2, instance="mainx")  # empty platform: no queue has it
     # "mainx" is not under "main": the "" queue takes it.
     digest, a = action(3, platform=linux)
-    await s.execute(instance_name="mainx", action_digest=digest, action=a, digest_function=1)
-    assert assigned(await s.synchronize(request("2", prefix="", platform=linux))) == digest
+    await s.operations.execute(
+        instance_name="mainx", action_digest=digest, action=a, digest_function=1
+    )
+    assert assigned(await synchronize(s, request("2", prefix="", platform=linux))) == digest
 
 
 async def test_validation_errors(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     bad = re_pb2.Platform(
         properties=[
             re_pb2.Platform.Property(name="os", value="x"),
@@ -91,12 +106,12 @@ async def test_validation_errors(any_redis: aioredis.Redis) -> None:
     with pytest.raises(InvalidArgument, match="Worker did not provide its current state"):
         req = request("1")
         req.ClearField("current_state")
-        await s.synchronize(req)
+        await synchronize(s, req)
 
 
 async def test_dedup_same_and_other_invocation(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     a = await execute(s, 1, tool="A")
     a2 = await execute(s, 1, tool="A")
     b = await execute(s, 1, tool="B")
@@ -105,15 +120,15 @@ async def test_dedup_same_and_other_invocation(any_redis: aioredis.Redis) -> Non
     other = await execute(s, 1, instance="other", tool="A")
     assert other.name != a.name  # the instance name is part of the dedup key
     digest, _ = action(1)
-    resp = await s.synchronize(request("1"))
+    resp = await synchronize(s, request("1"))
     assert assigned(resp) == digest
-    assert (await s.get_operation_view(b.name)).stage == Stage.EXECUTING
-    await s.synchronize(request("1", "completed", digest, response=OK))
+    assert (await s.operations.get_operation_view(b.name)).stage == Stage.EXECUTING
+    await synchronize(s, request("1", "completed", digest, response=OK))
     for name in (a.name, b.name):
-        v = await s.get_operation_view(name)
+        v = await s.operations.get_operation_view(name)
         assert v.done and v.response == OK
     # The completion report was answered with the next queued task: the other instance's.
-    assert (await s.get_operation_view(other.name)).stage == Stage.EXECUTING
+    assert (await s.operations.get_operation_view(other.name)).stage == Stage.EXECUTING
     # After completion a new Execute creates a fresh task.
     again = await execute(s, 1, tool="A")
     assert again.name != a.name and again.stage == Stage.QUEUED
@@ -121,7 +136,7 @@ async def test_dedup_same_and_other_invocation(any_redis: aioredis.Redis) -> Non
 
 async def test_do_not_cache_is_not_deduplicated(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     a = await execute(s, 1, do_not_cache=True)
     b = await execute(s, 1, do_not_cache=True)
     assert a.name != b.name
@@ -129,7 +144,7 @@ async def test_do_not_cache_is_not_deduplicated(any_redis: aioredis.Redis) -> No
 
 async def test_fairness_between_invocations_and_priority(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     names = {}
     for i in range(4):
         names[(await execute(s, 100 + i, tool="A")).name] = ("A", i)
@@ -138,41 +153,41 @@ async def test_fairness_between_invocations_and_priority(any_redis: aioredis.Red
     urgent = await execute(s, 300, tool="C", priority=-200)
     order = []
     digests = {action(n)[0].hash: n for n in [*range(100, 104), *range(200, 204), 300]}
-    resp = await s.synchronize(request("1"))
+    resp = await synchronize(s, request("1"))
     while assigned(resp) is not None:
         d = assigned(resp)
         assert d is not None
         order.append(digests[d.hash])
-        resp = await s.synchronize(request("1", "completed", d, response=OK))
+        resp = await synchronize(s, request("1", "completed", d, response=OK))
     assert order[0] == 300
     assert order[1:] == [100, 200, 101, 201, 102, 202, 103, 203]
-    assert (await s.get_operation_view(urgent.name)).done
+    assert (await s.operations.get_operation_view(urgent.name)).done
 
 
 async def test_priority_then_fifo_within_invocation(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     for n, prio in [(1, 5), (2, 0), (3, 5), (4, -1)]:
         await execute(s, n, tool="A", priority=prio)
     order = []
-    resp = await s.synchronize(request("1"))
+    resp = await synchronize(s, request("1"))
     by_hash = {action(n)[0].hash: n for n in range(1, 5)}
     while (d := assigned(resp)) is not None:
         order.append(by_hash[d.hash])
-        resp = await s.synchronize(request("1", "completed", d, response=OK))
+        resp = await synchronize(s, request("1", "completed", d, response=OK))
     assert order == [4, 2, 1, 3]
 
 
 async def test_executing_count_steers_workers(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
     for w in "123":
-        await s.synchronize(request(w))
+        await synchronize(s, request(w))
     for i in range(3):
         await execute(s, 10 + i, tool="A")
     await execute(s, 20, tool="B")
     got = []
     for w in "123":
-        d = assigned(await s.synchronize(request(w)))
+        d = assigned(await synchronize(s, request(w)))
         assert d is not None
         got.append(d.hash)
     # A got one worker, then B (score 1 vs 2), then A again.
@@ -182,11 +197,11 @@ async def test_executing_count_steers_workers(any_redis: aioredis.Redis) -> None
 async def test_park_and_direct_assignment(any_redis: aioredis.Redis) -> None:
     cfg = dataclasses.replace(FAST, idle_sync_timeout=1.0)
     s = Scheduler(any_redis, cfg, hints=PollingHints(step=10.0))
-    await s.synchronize(request("0", prefer_idle=True))  # create the domain
-    sync = asyncio.create_task(s.synchronize(request("1")))
+    await synchronize(s, request("0", prefer_idle=True))  # create the domain
+    sync = asyncio.create_task(synchronize(s, request("1")))
     await asyncio.sleep(0.1)
     with pytest.raises(ResourceExhausted, match="same worker ID is already synchronizing"):
-        await make(any_redis).synchronize(request("1"))
+        await synchronize(make(any_redis), request("1"))
     digest, _ = action(1)
     view = await execute(s, 1)
     assert view.stage == Stage.EXECUTING  # handed straight to the parked worker
@@ -210,7 +225,7 @@ def watch_stages(s: Scheduler, first: Any) -> tuple[asyncio.Task[None], list[int
     stages: list[int] = []
 
     async def watch() -> None:
-        async for view in s.watch_operation(first.name, first=first):
+        async for view in s.operations.watch_operation(first.name, first=first):
             stages.append(view.stage)
 
     return asyncio.create_task(watch()), stages
@@ -224,10 +239,10 @@ def wk_of(thread: str) -> str:
 async def test_hint_wakes_parked_worker(real_redis: aioredis.Redis) -> None:
     async with subscribed_hub(real_redis, "fe1") as hub:
         s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=5.0), hints=hub)
-        await s.synchronize(request("0", prefer_idle=True))
+        await synchronize(s, request("0", prefer_idle=True))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        sync = asyncio.create_task(s.synchronize(request("1")))
+        sync = asyncio.create_task(synchronize(s, request("1")))
         await asyncio.sleep(0.1)
         calls = s.scripts.calls
         await execute(make(real_redis), 1)
@@ -247,36 +262,38 @@ async def test_a_worker_hint_from_before_the_park_is_not_taken(real_redis: aiore
     answer a later park with that old assignment: it is re-read from Redis instead."""
     async with subscribed_hub(real_redis, "fe3") as hub:
         s = Scheduler(real_redis, dataclasses.replace(FAST, idle_sync_timeout=0.4), hints=hub)
-        await s.synchronize(request("0", prefer_idle=True))
+        await synchronize(s, request("0", prefer_idle=True))
         domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
         stale = b"1\x1ft999\x1f1\x1f0\x1f0\x1f"
         hub.notify(keys.worker_topic(domain, wk_of("1")), stale)
-        assert is_idle(await s.synchronize(request("1")))
+        assert is_idle(await synchronize(s, request("1")))
 
 
 async def test_prefer_being_idle(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     await execute(s, 1)
-    resp = await s.synchronize(request("1", prefer_idle=True))
+    resp = await synchronize(s, request("1", prefer_idle=True))
     assert is_idle(resp)
-    assert abs(resp.next_synchronization_at.seconds - (await s.now_ms()) // 1000) <= 1
-    d = assigned(await s.synchronize(request("1")))
+    assert abs(resp.next_synchronization_at.seconds - (await s.registry.now_ms()) // 1000) <= 1
+    d = assigned(await synchronize(s, request("1")))
     assert d is not None
-    assert is_continue(await s.synchronize(request("1", "running", d, prefer_idle=True)))
-    assert is_idle(await s.synchronize(request("1", "completed", d, response=OK, prefer_idle=True)))
+    assert is_continue(await synchronize(s, request("1", "running", d, prefer_idle=True)))
+    assert is_idle(
+        await synchronize(s, request("1", "completed", d, response=OK, prefer_idle=True))
+    )
 
 
 async def test_progress_for_other_digest_gets_idle_without_blocking(
     any_redis: aioredis.Redis,
 ) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     stale, _ = action(99)
-    resp = await s.synchronize(request("1", "running", stale))
+    resp = await synchronize(s, request("1", "running", stale))
     assert is_idle(resp)
     await execute(s, 1)
-    resp = await s.synchronize(request("1", "running", stale))
+    resp = await synchronize(s, request("1", "running", stale))
     assert assigned(resp) == action(1)[0]
 
 
@@ -284,13 +301,13 @@ async def test_rehand_limit_then_internal(any_redis: aioredis.Redis) -> None:
     # Re-hands also spend attempts; with a budget above the re-hand limit, Buildbarn's
     # INTERNAL crash-loop message is what ends it.
     s = make(any_redis, dataclasses.replace(FAST, max_attempts=20))
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     d = action(1)[0]
     for _ in range(10):  # first assignment + 9 re-hands
-        assert assigned(await s.synchronize(request("1"))) == d
-    assert is_idle(await s.synchronize(request("1")))
-    done = await s.get_operation_view(v.name)
+        assert assigned(await synchronize(s, request("1"))) == d
+    assert is_idle(await synchronize(s, request("1")))
+    done = await s.operations.get_operation_view(v.name)
     assert done.response is not None
     assert done.response.status.code == 13
     assert done.response.status.message == (
@@ -301,13 +318,13 @@ async def test_rehand_limit_then_internal(any_redis: aioredis.Redis) -> None:
 
 async def test_rehands_spend_the_attempt_budget(any_redis: aioredis.Redis) -> None:
     s = make(any_redis, dataclasses.replace(FAST, max_attempts=3))
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     d = action(1)[0]
     for _ in range(3):  # first assignment + 2 re-hands = 3 attempts
-        assert assigned(await s.synchronize(request("1"))) == d
-    assert is_idle(await s.synchronize(request("1")))
-    done = await s.get_operation_view(v.name)
+        assert assigned(await synchronize(s, request("1"))) == d
+    assert is_idle(await synchronize(s, request("1")))
+    done = await s.operations.get_operation_view(v.name)
     assert done.response is not None and done.response.status.code == 14
     assert "(attempt 3 of 3, action " in done.response.status.message
 
@@ -319,15 +336,15 @@ async def test_worker_back_without_its_started_task_spends_an_attempt(
     restarted): that is a lost attempt, not a lost response to re-hand nine times."""
     cfg = dataclasses.replace(FAST, max_attempts=2)
     s = make(any_redis, cfg)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     d = action(1)[0]
     for attempt in (1, 2):
-        assert assigned(await s.synchronize(request("1"))) == d, attempt
-        await s.synchronize(request("1", "running", d))
+        assert assigned(await synchronize(s, request("1"))) == d, attempt
+        await synchronize(s, request("1", "running", d))
     # Back once more without it: the budget of two attempts is spent.
-    assert is_idle(await s.synchronize(request("1")))
-    done = await s.get_operation_view(v.name)
+    assert is_idle(await synchronize(s, request("1")))
+    done = await s.operations.get_operation_view(v.name)
     assert done.response is not None and done.response.status.code == 14
     assert "disappeared while task was executing (attempt 2 of 2" in done.response.status.message
 
@@ -337,22 +354,22 @@ async def test_lost_worker_requeued_then_failed_and_zombie_dropped(
 ) -> None:
     cfg = dataclasses.replace(FAST, max_attempts=2, operation_retention=30)
     s = make(any_redis, cfg)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     d = action(1)[0]
-    assert assigned(await s.synchronize(request("1"))) == d
+    assert assigned(await synchronize(s, request("1"))) == d
     await asyncio.sleep(0.35)
-    assert (await s.reap())["workers"] == 1
-    view = await s.get_operation_view(v.name)
+    assert (await s.reaper.reap()).workers == 1
+    view = await s.operations.get_operation_view(v.name)
     assert view.stage == Stage.QUEUED
     assert view.queued_ms == v.queued_ms  # original queued time kept
-    assert assigned(await s.synchronize(request("2"))) == d
+    assert assigned(await synchronize(s, request("2"))) == d
     # Worker 1 comes back as a zombie and reports the old completion: dropped.
-    await s.synchronize(request("1", "completed", d, response=FAIL))
-    assert (await s.get_operation_view(v.name)).stage == Stage.EXECUTING
+    await synchronize(s, request("1", "completed", d, response=FAIL))
+    assert (await s.operations.get_operation_view(v.name)).stage == Stage.EXECUTING
     await asyncio.sleep(0.35)
-    await s.reap()
-    done = await s.get_operation_view(v.name)
+    await s.reaper.reap()
+    done = await s.operations.get_operation_view(v.name)
     assert done.done and done.response is not None
     assert done.response.status.code == 14
     assert done.response.status.message == (
@@ -363,18 +380,18 @@ async def test_lost_worker_requeued_then_failed_and_zombie_dropped(
 
 async def test_operation_without_waiters_is_cancelled(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     queued = await execute(s, 1)
     running = await execute(s, 2, tool="other")
-    d = assigned(await s.synchronize(request("1")))
+    d = assigned(await synchronize(s, request("1")))
     assert d is not None
     await asyncio.sleep(0.6)
-    await s.reap()
+    await s.reaper.reap()
     for name in (queued.name, running.name):
         with pytest.raises(NotFound, match=f'Operation with name "{name}" not found'):
-            await s.get_operation_view(name)
+            await s.operations.get_operation_view(name)
     # The worker running the abandoned task is told to go idle.
-    assert is_idle(await s.synchronize(request("1", "running", d)))
+    assert is_idle(await synchronize(s, request("1", "running", d)))
     assert await any_redis.zcard(keys.domain_key(queued.name.split(".")[0], "queued")) == 0
 
 
@@ -382,19 +399,19 @@ async def test_completed_operation_kept_while_watched_then_deleted(
     any_redis: aioredis.Redis,
 ) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
-    d = assigned(await s.synchronize(request("1")))
+    d = assigned(await synchronize(s, request("1")))
     assert d is not None
-    await s.synchronize(request("1", "completed", d, response=OK))
+    await synchronize(s, request("1", "completed", d, response=OK))
     for _ in range(4):
         await asyncio.sleep(0.2)
-        await s.reap()
-        assert (await s.get_operation_view(v.name)).done
+        await s.reaper.reap()
+        assert (await s.operations.get_operation_view(v.name)).done
     await asyncio.sleep(0.6)
-    await s.reap()
+    await s.reaper.reap()
     with pytest.raises(NotFound):
-        await s.get_operation_view(v.name)
+        await s.operations.get_operation_view(v.name)
     domain = v.name.split(".")[0]
     for what in ("tasks", "ops", "opgc", "queued", "pick", "inv", "inflight"):
         assert not await any_redis.exists(keys.domain_key(domain, what)), what
@@ -402,85 +419,93 @@ async def test_completed_operation_kept_while_watched_then_deleted(
 
 async def test_watch_operation_stream(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     stages = []
 
     async def watch() -> None:
-        async for view in s.watch_operation(v.name):
+        async for view in s.operations.watch_operation(v.name):
             stages.append(view.stage)
 
     task = asyncio.create_task(watch())
     await asyncio.sleep(0.1)
-    d = assigned(await s.synchronize(request("1")))
+    d = assigned(await synchronize(s, request("1")))
     assert d is not None
     await asyncio.sleep(0.1)
-    await s.synchronize(request("1", "completed", d, response=OK))
+    await synchronize(s, request("1", "completed", d, response=OK))
     await asyncio.wait_for(task, 2)
     assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
 
 
 async def test_size_class_fallback_runs_once_on_largest(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("small", size_class=1))
-    await s.synchronize(request("big", size_class=4))
+    await synchronize(s, request("small", size_class=1))
+    await synchronize(s, request("big", size_class=4))
     v = await execute(s, 1)
     d = action(1)[0]
-    assert assigned(await s.synchronize(request("big", size_class=4))) is None
-    assert assigned(await s.synchronize(request("small", size_class=1))) == d
-    await s.synchronize(request("small", "completed", d, response=FAIL, size_class=1))
-    view = await s.get_operation_view(v.name)
+    assert assigned(await synchronize(s, request("big", size_class=4))) is None
+    assert assigned(await synchronize(s, request("small", size_class=1))) == d
+    await synchronize(s, request("small", "completed", d, response=FAIL, size_class=1))
+    view = await s.operations.get_operation_view(v.name)
     assert view.stage == Stage.QUEUED and view.size_class == 4
-    assert assigned(await s.synchronize(request("big", size_class=4))) == d
-    await s.synchronize(request("big", "completed", d, response=FAIL, size_class=4))
-    done = await s.get_operation_view(v.name)
+    assert assigned(await synchronize(s, request("big", size_class=4))) == d
+    await synchronize(s, request("big", "completed", d, response=FAIL, size_class=4))
+    done = await s.operations.get_operation_view(v.name)
     assert done.done and done.response == FAIL
 
 
 async def test_drains(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
-    await s.synchronize(request("2"))
-    await s.add_drain(
-        instance_name_prefix="", platform=re_pb2.Platform(), size_class=0, pattern={"thread": "1"}
+    await synchronize(s, request("1"))
+    await synchronize(s, request("2"))
+    await s.control.set_drain(
+        add=True,
+        instance_name_prefix="",
+        platform=re_pb2.Platform(),
+        size_class=0,
+        pattern={"thread": "1"},
     )
-    drains = await s.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ0))
+    drains = await s.admin.list_drains(bq_pb2.ListDrainsRequest(size_class_queue_name=SCQ0))
     assert [dict(d.worker_id_pattern) for d in drains.drains] == [{"thread": "1"}]
     await execute(s, 1)
-    assert is_idle(await s.synchronize(request("1")))
-    assert assigned(await s.synchronize(request("2"))) == action(1)[0]
+    assert is_idle(await synchronize(s, request("1")))
+    assert assigned(await synchronize(s, request("2"))) == action(1)[0]
     await execute(s, 2)
-    await s.remove_drain(
-        instance_name_prefix="", platform=re_pb2.Platform(), size_class=0, pattern={"thread": "1"}
+    await s.control.set_drain(
+        add=False,
+        instance_name_prefix="",
+        platform=re_pb2.Platform(),
+        size_class=0,
+        pattern={"thread": "1"},
     )
-    assert assigned(await s.synchronize(request("1"))) == action(2)[0]
+    assert assigned(await synchronize(s, request("1"))) == action(2)[0]
     with pytest.raises(NotFound, match="Size class queue not found"):
-        await s.add_drain(
-            instance_name_prefix="x", platform=re_pb2.Platform(), size_class=0, pattern={}
+        await s.control.set_drain(
+            add=True, instance_name_prefix="x", platform=re_pb2.Platform(), size_class=0, pattern={}
         )
 
 
 async def test_kill_operations(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     running = await execute(s, 1)
     queued = await execute(s, 2)
-    d = assigned(await s.synchronize(request("1")))
+    d = assigned(await synchronize(s, request("1")))
     assert d is not None
     status = status_pb2.Status(code=10, message="killed by admin")
-    await s.kill_operation(queued.name, status)
-    await s.kill_operation(running.name, status)
+    await s.control.kill_operation(queued.name, status)
+    await s.control.kill_operation(running.name, status)
     for name in (queued.name, running.name):
-        v = await s.get_operation_view(name)
+        v = await s.operations.get_operation_view(name)
         assert v.done and v.response is not None and v.response.status == status
-    assert is_idle(await s.synchronize(request("1", "running", d)))
+    assert is_idle(await synchronize(s, request("1", "running", d)))
     with pytest.raises(NotFound, match='Operation "nope" not found'):
-        await s.kill_operation("nope", status)
+        await s.control.kill_operation("nope", status)
 
 
 async def test_kill_queued_operations_of_workerless_queue(any_redis: aioredis.Redis) -> None:
     s = make(any_redis, dataclasses.replace(FAST, platform_queue_timeout=60))
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     status = status_pb2.Status(code=10, message="gone")
     kw = {
@@ -490,38 +515,38 @@ async def test_kill_queued_operations_of_workerless_queue(any_redis: aioredis.Re
         "status": status,
     }
     with pytest.raises(FailedPrecondition, match="still has workers"):
-        await s.kill_queued_operations(**kw)  # type: ignore[arg-type]
+        await s.control.kill_queued_operations(**kw)  # type: ignore[arg-type]
     await asyncio.sleep(0.35)
-    await s.reap()
-    assert await s.kill_queued_operations(**kw) == 1  # type: ignore[arg-type]
-    assert (await s.get_operation_view(v.name)).done
+    await s.reaper.reap()
+    assert await s.control.kill_queued_operations(**kw) == 1  # type: ignore[arg-type]
+    assert (await s.operations.get_operation_view(v.name)).done
 
 
 async def test_workerless_size_class_queue_is_removed(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     v = await execute(s, 1)
     await asyncio.sleep(0.35)
-    await s.reap()  # worker gone; queue removal scheduled
-    assert (await s.get_operation_view(v.name)).stage == Stage.QUEUED
+    await s.reaper.reap()  # worker gone; queue removal scheduled
+    assert (await s.operations.get_operation_view(v.name)).stage == Stage.QUEUED
     for _ in range(3):  # keep watching while the queue's removal comes due
         await asyncio.sleep(0.2)
-        await s.get_operation_view(v.name)
-    await s.reap()
-    done = await s.get_operation_view(v.name)
+        await s.operations.get_operation_view(v.name)
+    await s.reaper.reap()
+    done = await s.operations.get_operation_view(v.name)
     assert done.response is not None and done.response.status.code == 14
     assert done.response.status.message == (
         "Workers for this instance name, platform and size class disappeared while task was queued"
     )
     await asyncio.sleep(0.6)
-    totals = await s.reap()
-    assert totals["domains_removed"] == 1
+    totals = await s.reaper.reap()
+    assert totals.domains_removed == 1
     assert await any_redis.keys("redbarn:v1:{*") == []
 
 
 async def test_queue_depth_cap(any_redis: aioredis.Redis) -> None:
     s = make(any_redis, dataclasses.replace(FAST, max_queued_per_platform=2))
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     await execute(s, 1)
     await execute(s, 2)
     with pytest.raises(ResourceExhausted):
@@ -530,23 +555,23 @@ async def test_queue_depth_cap(any_redis: aioredis.Redis) -> None:
 
 async def test_terminate_workers(any_redis: aioredis.Redis) -> None:
     s = make(any_redis)
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     await execute(s, 1)
     await execute(s, 2)
-    d = assigned(await s.synchronize(request("1")))
+    d = assigned(await synchronize(s, request("1")))
     assert d is not None
-    waiter = asyncio.create_task(s.terminate_workers({"thread": "1"}, poll=0.02))
+    waiter = asyncio.create_task(s.control.terminate_workers({"thread": "1"}, poll=0.02))
     await asyncio.sleep(0.1)
     assert not waiter.done()
-    assert is_idle(await s.synchronize(request("1", "completed", d, response=OK)))
+    assert is_idle(await synchronize(s, request("1", "completed", d, response=OK)))
     assert await asyncio.wait_for(waiter, 2) == 1
 
 
 async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
     s = make(any_redis, dataclasses.replace(FAST, correlated_invocations_level=True))
-    await s.synchronize(request("1"))
+    await synchronize(s, request("1"))
     digest, a = action(1)
-    v = await s.execute(
+    v = await s.operations.execute(
         instance_name="",
         action_digest=digest,
         action=a,
@@ -566,8 +591,8 @@ async def test_cancelled_park_leaves_the_parked_set(any_redis: aioredis.Redis) -
     s = Scheduler(
         any_redis, dataclasses.replace(FAST, idle_sync_timeout=5.0), hints=PollingHints(step=10.0)
     )
-    await s.synchronize(request("0", prefer_idle=True))
-    parked = asyncio.create_task(s.synchronize(request("1")))
+    await synchronize(s, request("0", prefer_idle=True))
+    parked = asyncio.create_task(synchronize(s, request("1")))
     await asyncio.sleep(0.1)
     domain = keys.domain_id("", "{}")
     assert await any_redis.zcard(keys.domain_key(domain, "parked")) == 1
@@ -577,22 +602,22 @@ async def test_cancelled_park_leaves_the_parked_set(any_redis: aioredis.Redis) -
     assert await any_redis.zcard(keys.domain_key(domain, "parked")) == 0
     # The worker may synchronize again at once (no "already synchronizing").
     await execute(s, 1)
-    assert assigned(await s.synchronize(request("1"))) == action(1)[0]
+    assert assigned(await synchronize(s, request("1"))) == action(1)[0]
 
 
 async def test_operation_hint_wakes_stream(real_redis: aioredis.Redis) -> None:
     async with subscribed_hub(real_redis, "fe2") as hub:
         s = Scheduler(real_redis, dataclasses.replace(FAST, waiter_poll_interval=30.0), hints=hub)
-        await s.synchronize(request("1"))
+        await synchronize(s, request("1"))
         v = await execute(s, 1)
         task, stages = watch_stages(s, v)
         await asyncio.sleep(0.1)
         other = make(real_redis)  # another frontend does the worker's side
-        d = assigned(await other.synchronize(request("1")))
+        d = assigned(await synchronize(other, request("1")))
         assert d is not None
         await asyncio.sleep(0.1)
         calls = s.scripts.calls
-        await other.synchronize(request("1", "completed", d, response=OK))
+        await synchronize(other, request("1", "completed", d, response=OK))
         await asyncio.wait_for(task, 2)  # woken by hints, not by the 30 s poll
         assert stages == [Stage.QUEUED, Stage.EXECUTING, Stage.COMPLETED]
         assert s.scripts.calls == calls  # the hints carried the states: nothing re-read
@@ -608,10 +633,10 @@ class _DeafHints(PollingHints):
 
 async def test_lost_wake_hint_costs_at_most_a_second(any_redis: aioredis.Redis) -> None:
     s = Scheduler(any_redis, dataclasses.replace(FAST, idle_sync_timeout=30.0), hints=_DeafHints())
-    await s.synchronize(request("0", prefer_idle=True))
+    await synchronize(s, request("0", prefer_idle=True))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    sync = asyncio.create_task(s.synchronize(request("1")))
+    sync = asyncio.create_task(synchronize(s, request("1")))
     await asyncio.sleep(0.1)
     await execute(make(any_redis), 1)
     assert assigned(await asyncio.wait_for(sync, 5)) == action(1)[0]
@@ -650,21 +675,21 @@ async def test_enqueue_checks_required_blobs_first(any_redis: aioredis.Redis) ->
     from redbarn.queue.scripts import RequiredBlobs
 
     s = make(any_redis)
-    await s.synchronize(request("1", prefer_idle=True))
+    await synchronize(s, request("1", prefer_idle=True))
     digest, a = action(1)
     await any_redis.set("cas:{a}:1", b"x", px=1000)
     await any_redis.set("cas:{b}:2", b"y", px=1000)
     await any_redis.set("cas:{b}:2:c0", b"y", px=1000)
     needed = [["cas:{a}:1"], ["cas:{gone}:3"], ["cas:{b}:2", "cas:{b}:2:c0", "cas:{b}:2:c1"]]
     with pytest.raises(MissingBlobs) as err:
-        await s.execute(
+        await s.operations.execute(
             instance_name="", action_digest=digest, action=a, digest_function=1,
             required=RequiredBlobs(keys=needed, ttl_ms=600_000),
         )  # fmt: skip
     assert err.value.positions == [1, 2]  # a chunk missing makes the blob missing
     domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
     assert await any_redis.hlen(keys.domain_key(domain, "ops")) == 0
-    view = await s.execute(
+    view = await s.operations.execute(
         instance_name="", action_digest=digest, action=a, digest_function=1,
         required=RequiredBlobs(keys=[["cas:{a}:1"], ["cas:{b}:2", "cas:{b}:2:c0"]], ttl_ms=600_000),
     )  # fmt: skip
@@ -689,8 +714,8 @@ async def test_hints_for_the_calling_frontend_come_back_in_the_reply(
             dataclasses.replace(FAST, idle_sync_timeout=5.0, waiter_poll_interval=30.0),
             hints=hub,
         )
-        await s.synchronize(request("0", prefer_idle=True))
-        sync = asyncio.create_task(s.synchronize(request("1")))
+        await synchronize(s, request("0", prefer_idle=True))
+        sync = asyncio.create_task(synchronize(s, request("1")))
         await asyncio.sleep(0.1)
         before = await publishes()
         view = await execute(s, 1)
@@ -698,7 +723,7 @@ async def test_hints_for_the_calling_frontend_come_back_in_the_reply(
         assert d == action(1)[0]
         task, stages = watch_stages(s, view)
         await asyncio.sleep(0.1)
-        await s.synchronize(request("1", "completed", d, response=OK, prefer_idle=True))
+        await synchronize(s, request("1", "completed", d, response=OK, prefer_idle=True))
         await asyncio.wait_for(task, 2)  # woken at once, not by the 30 s poll
         assert stages == [Stage.EXECUTING, Stage.COMPLETED]
         assert await publishes() == before

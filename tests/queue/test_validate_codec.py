@@ -1,4 +1,6 @@
-"""The pure helpers the frontend reuses: Buildbarn's wording and canonical encodings."""
+"""The core's own checks and codec: Buildbarn's wording and canonical encodings.
+
+Digest and instance-name rules are `redbarn.digests`'s: tests/test_digests.py."""
 
 from __future__ import annotations
 
@@ -10,24 +12,6 @@ from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import codec, keys, validate
 
 P = re_pb2.Platform.Property
-
-
-def test_instance_names() -> None:
-    for ok in ("", "main", "main/sub", "a/b/c"):
-        validate.instance_name(ok)
-    for bad, why in [
-        ("/main", "redundant slashes"),
-        ("main/", "redundant slashes"),
-        ("a//b", "redundant slashes"),
-        ("main/blobs", 'reserved keyword "blobs"'),
-        ("operations", 'reserved keyword "operations"'),
-    ]:
-        with pytest.raises(InvalidArgument) as err:
-            validate.instance_name(bad)
-        assert err.value.message.startswith(
-            f'Invalid instance name "{bad}": Instance name contains'
-        )
-        assert why in err.value.message
 
 
 def test_platform_order() -> None:
@@ -46,30 +30,6 @@ def test_platform_order() -> None:
         validate.platform(
             re_pb2.Platform(properties=[P(name="a", value="1"), P(name="a", value="1")])
         )
-
-
-def test_digest_function_and_digest() -> None:
-    SHA256 = re_pb2.DigestFunction.SHA256
-    assert validate.digest_function(re_pb2.DigestFunction.UNKNOWN, "a" * 64) == SHA256
-    assert (
-        validate.digest_function(re_pb2.DigestFunction.UNKNOWN, "a" * 40)
-        == re_pb2.DigestFunction.SHA1
-    )
-    with pytest.raises(InvalidArgument, match=r"^Unknown digest function$"):
-        validate.digest_function(re_pb2.DigestFunction.UNKNOWN, "a" * 10)
-    validate.digest(re_pb2.Digest(hash="a" * 64, size_bytes=1), SHA256)
-    with pytest.raises(InvalidArgument) as err:
-        validate.digest(re_pb2.Digest(hash="a" * 63, size_bytes=1), SHA256)
-    assert (
-        err.value.message
-        == "Failed to extract digest for action: Hash has length 63, while 64 characters were expected"
-    )
-    with pytest.raises(InvalidArgument, match="Non-hexadecimal character"):
-        validate.digest(re_pb2.Digest(hash="A" * 64, size_bytes=1), SHA256)
-    with pytest.raises(InvalidArgument, match="Invalid digest size: -1 bytes"):
-        validate.digest(re_pb2.Digest(hash="a" * 64, size_bytes=-1), SHA256)
-    with pytest.raises(InvalidArgument, match="No digest provided"):
-        validate.digest(None, SHA256)
 
 
 def test_action_timeout() -> None:

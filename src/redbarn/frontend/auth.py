@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from redbarn.config import ConfigError
+from redbarn.frontend.decoding import Continuation
 
 REAPI = "/build.bazel.remote.execution.v2."
 BYTESTREAM = "/google.bytestream.ByteStream/"
@@ -154,9 +155,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._serve_synchronize = serve_synchronize
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method

@@ -17,8 +17,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from redbarn.digests import Digest, parse_read_resource, parse_write_resource
 from redbarn.errors import InvalidArgument
-from redbarn.frontend.digests import Digest, parse_read_resource, parse_write_resource
 from redbarn.frontend.errors import grpc_errors
 from redbarn.frontend.storage import BlobStore, WriteSession
 from redbarn.proto import bytestream_pb2 as bs_pb2

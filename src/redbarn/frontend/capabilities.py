@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redbarn.frontend.digests import SHA256, validate_instance_name
+from redbarn.digests import SHA256, validate_instance_name
 from redbarn.frontend.errors import grpc_errors
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from redbarn.digests import Digest, parse_digests, parse_field, validate_instance_name
 from redbarn.errors import InvalidArgument, NotFound, Unimplemented
-from redbarn.frontend.digests import Digest, parse_digests, parse_field, validate_instance_name
 from redbarn.frontend.errors import grpc_errors, status_of
 from redbarn.frontend.storage import BlobStore
 from redbarn.proto import remote_execution_pb2 as re_pb2
@@ -27,6 +27,17 @@ def check_batch_size(digests: Iterable[Digest], limit: int) -> None:
             f"Batch of {total} bytes exceeds the limit of {limit} bytes (max_batch_total_size_bytes); "
             "use ByteStream for large blobs"
         )
+
+
+def _instance_and_digests(
+    request: re_pb2.FindMissingBlobsRequest
+    | re_pb2.BatchUpdateBlobsRequest
+    | re_pb2.BatchReadBlobsRequest,
+    digests: Iterable[re_pb2.Digest],
+) -> tuple[str, list[Digest]]:
+    """The instance name of a batch request and its `digests`, validated."""
+    instance = validate_instance_name(request.instance_name)
+    return instance, parse_digests(digests, request.digest_function)
 
 
 def _read_response(digest: Digest, data: bytes | None) -> re_pb2.BatchReadBlobsResponse.Response:
@@ -55,8 +66,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     async def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: Any
     ) -> re_pb2.FindMissingBlobsResponse:
-        instance = validate_instance_name(request.instance_name)
-        digests = parse_digests(request.blob_digests, request.digest_function)
+        instance, digests = _instance_and_digests(request, request.blob_digests)
         missing = await self._blobs.find_missing(instance, digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[d.to_proto() for d in missing])
 
@@ -64,8 +74,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     async def BatchUpdateBlobs(
         self, request: re_pb2.BatchUpdateBlobsRequest, context: Any
     ) -> re_pb2.BatchUpdateBlobsResponse:
-        instance = validate_instance_name(request.instance_name)
-        digests = parse_digests([r.digest for r in request.requests], request.digest_function)
+        instance, digests = _instance_and_digests(request, [r.digest for r in request.requests])
         if any(r.compressor != IDENTITY for r in request.requests):
             raise InvalidArgument(
                 "Unsupported compressor: this server accepts uncompressed (identity) blobs only"
@@ -86,8 +95,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     async def BatchReadBlobs(
         self, request: re_pb2.BatchReadBlobsRequest, context: Any
     ) -> re_pb2.BatchReadBlobsResponse:
-        instance = validate_instance_name(request.instance_name)
-        digests = parse_digests(request.digests, request.digest_function)
+        instance, digests = _instance_and_digests(request, request.digests)
         check_batch_size(digests, self._max_batch)
         datas = await self._blobs.get_many(instance, digests)
         return re_pb2.BatchReadBlobsResponse(

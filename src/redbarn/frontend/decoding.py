@@ -18,6 +18,9 @@ from typing import Any
 
 import grpc
 
+# What a server interceptor's `intercept_service` calls to get the method's handler.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
 
 class Undecodable:
     """What the wrapped deserializer returns for bytes that do not parse."""
@@ -113,9 +116,7 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         self._guarded: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None:

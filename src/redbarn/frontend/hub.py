@@ -1,11 +1,11 @@
 """Wake-up hints for this frontend: one pub/sub channel, many waiting coroutines.
 
 Each frontend process has an id (`fid`) and subscribes to exactly one channel,
-`redbarn:v1:fe:<fid>`. Scheduler scripts publish a message there when something a
-coroutine of this frontend waits for has changed: a parked worker was given work, or
-an operation it streams changed stage. The message is the topic, optionally followed
+`redbarn:v1:fe:<fid>` (`redbarn.queue.keys.channel`). Scheduler scripts publish a
+message there when something a coroutine of this frontend waits for has changed: a
+parked worker was given work, or an operation it streams changed stage. The message is the topic, optionally followed
 by a unit separator (\x1f) and a payload: the new state, so that the waiter need not
-read it back from Redis (see `redbarn.queue.scheduler`). `Hub.wait(topic, timeout)`
+read it back from Redis (`redbarn.queue.replies`). `Hub.wait(topic, timeout)`
 returns the payload (b"" for a bare hint, a reconnect or shutdown), or None on timeout.
 Hints are only hints: Redis state is the truth, waiters that get no usable payload
 re-read it, and every waiter also polls on a timer, so a lost message (say, while
@@ -26,9 +26,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from redbarn.queue import keys
+
 log = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "redbarn:v1:fe:"
 PENDING_TTL = 2.0  # seconds a hint with no waiter is remembered
 PENDING_MAX = 100_000  # bound on remembered hints
 
@@ -43,7 +44,7 @@ class Hub:
     def __init__(self, redis: aioredis.Redis, fid: str, *, retry_delay: float = 0.5) -> None:
         self._redis = redis
         self.fid = fid
-        self.channel = CHANNEL_PREFIX + fid
+        self.channel = keys.channel(fid)
         self._waiters: dict[str, set[asyncio.Future[bytes | None]]] = defaultdict(set)
         # Hints that arrived while nobody waited: a coroutine often reads state, then
         # waits, and the hint for a change made in between lands before the wait

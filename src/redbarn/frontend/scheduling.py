@@ -18,6 +18,7 @@ from redbarn.proto import (
 )
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.queue.config import SchedulerConfig
+from redbarn.queue.intake import Intake
 from redbarn.queue.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
             await scheduler.start()
         except Exception as err:  # Redis may be down at start; the grace period waits.
             log.warning("could not record the scheduler start time yet: %s", err)
-        execution = ExecutionServicer(scheduler, frontend.blobs, frontend.action_cache)
+        intake = Intake(scheduler.operations, frontend.blobs, frontend.action_cache, frontend.redis)
+        execution = ExecutionServicer(intake, scheduler.operations)
         frontend.add_service(re_grpc.add_ExecutionServicer_to_server, execution, EXECUTION)
         frontend.add_service(
             remoteworker_pb2_grpc.add_OperationQueueServicer_to_server,
-            OperationQueueServicer(scheduler),
+            OperationQueueServicer(scheduler.workers),
             OPERATION_QUEUE,
         )
         frontend.add_service(

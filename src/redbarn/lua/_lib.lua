@@ -5,7 +5,8 @@
 -- KEYS[6] ops   KEYS[7] queued   KEYS[8] pick    KEYS[9] inv     KEYS[10] inflight
 -- KEYS[11] drains  KEYS[12] opgc
 -- ARGV[1] config: "<domain> <worker_timeout_ms> <busy_ms> <idle_ms> <retention_ms>
---         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued> [<caller fid>]"
+--         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued> <hint channel prefix>
+--         [<caller fid>]"
 -- Records are strings of fields joined by \31 (unit separator); see redbarn.queue.codec.
 
 -- Library functions are fields of one table: closures over few upvalues are cheap to
@@ -33,9 +34,10 @@ end
 
 local CFG = {}
 do
-  local d, a, b, c, e, f, g, h, i, fid = string.match(ARGV[1],
-    '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) ?(%S*)$')
+  local d, a, b, c, e, f, g, h, i, channel, fid = string.match(ARGV[1],
+    '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%S+) ?(%S*)$')
   CFG.domain = d
+  CFG.channel_prefix = channel
   CFG.fid = fid
   CFG.worker_timeout, CFG.busy, CFG.idle, CFG.retention = tonumber(a), tonumber(b), tonumber(c), tonumber(e)
   CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = tonumber(f), tonumber(g), tonumber(h), tonumber(i)
@@ -70,9 +72,14 @@ function L.publish(fid, msg)
   if fid == CFG.fid then
     LOCAL[#LOCAL + 1] = msg
   else
-    redis.call('PUBLISH', 'redbarn:v1:fe:' .. fid, msg)
+    redis.call('PUBLISH', CFG.channel_prefix .. fid, msg)
   end
 end
+
+-- Task field r: how many times the current assignment was re-handed to a worker that
+-- never reported on it (0..rehand_limit), or STARTED once the worker reported progress
+-- (a later loss is then a lost attempt, not a lost response). See synchronize_worker.lua.
+local STARTED = -1
 
 -- Task record: st sc ep n r qt dg fn dk w fb ops. Records are parsed with one
 -- string.match (a C call): a Lua split loop costs several times more per record.

@@ -65,7 +65,7 @@ local function next_task(block)
 end
 
 local function current_or_next(block)
-  if tid and t.r < 0 then
+  if tid and t.r == STARTED then
     -- The worker had reported progress on this assignment and now reports idle or
     -- another action: it lost it (restarted, crashed). That is a lost attempt, as if
     -- its lease had expired, not a lost response to re-hand (a poison action that
@@ -98,7 +98,7 @@ end
 
 if kind == 'p' then
   if tid and t.dg == dg then
-    if t.r >= 0 then t.r = -1; L.task_put(tid, t) end  -- started: see current_or_next
+    if t.r ~= STARTED then t.r = STARTED; L.task_put(tid, t) end  -- see current_or_next
     if substage ~= '' then L.worker_stage(tid, t, substage) end
     if dirty then L.worker_put(wk, w) end
     return {'c', L.int(NOW + CFG.busy)}
@@ -110,17 +110,12 @@ elseif kind == 'c' then
     local largest = classes[#classes]
     if #classes > 1 and t.sc ~= largest then
       -- Fallback analyzer: a failure on a smaller size class runs once more on the largest.
-      L.exec_ops(t, -1)
+      L.exec_ops(t, -1)  -- on its old size class, before it moves
       t.sc = largest
       t.fb = '1'
       t.st = 'q'
-      t.w = ''
       t.n = 0
-      L.task_put(tid, t)
-      if not L.offer(tid, t) then
-        L.enqueue_ops(t)
-        L.notify_task(t)
-      end
+      L.requeue(tid, t)
     else
       L.complete(tid, t, ARGV[6])
     end

@@ -282,14 +282,20 @@ class AdminReads:
             elements.append((kind, value))
         return codec.invocation_path(elements)
 
-    async def list_invocation_children(
-        self, request: bq_pb2.ListInvocationChildrenRequest
-    ) -> bq_pb2.ListInvocationChildrenResponse:
+    async def _invocation(
+        self, request: bq_pb2.ListInvocationChildrenRequest | bq_pb2.ListQueuedOperationsRequest
+    ) -> tuple[Domain, str, bq_pb2.InvocationName]:
+        """The domain, size class field and name of a request's invocation_name."""
         if not request.HasField("invocation_name"):
             raise InvalidArgument("No invocation name provided")
         name = request.invocation_name
         d = await self._domain_for(name.size_class_queue_name)
-        sc = keys.size_class_field(name.size_class_queue_name.size_class)
+        return d, keys.size_class_field(name.size_class_queue_name.size_class), name
+
+    async def list_invocation_children(
+        self, request: bq_pb2.ListInvocationChildrenRequest
+    ) -> bq_pb2.ListInvocationChildrenResponse:
+        d, sc, name = await self._invocation(request)
         path = self._path(name.ids)
         nodes = await self._nodes(d, sc)
         if path and path not in nodes:
@@ -322,11 +328,7 @@ class AdminReads:
     async def list_queued_operations(
         self, request: bq_pb2.ListQueuedOperationsRequest
     ) -> bq_pb2.ListQueuedOperationsResponse:
-        if not request.HasField("invocation_name"):
-            raise InvalidArgument("No invocation name provided")
-        name = request.invocation_name
-        d = await self._domain_for(name.size_class_queue_name)
-        sc = keys.size_class_field(name.size_class_queue_name.size_class)
+        d, sc, name = await self._invocation(request)
         pre = f"{sc} {self._path(name.ids)}\x1f"
         members = [
             _s(m)
@@ -409,7 +411,7 @@ class AdminReads:
                 continue
             if which == "idle_synchronizing" and (op_state is not None or not parked or path):
                 continue
-            ws = bq_pb2.WorkerState(id=json.loads(wk[11:]), drained=rec.terminating)
+            ws = bq_pb2.WorkerState(id=json.loads(keys.worker_json_of(wk)), drained=rec.terminating)
             if not parked:
                 score = await self.redis.zscore(leases, wk)
                 if score is not None:
@@ -419,7 +421,7 @@ class AdminReads:
                 op_state.ClearField("queued")
                 op_state.ClearField("executing")
                 ws.current_operation.CopyFrom(op_state)
-            entries.append((wk[11:], ws))
+            entries.append((keys.worker_json_of(wk), ws))
         entries.sort(key=lambda e: e[0])
         start = 0
         if request.HasField("start_after"):

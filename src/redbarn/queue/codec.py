@@ -16,22 +16,13 @@ from urllib.parse import quote, unquote
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
+from redbarn.digests import go_json as go_json
+from redbarn.digests import worker_json as worker_json
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 SEP = "\x1f"
 TOKEN_SEP = "\x1e"
 PRIORITY_OFFSET = 2**31
-
-
-def go_json(value: object) -> str:
-    """Go's json.Marshal form: compact, sorted keys, <>& escaped, UTF-8 kept."""
-    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def worker_json(worker_id: Mapping[str, str]) -> str:
-    """The worker key JSON (`{"hostname":"w1","thread":"3"}`), as in Buildbarn's messages."""
-    return go_json(dict(worker_id))
 
 
 def platform_json(platform: re_pb2.Platform | None) -> str:
@@ -79,10 +70,6 @@ def dedup_key(digest_function: int, digest: re_pb2.Digest, instance_name: str) -
     """In-flight dedup key: the internal digest identity, hashed to a fixed short field."""
     identity = f"{digest_function}-{digest.hash}-{digest.size_bytes}-{instance_name}"
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
-
-
-def digest_field(digest: re_pb2.Digest) -> str:
-    return f"{digest.hash}-{digest.size_bytes}"
 
 
 def digest_from_field(field: str) -> re_pb2.Digest:
@@ -162,13 +149,17 @@ def response_failed(response: re_pb2.ExecuteResponse) -> bool:
 # Records (for reads; Lua writes them) ------------------------------------------------
 
 
+# TaskRecord.rehands once the worker reported progress on its assignment (_lib.lua).
+STARTED = -1
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     stage: str  # "q" queued, "x" executing, "d" done
     size_class: int
     epoch: int
     attempts: int
-    rehands: int
+    rehands: int  # re-hands before the first progress report, or STARTED
     queued_ms: int
     digest: str
     digest_function: int

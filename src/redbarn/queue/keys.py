@@ -153,6 +153,11 @@ def worker_key(size_class: int, worker_json: str) -> str:
     return f"{size_class_field(size_class)} {worker_json}"
 
 
+def worker_json_of(wk: str) -> str:
+    """The worker-id JSON of a worker key (`worker_key`'s inverse, less the size class)."""
+    return wk[11:]
+
+
 def operation_name(domain: str, opid: str) -> str:
     return f"{domain}.{opid}"
 

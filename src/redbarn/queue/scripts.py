@@ -1,4 +1,6 @@
-"""Exactly one typed wrapper per Lua script in `redbarn/lua/`.
+"""Exactly one typed wrapper per Lua script in `redbarn/lua/`; each returns the typed
+record of its reply (decoded in `redbarn.queue.replies`, the only module that reads a
+reply's positions).
 
 Each script's text is `_lib.lua` (shared helpers over the fixed KEYS layout) followed by
 the script's own file; both are plain files, nothing is generated. Scripts are called
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redbarn.queue import keys
+from redbarn.queue import keys, replies
 from redbarn.runtime.fastredis import FastRedis
 
 SCRIPT_NAMES = (
@@ -29,16 +31,18 @@ SCRIPT_NAMES = (
     "terminate_workers",
 )
 
-Reply = list[Any]
+Reply = list[Any]  # a script's raw reply, for `replies` to decode
 
 
 @dataclass(frozen=True)
 class RequiredBlobs:
     """Blobs the enqueue script checks (and refreshes) before it enqueues: per blob, its
-    keys in the same non-cluster Redis (its CAS key and chunk keys), and their TTL."""
+    keys in the same non-cluster Redis (its CAS key and chunk keys), and their TTL.
+    `blobs`, when given, names the blobs in the same order (for the caller's errors)."""
 
     keys: Sequence[Sequence[str]]
     ttl_ms: int
+    blobs: Sequence[Any] = ()
 
 
 def script_body(name: str) -> str:
@@ -88,16 +92,14 @@ class Scripts:
         self, name: str, domain: str, args: list[str | bytes], extra_keys: Sequence[str] = ()
     ) -> Reply:
         self.calls += 1
-        out = list(
+        out, local = replies.local_hints(
             await self._s[name](
                 keys=[*keys.domain_keys(domain), *extra_keys], args=[_b(a) for a in args]
             )
         )
-        if out and isinstance(out[-1], list):  # hints for this frontend (script_source)
-            local = out.pop()
-            if self._local_hints is not None:
-                for message in local:
-                    self._local_hints(bytes(message))
+        if self._local_hints is not None:
+            for message in local:
+                self._local_hints(message)
         return out
 
     async def enqueue_operation(
@@ -113,17 +115,21 @@ class Scripts:
         digest: str,
         digest_function: int,
         required: RequiredBlobs | None = None,
-    ) -> Reply:
+    ) -> replies.Enqueued | replies.EnqueueRefused | replies.BlobsMissing:
         # The caller's frontend id (it watches the operation) is the config's last word.
         args: list[str | bytes] = [
             config, opid, dedup_key, path, priority, executing, digest, str(digest_function)
         ]  # fmt: skip
         if required is None:
-            return await self._run("enqueue_operation", domain, [*args, ""])
+            return replies.enqueue_operation(
+                await self._run("enqueue_operation", domain, [*args, ""])
+            )
         counts = [str(len(k)) for k in required.keys]
         extra = [key for blob_keys in required.keys for key in blob_keys]
-        return await self._run(
-            "enqueue_operation", domain, [*args, str(required.ttl_ms), *counts], extra
+        return replies.enqueue_operation(
+            await self._run(
+                "enqueue_operation", domain, [*args, str(required.ttl_ms), *counts], extra
+            )
         )
 
     async def synchronize_worker(
@@ -138,8 +144,8 @@ class Scripts:
         result: bytes,
         failed: bool,
         prefer_idle: bool,
-    ) -> Reply:
-        return await self._run(
+    ) -> replies.SynchronizeReply:
+        reply = await self._run(
             "synchronize_worker",
             domain,
             [
@@ -153,33 +159,50 @@ class Scripts:
                 "1" if prefer_idle else "0",
             ],
         )
+        return replies.synchronize_worker(reply)
 
-    async def unpark_worker(self, *, domain: str, config: str, wk: str) -> Reply:
-        return await self._run("unpark_worker", domain, [config, wk])
+    async def unpark_worker(
+        self, *, domain: str, config: str, wk: str
+    ) -> replies.Assignment | replies.Idle:
+        return replies.unpark_worker(await self._run("unpark_worker", domain, [config, wk]))
 
-    async def touch_operation(self, *, domain: str, config: str, opid: str, fid: str) -> Reply:
-        return await self._run("touch_operation", domain, [config, opid, fid])
+    async def touch_operation(
+        self, *, domain: str, config: str, opid: str, fid: str
+    ) -> replies.OperationRead | None:
+        return replies.touch_operation(
+            await self._run("touch_operation", domain, [config, opid, fid])
+        )
 
-    async def reap_domain(self, *, domain: str, config: str, batch: int) -> Reply:
-        return await self._run("reap_domain", domain, [config, str(batch)])
+    async def reap_domain(self, *, domain: str, config: str, batch: int) -> replies.Reaped:
+        return replies.reap_domain(await self._run("reap_domain", domain, [config, str(batch)]))
 
-    async def kill_operation(self, *, domain: str, config: str, opid: str, result: bytes) -> Reply:
-        return await self._run("kill_operation", domain, [config, opid, result])
+    async def kill_operation(self, *, domain: str, config: str, opid: str, result: bytes) -> bool:
+        return replies.found(await self._run("kill_operation", domain, [config, opid, result]))
 
     async def kill_queued(
         self, *, domain: str, config: str, size_class: str, result: bytes, batch: int
-    ) -> Reply:
-        return await self._run("kill_queued", domain, [config, size_class, result, str(batch)])
+    ) -> replies.QueuedKilled:
+        return replies.kill_queued(
+            await self._run("kill_queued", domain, [config, size_class, result, str(batch)])
+        )
 
     async def add_drain(
         self, *, domain: str, config: str, size_class: str, pattern_json: str, tokens: str
-    ) -> Reply:
-        return await self._run("add_drain", domain, [config, size_class, pattern_json, tokens])
+    ) -> bool:
+        return replies.found(
+            await self._run("add_drain", domain, [config, size_class, pattern_json, tokens])
+        )
 
     async def remove_drain(
         self, *, domain: str, config: str, size_class: str, pattern_json: str
-    ) -> Reply:
-        return await self._run("remove_drain", domain, [config, size_class, pattern_json])
+    ) -> bool:
+        return replies.found(
+            await self._run("remove_drain", domain, [config, size_class, pattern_json])
+        )
 
-    async def terminate_workers(self, *, domain: str, config: str, tokens: str) -> Reply:
-        return await self._run("terminate_workers", domain, [config, tokens])
+    async def terminate_workers(
+        self, *, domain: str, config: str, tokens: str
+    ) -> replies.Terminated:
+        return replies.terminate_workers(
+            await self._run("terminate_workers", domain, [config, tokens])
+        )

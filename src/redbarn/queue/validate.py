@@ -1,55 +1,20 @@
-"""Pure request checks with Buildbarn's wording, shared by the core and the frontend."""
+"""The scheduler core's own request checks, with Buildbarn's wording: platform order
+(R6) and the action timeout (R20).
+
+Digests, digest functions and instance names follow `redbarn.digests`, the rule set
+the frontend and the worker use too; `instance_name` is its check, under the name
+the scheduler calls.
+"""
 
 from __future__ import annotations
 
 import itertools
 
+from redbarn import digests
 from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
-RESERVED = (
-    "blobs",
-    "uploads",
-    "actions",
-    "actionResults",
-    "operations",
-    "capabilities",
-    "compressed-blobs",
-)
-
-_DF = re_pb2.DigestFunction
-HASH_LENGTHS: dict[int, int] = {
-    _DF.MD5: 32,
-    _DF.SHA1: 40,
-    _DF.SHA256: 64,
-    _DF.SHA384: 96,
-    _DF.SHA512: 128,
-    _DF.SHA256TREE: 64,
-    _DF.BLAKE3: 64,
-    _DF.GITSHA1: 40,
-}
-FUNCTION_BY_HASH_LENGTH: dict[int, int] = {
-    32: _DF.MD5,
-    40: _DF.SHA1,
-    64: _DF.SHA256,
-    96: _DF.SHA384,
-    128: _DF.SHA512,
-}
-
-
-def instance_name(name: str) -> None:
-    """Raise InvalidArgument `Invalid instance name "<n>": ...` (bb-storage instance_name.go)."""
-    if not name:
-        return
-    if name.startswith("/") or name.endswith("/") or "//" in name:
-        raise InvalidArgument(
-            f'Invalid instance name "{name}": Instance name contains redundant slashes'
-        )
-    for component in name.split("/"):
-        if component in RESERVED:
-            raise InvalidArgument(
-                f'Invalid instance name "{name}": Instance name contains reserved keyword "{component}"'
-            )
+instance_name = digests.validate_instance_name
 
 
 def platform(p: re_pb2.Platform) -> None:
@@ -65,39 +30,6 @@ def platform(p: re_pb2.Platform) -> None:
 
 def _prop(p: re_pb2.Platform.Property) -> str:
     return f'name:"{p.name}" value:"{p.value}"'
-
-
-def digest_function(value: int, hash_hex: str) -> int:
-    """Resolve UNKNOWN by hash length (R3); raise `Unknown digest function`."""
-    if value != _DF.UNKNOWN:
-        if value not in HASH_LENGTHS:
-            raise InvalidArgument("Unknown digest function")
-        return value
-    found = FUNCTION_BY_HASH_LENGTH.get(len(hash_hex))
-    if found is None:
-        raise InvalidArgument("Unknown digest function")
-    return found
-
-
-def digest(d: re_pb2.Digest | None, fn: int, what: str = "action") -> None:
-    """Raise `Failed to extract digest for <what>: <reason>` (R4)."""
-    reason = digest_problem(d, fn)
-    if reason:
-        raise InvalidArgument(f"Failed to extract digest for {what}: {reason}")
-
-
-def digest_problem(d: re_pb2.Digest | None, fn: int) -> str | None:
-    if d is None:
-        return "No digest provided"
-    want = HASH_LENGTHS.get(fn, 64)
-    if len(d.hash) != want:
-        return f"Hash has length {len(d.hash)}, while {want} characters were expected"
-    for ch in d.hash:
-        if ch not in "0123456789abcdef":
-            return f"Non-hexadecimal character in digest hash: {ch!r}"
-    if d.size_bytes < 0:
-        return f"Invalid digest size: {d.size_bytes} bytes"
-    return None
 
 
 def _fmt_duration(seconds: float) -> str:

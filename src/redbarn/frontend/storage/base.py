@@ -2,13 +2,13 @@
 
 Implementations:
 
-- `redis.py`: `RedisBlobStore`, `RedisActionCache` (the default; keys in its docstring);
+- `redis.py`: `RedisBlobStore`, `RedisActionCache` (the default; keys in `cas_keys.py`);
 - `proxy.py`: `GrpcBlobStore`, `GrpcActionCache` forwarding to another REAPI server;
 - `completeness.py`: `CompletenessCheckingActionCache`, a decorator that hides
   results whose blobs are gone from the CAS;
 - `tree.py`: GetTree over any `BlobStore.get_many`.
 
-All digests are validated SHA256 `Digest`s (`redbarn.frontend.digests`); the
+All digests are validated SHA256 `Digest`s (`redbarn.digests`); the
 servicers validate before calling. Errors are `redbarn.errors` classes, never grpc.
 """
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
+from redbarn.digests import Digest
 from redbarn.errors import RedbarnError
-from redbarn.frontend.digests import Digest
 from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue.scripts import RequiredBlobs
 
 
 class WriteSession(Protocol):
@@ -69,6 +70,11 @@ class BlobStore(Protocol):
         self, instance_name: str, blobs: Sequence[tuple[Digest, bytes]]
     ) -> list[RedbarnError | None]:
         """Store each blob after checking it against its digest; one result per blob."""
+
+    def enqueue_check(self, redis: object, digests: Sequence[Digest]) -> RequiredBlobs | None:
+        """A capability: when these blobs live in `redis` itself (the scheduler's own,
+        non-cluster server), the keys the enqueue script checks and refreshes in the
+        same round trip; None when they do not (Execute checks with `find_missing`)."""
 
     async def get_many(self, instance_name: str, digests: Sequence[Digest]) -> list[bytes | None]:
         """Whole blobs (None for missing). Callers bound the total size."""

@@ -15,9 +15,9 @@ The FindMissingBlobs it issues also refreshes the TTL of every referenced blob.
 
 from __future__ import annotations
 
+from redbarn.digests import SHA256, Digest
+from redbarn.digests import parse_digest as _parse_any
 from redbarn.errors import InvalidArgument, NotFound
-from redbarn.frontend.digests import SHA256, Digest
-from redbarn.frontend.digests import parse_digest as _parse_any
 from redbarn.frontend.storage.base import ActionCacheStore, BlobStore
 from redbarn.frontend.storage.tree import parse_directory
 from redbarn.proto import remote_execution_pb2 as re_pb2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redbarn.frontend.digests import Digest, parse_digest
+from redbarn.digests import Digest, parse_digest
 from redbarn.frontend.storage.base import BlobStore
 from redbarn.proto import remote_execution_pb2 as re_pb2
 

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 
+from redbarn.digests import SHA256, Digest, read_resource_name, write_resource_name
 from redbarn.errors import InvalidArgument, NotFound, RedbarnError
-from redbarn.frontend.digests import SHA256, Digest, read_resource_name, write_resource_name
 from redbarn.frontend.errors import error_for, from_rpc_error
 from redbarn.proto import bytestream_pb2 as bs_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
@@ -59,6 +59,10 @@ class GrpcBlobStore:
         self._bs = bs_grpc.ByteStreamStub(channel)  # type: ignore[no-untyped-call]
         self._caps = re_grpc.CapabilitiesStub(channel)  # type: ignore[no-untyped-call]
         self._max_batch = max_batch_bytes
+
+    def enqueue_check(self, redis: object, digests: Sequence[Digest]) -> None:
+        """Never: the blobs live behind another server, not in the scheduler's Redis."""
+        return None
 
     async def find_missing(self, instance_name: str, digests: Sequence[Digest]) -> list[Digest]:
         request = re_pb2.FindMissingBlobsRequest(

@@ -7,35 +7,7 @@ ranges without loading the blob whole. Keys expire; each use refreshes the TTL
 (default 7 days). The CAS is shared by all instance names (content is content);
 the Action Cache is keyed by instance name, as in Buildbarn.
 
-Key catalogue (`H` = SHA256 hex, `S` = size in bytes, `U` = client upload id)
-
-| key | type | holds | written by | lifetime |
-|---|---|---|---|---|
-| `redbarn:v1:cas:{H}:S` | STRING | the blob itself when S <= chunk size, else the manifest `redbarn-chunked:v1:<chunk size>:<count>` | BatchUpdateBlobs, Write commit | CAS TTL, refreshed on every find/read/write |
-| `redbarn:v1:cas:{H}:S:c<N>` | STRING | chunk N (0-based) of a chunked blob | same | same TTL as the manifest, refreshed with it |
-| `redbarn:v1:upload:{H}:S:U` | HASH | `committed` = bytes staged so far by ByteStream Write `U` | Write | upload TTL (default 1 h), refreshed per flush; deleted on commit |
-| `redbarn:v1:upload:{H}:S:U:c<N>` | STRING | staged chunk N, renamed to the CAS chunk on commit | Write | as above |
-| `redbarn:v1:ac:{H}:S:<instance>` | STRING | serialized `ActionResult` for action digest H-S | UpdateActionResult, workers | AC TTL, refreshed on every get |
-
-Batches go through three small scripts beside this module, one round trip and far
-less client CPU than redis-py pipelines: `touch_blobs.lua` (FindMissingBlobs: PEXPIRE
-every key of every blob, 2000 digests per call), `put_blobs.lua` (BatchUpdateBlobs:
-SET ... PX) and `get_blobs.lua` (BatchReadBlobs and reads: GET + PEXPIRE). Their keys
-span hash slots, so a Redis Cluster client gets the same commands as pipelines.
-
-A value whose length equals S is the blob; anything else under a CAS main key is a
-manifest (a manifest is a few dozen bytes and only used when S > chunk size).
-
-Inspecting with redis-cli:
-
-    redis-cli --scan --pattern 'redbarn:v1:cas:*' | head           # some blobs
-    redis-cli STRLEN 'redbarn:v1:cas:{<hash>}:<size>'              # size, or manifest length
-    redis-cli GET 'redbarn:v1:cas:{<hash>}:<size>' | head -c 64    # manifest of a big blob
-    redis-cli TTL 'redbarn:v1:cas:{<hash>}:<size>'                 # seconds left
-    redis-cli --scan --pattern 'redbarn:v1:upload:*' | grep -v ':c' # uploads in progress
-    redis-cli HGET 'redbarn:v1:upload:{<hash>}:<size>:<uuid>' committed
-    redis-cli --scan --pattern 'redbarn:v1:ac:*'                   # cached actions
-    redis-cli GET 'redbarn:v1:ac:{<hash>}:<size>:<instance>' | protoc --decode_raw
+Keys, their catalogue and redis-cli recipes: `cas_keys`.
 """
 
 from __future__ import annotations
@@ -50,6 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
+from redbarn.digests import Digest, check_data, check_hasher
 from redbarn.errors import (
     Aborted,
     InvalidArgument,
@@ -58,15 +31,21 @@ from redbarn.errors import (
     RedbarnError,
     Unavailable,
 )
-from redbarn.frontend.digests import Digest, check_data, check_hasher
-from redbarn.frontend.storage import tree
+from redbarn.frontend.storage import cas_keys, tree
+from redbarn.frontend.storage.cas_keys import (
+    ac_key,
+    cas_chunk_key,
+    cas_key,
+    upload_chunk_key,
+    upload_key,
+)
 from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue.scripts import RequiredBlobs
 from redbarn.runtime.fastredis import FastRedis
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_CAS_TTL = 7 * 24 * 3600.0
 DEFAULT_UPLOAD_TTL = 3600.0
-_MANIFEST_PREFIX = b"redbarn-chunked:v1:"
 _MIN_CHUNK_SIZE = 1024
 _TOUCH_BATCH = 2000  # digests per touch_blobs.lua call, bounding how long Redis is busy
 _FAST_READ_MAX = 64 * 1024  # bytes a read may return over the pipelined connection
@@ -79,41 +58,6 @@ def stored(digests: Sequence[Digest]) -> list[Digest]:
 
 def _script(name: str) -> str:
     return (resources.files("redbarn.frontend.storage") / name).read_text()
-
-
-# ---------------------------------------------------------------- key builders
-
-
-def cas_key(digest: Digest) -> str:
-    return f"redbarn:v1:cas:{{{digest.hash}}}:{digest.size_bytes}"
-
-
-def cas_chunk_key(digest: Digest, index: int) -> str:
-    return f"{cas_key(digest)}:c{index}"
-
-
-def upload_key(digest: Digest, upload_id: str) -> str:
-    return f"redbarn:v1:upload:{{{digest.hash}}}:{digest.size_bytes}:{upload_id}"
-
-
-def upload_chunk_key(digest: Digest, upload_id: str, index: int) -> str:
-    return f"{upload_key(digest, upload_id)}:c{index}"
-
-
-def ac_key(instance_name: str, action_digest: Digest) -> str:
-    return f"redbarn:v1:ac:{{{action_digest.hash}}}:{action_digest.size_bytes}:{instance_name}"
-
-
-def _manifest(chunk_size: int, count: int) -> bytes:
-    return _MANIFEST_PREFIX + f"{chunk_size}:{count}".encode()
-
-
-def _parse_manifest(digest: Digest, value: bytes) -> tuple[int, int]:
-    """(chunk size, chunk count) of a manifest; a value of another shape is NotFound."""
-    if not value.startswith(_MANIFEST_PREFIX):
-        raise NotFound(f"Blob {digest} not found: stored value has an unexpected format")
-    size_text, _, count_text = value[len(_MANIFEST_PREFIX) :].partition(b":")
-    return int(size_text), int(count_text)
 
 
 def _not_found(digest: Digest) -> NotFound:
@@ -170,15 +114,20 @@ class RedisBlobStore:
             missing += [d for d, ok in zip(batch, present, strict=True) if not ok]
         return missing
 
-    @property
-    def uses_scripts(self) -> bool:
-        """True when multi-key scripts may span its blobs' keys (not a cluster client)."""
-        return self._scripts
-
     def blob_keys(self, digest: Digest) -> list[str]:
         """The keys that hold `digest`: its CAS key, then its chunk keys."""
         count = self._chunk_count(digest.size_bytes)
         return [cas_key(digest), *(cas_chunk_key(digest, i) for i in range(count))]
+
+    def enqueue_check(self, redis: object, digests: Sequence[Digest]) -> RequiredBlobs | None:
+        """The enqueue script can check these blobs itself when this store's client is
+        the scheduler's `redis` and not a cluster client (its keys then live in one
+        server); None otherwise."""
+        if redis is not self.client or not self._scripts:
+            return None
+        checked = stored(digests)
+        keys = [self.blob_keys(d) for d in checked]
+        return RequiredBlobs(keys=keys, ttl_ms=self.ttl_ms, blobs=checked)
 
     async def _touch_script(self, digests: Sequence[Digest]) -> list[bool]:
         """touch_blobs.lua: one round trip, far less client CPU than a pipeline."""
@@ -237,7 +186,7 @@ class RedisBlobStore:
             return [(cas_key(digest), data)]
         size = self.chunk_size
         values = [(cas_chunk_key(digest, i), data[i * size : (i + 1) * size]) for i in range(count)]
-        return [*values, (cas_key(digest), _manifest(size, count))]
+        return [*values, (cas_key(digest), cas_keys.manifest(size, count))]
 
     async def _head(self, digests: Sequence[Digest]) -> list[bytes | None]:
         """Main-key values (blob or manifest), refreshing their TTL."""
@@ -323,7 +272,7 @@ class RedisBlobStore:
     async def _read_chunked(
         self, digest: Digest, manifest: bytes, offset: int, end: int
     ) -> AsyncIterator[bytes]:
-        chunk_size, count = _parse_manifest(digest, manifest)
+        chunk_size, count = cas_keys.parse_manifest(digest, manifest)
         await self._touch_chunks(digest, chunk_size, count)
         pos = offset
         while pos < end:
@@ -497,7 +446,9 @@ class RedisWriteSession:
                         upload_chunk_key(digest, self._upload_id, i), cas_chunk_key(digest, i)
                     )
                     pipe.pexpire(cas_chunk_key(digest, i), store.ttl_ms)
-                pipe.set(cas_key(digest), _manifest(store.chunk_size, count), px=store.ttl_ms)
+                pipe.set(
+                    cas_key(digest), cas_keys.manifest(store.chunk_size, count), px=store.ttl_ms
+                )
             pipe.delete(self._meta)
             try:
                 await pipe.execute()

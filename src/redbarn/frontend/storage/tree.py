@@ -16,8 +16,8 @@ from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
+from redbarn.digests import Digest, parse_digest
 from redbarn.errors import InvalidArgument, NotFound
-from redbarn.frontend.digests import Digest, parse_digest
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 DEFAULT_PAGE_SIZE = 1000

@@ -1,0 +1,66 @@
+"""Housekeeping: the reaper every frontend runs (reap_domain.lua over every domain).
+
+It expires lost workers (requeueing their task with its original queued time, up to
+`max_attempts`, then failing it), detaches operations whose waiters left, and removes
+size class queues that had no workers for `platform_queue_timeout`. The script is
+idempotent, so every frontend runs it on a jittered tick with no coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+from redbarn.queue.config import SchedulerConfig
+from redbarn.queue.registry import Registry
+from redbarn.queue.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReapTotals:
+    workers: int = 0
+    operations: int = 0
+    queued: int = 0
+    domains_removed: int = 0
+
+
+@dataclass
+class Reaper:
+    registry: Registry
+    scripts: Scripts
+    config: SchedulerConfig
+
+    async def reap(self) -> ReapTotals:
+        """Run the reaper over every domain (idempotent; any frontend, any time)."""
+        totals = ReapTotals()
+        for domain in list(await self.registry.queues(fresh=True)):
+            while True:
+                r = await self.scripts.reap_domain(
+                    domain=domain,
+                    config=self.registry.script_config(domain),
+                    batch=self.config.reap_batch,
+                )
+                totals.workers += r.workers
+                totals.operations += r.operations
+                totals.queued += r.queued
+                if r.gone:
+                    await self.registry.unregister(domain)
+                    totals.domains_removed += 1
+                if not r.more:
+                    break
+        return totals
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Reap forever on a jittered tick (a frontend runs this as a background task)."""
+        while True:
+            try:
+                await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reaper tick failed")
+            await asyncio.sleep(random.uniform(interval / 2, interval * 1.5))
