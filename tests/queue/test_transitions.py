@@ -220,6 +220,46 @@ async def subscribed_hub(redis: aioredis.Redis, fid: str) -> AsyncIterator[Hub]:
         await hub.stop()
 
 
+async def test_a_worker_parked_on_a_gone_frontend_comes_back_through_another(
+    any_redis: aioredis.Redis,
+) -> None:
+    """R38 refuses a second Synchronize of a parked worker, but not when the frontend
+    holding the park is gone (it listens on no channel): a frontend killed while its
+    workers were parked must not lock them out until their leases run out."""
+    cfg = dataclasses.replace(FAST, idle_sync_timeout=5.0)
+    gone = Scheduler(any_redis, cfg, hints=PollingHints(fid="fe-gone", step=10.0))
+    await synchronize(gone, request("0", prefer_idle=True))  # create the domain
+    stale = asyncio.create_task(synchronize(gone, request("1")))
+    await asyncio.sleep(0.1)
+    try:
+        async with subscribed_hub(any_redis, "fe-b") as hub:
+            b = Scheduler(any_redis, cfg, hints=hub)
+            back = asyncio.create_task(synchronize(b, request("1")))
+            await asyncio.sleep(0.1)
+            assert not back.done(), "the worker should be parked on fe-b now"
+            view = await execute(b, 1)
+            assert view.stage == Stage.EXECUTING
+            assert assigned(await back) == action(1)[0]
+    finally:
+        stale.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stale
+
+    # While the holding frontend listens, the duplicate is refused as before.
+    async with subscribed_hub(any_redis, "fe-live") as live_hub:
+        live = Scheduler(any_redis, cfg, hints=live_hub)
+        held = asyncio.create_task(synchronize(live, request("2")))
+        await asyncio.sleep(0.1)
+        try:
+            async with subscribed_hub(any_redis, "fe-c") as hub_c:
+                with pytest.raises(ResourceExhausted, match="same worker ID"):
+                    await synchronize(Scheduler(any_redis, cfg, hints=hub_c), request("2"))
+        finally:
+            held.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await held
+
+
 def watch_stages(s: Scheduler, first: Any) -> tuple[asyncio.Task[None], list[int]]:
     """Stream `first`'s operation in the background; the list fills with its stages."""
     stages: list[int] = []

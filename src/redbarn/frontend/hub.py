@@ -151,6 +151,13 @@ class Hub:
         """A hint for this frontend returned by one of its own script calls."""
         self._dispatch(message)
 
+    async def alive(self, fid: str) -> bool:
+        """Whether frontend `fid` still listens on its channel (PUBSUB NUMSUB: a killed
+        frontend's subscription ends with its connection). Only asked when a worker's
+        Synchronize is refused as a duplicate, never on the hot path."""
+        counts = await self._redis.pubsub_numsub(keys.channel(fid))
+        return any(int(n) > 0 for _, n in counts)
+
     def _dispatch(self, data: object) -> None:
         if isinstance(data, str):
             data = data.encode()

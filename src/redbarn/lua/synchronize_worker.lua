@@ -9,9 +9,12 @@
 --         running, uploading outputs) | 'c' completed  ARGV[5] reported digest "hash-size"
 -- ARGV[6] result "R"+ExecuteResponse bytes (completed)  ARGV[7] '1' if the completion failed
 -- ARGV[8] '1' if prefer_being_idle
+-- ARGV[9] the id of a frontend known to be gone ('' if none): a Synchronize it held is over
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'c', next_ms}
---   | {'i', next_ms} | {'p', park_deadline_ms, now_us} | {'b'} (same worker already synchronizing)
+--   | {'i', next_ms} | {'p', park_deadline_ms, now_us}
+--   | {'b', holder_fid} (same worker already synchronizing, held by that frontend)
 local wk, fid, kind, dg, failed, prefer = ARGV[2], CFG.fid, string.sub(ARGV[4], 1, 1), ARGV[5], ARGV[7], ARGV[8]
+local gone = ARGV[9] or ''
 local substage = string.sub(ARGV[4], 2, 2)
 local sc = L.sc_of(wk)
 local w = L.worker_get(wk)
@@ -31,7 +34,7 @@ if not w then
   redis.call('HDEL', K_META, 'z' .. sc)
 elseif w.h ~= '' then
   local dl = redis.call('ZSCORE', K_LEASES, wk)
-  if dl and tonumber(dl) > NOW then return {'b'} end
+  if dl and tonumber(dl) > NOW and (gone == '' or w.h ~= gone) then return {'b', w.h} end
   w.h = ''
   dirty = true
   redis.call('ZREM', K_PARKED, wk)

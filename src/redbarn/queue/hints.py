@@ -33,6 +33,10 @@ class Hints(Protocol):
         """A hint for this frontend that came back in a script's reply instead of over
         pub/sub ("<topic>\x1f<payload>", as published)."""
 
+    async def alive(self, fid: str) -> bool:
+        """Whether frontend `fid` is still running (it listens on its channel). True
+        when this cannot be told: the caller then keeps its state."""
+
 
 class PollingHints:
     """No pub/sub: every wait just sleeps (the waiter then re-reads state)."""
@@ -49,3 +53,7 @@ class PollingHints:
 
     def deliver(self, message: bytes) -> None:
         """Dropped: polling waiters re-read state anyway."""
+
+    async def alive(self, fid: str) -> bool:
+        """Unknown without pub/sub: taken as alive."""
+        return True

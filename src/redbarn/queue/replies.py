@@ -221,7 +221,10 @@ class Parked:
 
 @dataclass(frozen=True, slots=True)
 class Busy:
-    """{'b'}: a Synchronize of the same worker is already in progress."""
+    """{'b', holder_fid}: a Synchronize of the same worker is already in progress, held
+    by frontend `holder`."""
+
+    holder: str
 
 
 WorkerReply = Assignment | Continue | Idle
@@ -243,7 +246,7 @@ def synchronize_worker(reply: Sequence[Any]) -> SynchronizeReply:
     if kind == "p":
         return Parked(int(reply[1]), int(reply[2]))
     if kind == "b":
-        return Busy()
+        return Busy(_s(reply[1]) if len(reply) > 1 else "")
     raise ValueError(f"synchronize_worker replied {kind!r}")
 
 

@@ -144,6 +144,7 @@ class Scripts:
         result: bytes,
         failed: bool,
         prefer_idle: bool,
+        gone_holder: str = "",
     ) -> replies.SynchronizeReply:
         reply = await self._run(
             "synchronize_worker",
@@ -157,6 +158,7 @@ class Scripts:
                 result,
                 "1" if failed else "0",
                 "1" if prefer_idle else "0",
+                gone_holder,
             ],
         )
         return replies.synchronize_worker(reply)

@@ -91,21 +91,34 @@ class Workers:
             result = codec.worker_result(report.response)
             failed = codec.response_failed(report.response)
         config = self.registry.script_config(domain)
-        reply = await self.scripts.synchronize_worker(
-            domain=domain,
-            config=config,
-            wk=wk,
-            tokens=tokens,
-            report=_REPORTS[report.state],
-            digest=digest,
-            result=result,
-            failed=failed,
-            prefer_idle=report.prefer_being_idle,
-        )
-        if isinstance(reply, replies.Busy):
-            raise ResourceExhausted(
-                "A worker with the same worker ID is already synchronizing with the scheduler"
+        gone = ""
+        while True:
+            reply = await self.scripts.synchronize_worker(
+                domain=domain,
+                config=config,
+                wk=wk,
+                tokens=tokens,
+                report=_REPORTS[report.state],
+                digest=digest,
+                result=result,
+                failed=failed,
+                prefer_idle=report.prefer_being_idle,
+                gone_holder=gone,
             )
+            if not isinstance(reply, replies.Busy):
+                break
+            # R38, unless the frontend holding the other call is gone (killed while
+            # the worker was parked on it): the worker has come back through another
+            # frontend, and waiting out the old lease would idle it for minutes.
+            if (
+                gone
+                or reply.holder in ("", self.registry.fid)
+                or (await self.hints.alive(reply.holder))
+            ):
+                raise ResourceExhausted(
+                    "A worker with the same worker ID is already synchronizing with the scheduler"
+                )
+            gone = reply.holder
         if isinstance(reply, replies.Parked):
             return await self._park(domain, wk, reply.now_us)
         return reply
