@@ -2,19 +2,20 @@
 
 A background task runs each check (a Redis PING, an upstream storage probe) every
 `interval` seconds with a timeout of the same length, and sets the status of the
-overall service ("") and of every registered service name.
+overall service ("") and of every registered service name. Each check reports to the
+`OutageLog` of its backend (`redbarn.runtime.outage`), which the frontend's other loops
+share: an outage is logged once, with reminders, and its end once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-log = logging.getLogger(__name__)
+from redbarn.runtime.outage import OutageLog
 
 Check = Callable[[], Awaitable[object]]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,7 +26,7 @@ class HealthReporter:
     def __init__(
         self,
         servicer: HealthServicer,
-        checks: Sequence[tuple[str, Check]],
+        checks: Sequence[tuple[str, Check, OutageLog]],
         *,
         interval: float = 1.0,
     ) -> None:
@@ -37,13 +38,17 @@ class HealthReporter:
 
     async def check_once(self) -> bool:
         ok = True
-        for name, check in self.checks:
+        timeout = max(self.interval, 0.5)
+        for name, check, outage in self.checks:
             try:
-                await asyncio.wait_for(check(), timeout=max(self.interval, 0.5))
+                await asyncio.wait_for(check(), timeout=timeout)
             except Exception as exc:  # any failure means not serving
-                if self.healthy is not False:
-                    log.warning("health check %s failed: %s", name, exc)
+                if isinstance(exc, TimeoutError) and not str(exc):
+                    exc = TimeoutError(f"no answer within {timeout:g} s")
+                outage.failed(exc, f"health check {name} failed")
                 ok = False
+            else:
+                outage.ok()
         if ok != self.healthy:
             self.healthy = ok
             for service in self.services:

@@ -9,7 +9,9 @@ read it back from Redis (`redbarn.queue.replies`). `Hub.wait(topic, timeout)`
 returns the payload (b"" for a bare hint, a reconnect or shutdown), or None on timeout.
 Hints are only hints: Redis state is the truth, waiters that get no usable payload
 re-read it, and every waiter also polls on a timer, so a lost message (say, while
-Redis restarts) costs a few seconds, never a hung call.
+Redis restarts) costs a few seconds, never a hung call. While Redis is unreachable the
+hub resubscribes every `retry_delay` seconds and reports each failure to the process's
+`OutageLog` (`redbarn.runtime.outage`), which logs the outage once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from redbarn.queue import keys
+from redbarn.runtime.outage import UNREACHABLE, OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,23 @@ def new_frontend_id() -> str:
 class Hub:
     """Subscribes to this frontend's channel and wakes waiters by topic."""
 
-    def __init__(self, redis: aioredis.Redis, fid: str, *, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        fid: str,
+        *,
+        retry_delay: float = 0.5,
+        outage: OutageLog | None = None,
+    ) -> None:
         self._redis = redis
         self.fid = fid
         self.channel = keys.channel(fid)
+        self._outage = outage or OutageLog("Redis")
+        # Errors that are not an outage (a SUBSCRIBE the ACL refuses, say) may persist
+        # just the same, so they are throttled the same way, on their own.
+        self._refused = OutageLog(
+            f"Hint channel {self.channel}", impact="waiters poll until it is back"
+        )
         self._waiters: dict[str, set[asyncio.Future[bytes | None]]] = defaultdict(set)
         # Hints that arrived while nobody waited: a coroutine often reads state, then
         # waits, and the hint for a change made in between lands before the wait
@@ -121,6 +137,8 @@ class Hub:
             try:
                 await pubsub.subscribe(self.channel)
                 self.connected.set()
+                self._outage.ok()
+                self._refused.ok()
                 # Anything published while we were away is lost: let waiters re-read.
                 self.notify_all()
                 if pubsub.connection is None:
@@ -130,7 +148,10 @@ class Hub:
                 raise
             except (RedisError, OSError) as err:
                 self.connected.clear()
-                log.warning("hint channel %s lost (%s); resubscribing", self.channel, err)
+                if isinstance(err, UNREACHABLE):
+                    self._outage.failed(err, f"hint channel {self.channel} lost")
+                else:
+                    self._refused.failed(err, "subscribing failed")
                 await asyncio.sleep(self._retry_delay)
             finally:
                 with contextlib.suppress(Exception):

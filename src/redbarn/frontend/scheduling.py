@@ -20,6 +20,7 @@ from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.intake import Intake
 from redbarn.queue.scheduler import Scheduler
+from redbarn.runtime.outage import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,21 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
     `hook.scheduler` once run, for tests)."""
 
     async def add_scheduling(frontend: Frontend) -> None:
-        hub = Hub(frontend.redis, new_frontend_id())
+        outage = frontend.redis_outage  # one log of a Redis outage for every loop
+        hub = Hub(frontend.redis, new_frontend_id(), outage=outage)
         scheduler = Scheduler(frontend.redis, config, hints=hub, fast=frontend.fast_redis)
         add_scheduling.scheduler = scheduler  # type: ignore[attr-defined]
-        try:
-            await scheduler.start()
-        except Exception as err:  # Redis may be down at start; the grace period waits.
-            log.warning("could not record the scheduler start time yet: %s", err)
+
+        async def record_start() -> None:
+            # In the background, after the first health check: Redis may be down at
+            # start (the health check has said so); a later Execute records it then.
+            try:
+                await scheduler.start()
+            except UNREACHABLE as err:
+                outage.failed(err, "recording the scheduler start time failed")
+            except Exception as err:
+                log.warning("could not record the scheduler start time: %s", err)
+
         intake = Intake(scheduler.operations, frontend.blobs, frontend.action_cache, frontend.redis)
         execution = ExecutionServicer(intake, scheduler.operations)
         frontend.add_service(re_grpc.add_ExecutionServicer_to_server, execution, EXECUTION)
@@ -53,8 +62,9 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
             BUILD_QUEUE_STATE,
         )
         frontend.exec_enabled = True
+        frontend.add_background(record_start)
         frontend.add_background(hub.run)
-        frontend.add_background(lambda: scheduler.run_reaper(reaper_interval))
+        frontend.add_background(lambda: scheduler.run_reaper(reaper_interval, outage=outage))
 
         async def shutdown() -> None:
             # Parked Synchronize calls answer `idle` now; streams end so clients reattach.

@@ -73,6 +73,7 @@ from redbarn.proto import bytestream_pb2_grpc as bs_grpc
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 from redbarn.runtime import grpcenv
 from redbarn.runtime.fastredis import FastRedis
+from redbarn.runtime.outage import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class Frontend:
     worker_server: grpc.aio.Server | None = None  # the worker listener's, if configured
     worker_service_names: list[str] = field(default_factory=list)
     fast_redis: FastRedis | None = None  # pipelined client of `redis`, for hot script calls
+    # Where every loop reports trouble reaching `redis`, so an outage is logged once.
+    redis_outage: OutageLog = field(default_factory=lambda: OutageLog("Redis"))
 
     def servers_for(self, listeners: Sequence[str]) -> list[grpc.aio.Server]:
         """The distinct servers behind `listeners` (worker = client without a worker listener)."""
@@ -231,6 +234,15 @@ def build_storage(
     return blobs, ac, closers
 
 
+def storage_outage(config: FrontendConfig, redis_outage: OutageLog) -> OutageLog:
+    """The outage log of the CAS and AC: the scheduler Redis's own when they live there."""
+    if config.storage.startswith("grpc://"):
+        return OutageLog(f"Storage at {config.storage}")
+    if config.cas_redis_url and config.cas_redis_url != config.redis_url:
+        return OutageLog(f"CAS Redis at {redact_url(config.cas_redis_url)}")
+    return redis_outage
+
+
 REDIS_MAX_CONNECTIONS = 256
 
 
@@ -314,7 +326,9 @@ async def create_server(
     worker_server = new_server(WORKER) if config.worker_listen else None
     closers: list[Callable[[], Awaitable[None]]] = []
     fast: FastRedis | None = None
+    redis_outage = OutageLog("Redis")
     if redis is None:
+        redis_outage = OutageLog(f"Redis at {redact_url(config.redis_url)}")
         redis = redis_client(config.redis_url)
         closers.append(redis.aclose)
         # The hot path's script calls pipeline over one more connection (fastredis).
@@ -323,11 +337,15 @@ async def create_server(
             closers.append(fast.aclose)
     blobs, ac, storage_closers = build_storage(config, redis, fast)
     health_servicer = HealthServicer()
-    checks: list[tuple[str, Check]] = [("redis", redis.ping), ("storage", blobs.ping)]
+    checks: list[tuple[str, Check, OutageLog]] = [
+        ("redis", redis.ping, redis_outage),
+        ("storage", blobs.ping, storage_outage(config, redis_outage)),
+    ]
     frontend = Frontend(
         config=config, server=server, redis=redis, blobs=blobs, action_cache=ac,
         health=HealthReporter(health_servicer, checks, interval=config.health_interval),
         closers=[*storage_closers, *closers], worker_server=worker_server, fast_redis=fast,
+        redis_outage=redis_outage,
     )  # fmt: skip
     frontend.add_service(
         re_grpc.add_ContentAddressableStorageServicer_to_server,
@@ -364,6 +382,29 @@ async def create_server(
     return FrontendServer(frontend, health_servicer, worker_port), port
 
 
+def startup_line(config: FrontendConfig, port: int, worker_port: int | None = None) -> str:
+    """The start-up log line: listeners, the Redis used (password masked), storage, security.
+    A Redis URL left at its default says so: with no --redis, the frontend writes into
+    whatever Redis listens on 127.0.0.1:6379."""
+    redis = redact_url(config.redis_url)
+    if config.redis_url == FrontendConfig().redis_url:
+        redis += " (the default; --redis or REDBARN_REDIS to change)"
+    storage = config.storage
+    if config.storage == "redis" and config.cas_redis_url:
+        storage += f" {redact_url(config.cas_redis_url)}"
+    workers = f", workers on {config.worker_listen} (port {worker_port})"
+    tls = ", TLS" + (" (mTLS for workers)" if config.tls_client_ca else "")
+    return "redbarn frontend listening on {} (port {}){}{}, redis {}, storage {}{}".format(
+        config.listen,
+        port,
+        workers if config.worker_listen else "",
+        tls if config.tls_cert else "",
+        redis,
+        storage,
+        ", bearer tokens required" if config.authenticated else "",
+    )
+
+
 async def serve(
     config: FrontendConfig,
     *,
@@ -373,20 +414,7 @@ async def serve(
     """Run a frontend until SIGTERM or SIGINT, then stop gracefully. Returns the exit code."""
     server, port = await create_server(config, hooks=hooks, interceptors=interceptors)
     await server.start()
-    log.info(
-        "redbarn frontend listening on %s (port %d)%s%s, redis %s, storage %s%s",
-        config.listen,
-        port,
-        f", workers on {config.worker_listen} (port {server.worker_port})"
-        if config.worker_listen
-        else "",
-        ", TLS" + (" (mTLS for workers)" if config.tls_client_ca else "")
-        if config.tls_cert
-        else "",
-        redact_url(config.redis_url),
-        config.storage,
-        ", bearer tokens required" if config.authenticated else "",
-    )
+    log.info("%s", startup_line(config, port, server.worker_port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,7 +3,10 @@
 It expires lost workers (requeueing their task with its original queued time, up to
 `max_attempts`, then failing it), detaches operations whose waiters left, and removes
 size class queues that had no workers for `platform_queue_timeout`. The script is
-idempotent, so every frontend runs it on a jittered tick with no coordination.
+idempotent, so every frontend runs it on a jittered tick with no coordination. A tick
+that cannot reach Redis is reported to the process's `OutageLog`
+(`redbarn.runtime.outage`), which logs the outage once; other failures are bugs and are
+logged with their traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.registry import Registry
 from redbarn.queue.scripts import Scripts
+from redbarn.runtime.outage import UNREACHABLE, OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +58,18 @@ class Reaper:
                     break
         return totals
 
-    async def run(self, interval: float = 1.0) -> None:
+    async def run(self, interval: float = 1.0, *, outage: OutageLog | None = None) -> None:
         """Reap forever on a jittered tick (a frontend runs this as a background task)."""
+        outage = outage or OutageLog("Redis")
         while True:
             try:
                 await self.reap()
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as err:
+                outage.failed(err, "reaper tick failed")
             except Exception:
                 log.exception("reaper tick failed")
+            else:
+                outage.ok()
             await asyncio.sleep(random.uniform(interval / 2, interval * 1.5))

@@ -33,6 +33,7 @@ from redbarn.queue.registry import Registry
 from redbarn.queue.scripts import Scripts
 from redbarn.queue.synchronize import WorkerReport, Workers
 from redbarn.runtime.fastredis import FastRedis
+from redbarn.runtime.outage import OutageLog
 
 __all__ = [
     "Hints",
@@ -74,5 +75,5 @@ class Scheduler:
         """Record the first start time (drives the start-up grace period)."""
         await self.registry.start()
 
-    async def run_reaper(self, interval: float = 1.0) -> None:
-        await self.reaper.run(interval)
+    async def run_reaper(self, interval: float = 1.0, *, outage: OutageLog | None = None) -> None:
+        await self.reaper.run(interval, outage=outage)
