@@ -973,7 +973,7 @@ def log(msg: str) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--workers", type=int, default=80, help="synthetic worker IDs (default 80)")
     ap.add_argument("--warmup", type=float, default=5, help="warm-up seconds (not measured)")
     ap.add_argument("--seconds1", type=float, default=10, help="seconds at 1 in flight")

@@ -95,7 +95,7 @@ async def synchronize(s: Scheduler, req: rw_pb2.SynchronizeRequest) -> rw_pb2.Sy
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--verbose", action="store_true", help="print the commands inside each sync")

@@ -130,7 +130,7 @@ async def bench(port: int, label: str, blob_mib: int, seconds: float) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--blob-mib", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()

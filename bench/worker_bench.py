@@ -154,7 +154,9 @@ async def bench_noop(actions: int) -> None:
 
 async def main() -> None:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--files", type=int, default=10000)
     p.add_argument("--dirs", type=int, default=100)

@@ -39,7 +39,9 @@ def check_heartbeat(path: str, max_age: float) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m redbarn.runtime.healthcheck")
+    parser = argparse.ArgumentParser(
+        prog="python -m redbarn.runtime.healthcheck", allow_abbrev=False
+    )
     parser.add_argument("target", nargs="?", default="127.0.0.1:8981")
     parser.add_argument("--heartbeat", help="worker heartbeat file to check instead")
     parser.add_argument("--max-age", type=float, default=150.0)

@@ -10,7 +10,9 @@ from redbarn.worker import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="redbarn worker", description="Run a redbarn worker.")
+    parser = argparse.ArgumentParser(
+        prog="redbarn worker", description="Run a redbarn worker.", allow_abbrev=False
+    )
     cli.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
