@@ -77,6 +77,30 @@ async def test_new_assignment_replaces_running_action(cluster: Cluster) -> None:
     assert "completed" not in cluster.scheduler.stages[key(digest)]
 
 
+async def test_stopping_worker_starts_no_new_action(cluster: Cluster) -> None:
+    """Told to execute another action after SIGTERM, the worker refuses it, stops the
+    one the scheduler no longer wants, and exits."""
+    cluster.scheduler.busy_interval = 0.2
+    first, action = make_action(cluster.storage, LONG)
+    cluster.scheduler.submit(first, action)
+    pids = await _wait_for_pids(cluster)
+    cluster.shutdown.set()
+    requests = cluster.scheduler.requests
+    for _ in range(200):  # a report sent after the shutdown (an earlier one may be cut)
+        if requests[-1].prefer_being_idle:
+            break
+        await asyncio.sleep(0.02)
+    cluster.scheduler.preempt = True
+    second, action = make_action(cluster.storage, ["sh", "-c", "echo second"])
+    cluster.scheduler.submit(second, action)
+    await asyncio.wait_for(asyncio.shield(cluster.worker), 10)
+    assert cluster.scheduler.assigned["hostname=testhost"].desired.action_digest == second
+    assert key(second) not in cluster.scheduler.stages
+    assert requests[-1].prefer_being_idle
+    assert all(map(_gone, pids))
+    assert cluster.build_dirs() == []
+
+
 async def test_rpc_failures_are_retried(cluster: Cluster) -> None:
     cluster.scheduler.fail_next = 4
     resp = await asyncio.wait_for(cluster.run(["sh", "-c", "echo ok"]), 20)

@@ -1,5 +1,6 @@
 """Real frontend (Redis storage + scheduler) and real worker processes, driven by a
-REAPI client over gRPC: Execute, the Action Cache, SIGKILL requeue, frontend restart."""
+REAPI client over gRPC: Execute, the Action Cache, SIGKILL requeue, frontend restart,
+SIGTERM during a long poll."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import hashlib
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import code_pb2
-from worker_fakes import key
+from worker_fakes import IDLE_STOP, key, worker_process
 
 from redbarn.frontend.config import FrontendConfig
 from redbarn.frontend.scheduling import scheduling_hook
@@ -120,10 +121,12 @@ class System:
         raise AssertionError("no response")
 
 
-async def _frontend(redis_url: str, port: int = 0) -> tuple[FrontendServer, int]:
+async def _frontend(
+    redis_url: str, port: int = 0, scheduler: SchedulerConfig = SCHEDULER
+) -> tuple[FrontendServer, int]:
     config = FrontendConfig(listen=f"127.0.0.1:{port}", redis_url=redis_url, grace_period=0.5)
     server, bound = await create_server(
-        config, hooks=[scheduling_hook(SCHEDULER, reaper_interval=0.2)]
+        config, hooks=[scheduling_hook(scheduler, reaper_interval=0.2)]
     )
     await server.start()
     return server, bound
@@ -195,3 +198,23 @@ async def test_frontend_restart_is_a_pause_for_the_worker(system: System) -> Non
     )
     assert second.status.code == code_pb2.OK, second.status
     assert system.procs["w1"].returncode is None
+
+
+async def test_sigterm_while_long_polling_the_frontend_stops_at_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    scheduler = replace(SCHEDULER, idle_sync_timeout=60.0)
+    server, port = await _frontend(redis_url, scheduler=scheduler)
+    try:
+        async with worker_process(tmp_path, f"127.0.0.1:{port}") as w:
+            await w.wait_for_log("worker: 1 threads")
+            await asyncio.sleep(1.0)
+            # No Synchronize has returned yet (it would touch the heartbeat): it is parked.
+            assert not (tmp_path / "build" / ".heartbeat").exists()
+            elapsed, code = await w.stop_time()
+    finally:
+        await server.stop(0)
+    assert code == 0, w.log
+    assert elapsed < IDLE_STOP, w.log
+    assert "shutting down: no actions running" in w.log
+    assert "Failed to synchronize" not in w.log

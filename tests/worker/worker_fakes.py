@@ -1,11 +1,17 @@
 """In-process fakes for worker tests: an in-memory CAS/AC/ByteStream and a tiny
-OperationQueue that hands out queued actions and records every Synchronize."""
+OperationQueue that hands out queued actions and records every Synchronize; and a
+worker process whose log a test can read."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import signal
+import socket
+import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +152,9 @@ class FakeScheduler(rw_grpc.OperationQueueServicer):
     busy_interval: float = 10.0  # next_synchronization_at offset for "continue"
     preempt: bool = False  # hand queued work to busy workers (replacing their action)
     stages: dict[str, list[str]] = field(default_factory=dict)
+    # Hold the reply to an idle worker's assignment until the call is cancelled (the reply
+    # is lost), and hand it again to that worker's next idle report, as the real one does.
+    lose_replies: bool = False
 
     def submit(self, action_digest: re_pb2.Digest, action: re_pb2.Action) -> Assignment:
         ex = rw_pb2.DesiredState.Executing(
@@ -187,13 +196,18 @@ class FakeScheduler(rw_grpc.OperationQueueServicer):
                 del self.assigned[worker]
                 if not current.result.done():
                     current.result.set_result(ex.completed)
+        if self.lose_replies and worker in self.assigned:
+            return self._assign(worker, self.assigned[worker])
         if request.prefer_being_idle:
             return self._idle()
         try:
             a = await asyncio.wait_for(self.queue.get(), self.poll)
         except TimeoutError:
             return self._idle()
-        return self._assign(worker, a)
+        reply = self._assign(worker, a)
+        if self.lose_replies:
+            await asyncio.Event().wait()
+        return reply
 
     def _assign(self, worker: str, a: Assignment) -> rw_pb2.SynchronizeResponse:
         a.worker = worker
@@ -344,3 +358,75 @@ def outside_snapshot(tmp: Path) -> list[str]:
             continue
         out.extend(os.path.join(rel, f) for f in files + dirs)
     return sorted(out)
+
+
+# -- worker processes ------------------------------------------------------------------
+
+# How long an idle worker may take from SIGTERM to its exit (the process included).
+IDLE_STOP = 2.0
+
+
+@dataclass
+class Worker:
+    """A `python -m redbarn.worker` process and the lines it has logged so far."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        async def read() -> None:
+            assert self.proc.stderr is not None
+            while not any(text in line for line in self.lines):
+                line = await self.proc.stderr.readline()
+                if not line:
+                    raise AssertionError(f"worker exited before logging {text!r}:\n{self.log}")
+                self.lines.append(line.decode())
+
+        await asyncio.wait_for(read(), timeout)
+
+    async def stop_time(
+        self, sig: signal.Signals = signal.SIGTERM, limit: float = 15.0
+    ) -> tuple[float, int]:
+        """Seconds from `sig` until the process exited, and its exit status."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            _, rest = await asyncio.wait_for(self.proc.communicate(), limit)
+        except TimeoutError:
+            raise AssertionError(f"still running {limit:g} s after {sig.name}") from None
+        elapsed = time.monotonic() - start
+        self.lines.append(rest.decode() if rest else "")
+        assert self.proc.returncode is not None
+        return elapsed, self.proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def worker_process(tmp_path: Path, frontend: str, *flags: str) -> AsyncIterator[Worker]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "redbarn.worker",
+        "--frontend", frontend,
+        "--concurrency", "1",
+        "--build-dir", str(tmp_path / "build"),
+        "--cache-dir", str(tmp_path / "cache"),
+        "--hostname", "proc",
+        *flags,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        yield Worker(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def unused_port() -> int:
+    """A port nothing listens on (bound, then released: connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

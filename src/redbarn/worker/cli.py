@@ -18,6 +18,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 
@@ -253,15 +255,25 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     await asyncio.to_thread(builddir.clean, config.build_dir)
 
     signals = 0
+    threads: list[WorkerThread] = []
     tasks: list[asyncio.Task[None]] = []
 
     def on_signal() -> None:
         nonlocal signals
         signals += 1
+        busy = sum(t.busy for t in threads)
         if signals == 1:
-            log.info("shutting down: finishing running actions (signal again to abort)")
+            if busy:
+                log.info(
+                    "shutting down: waiting for %d running action(s) to finish"
+                    " (signal again to abort)",
+                    busy,
+                )
+            else:
+                log.info("shutting down: no actions running")
             shutdown.set()
         else:
+            log.warning("second signal: aborting %d running action(s)", busy)
             for t in tasks:
                 t.cancel()
 
@@ -280,7 +292,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     )
     metrics = WorkerMetrics()
     cas = CasClient(cas_channel)
-    await cas.fit_to_server(config.instance_name_prefix)
+    await _unless(shutdown, cas.fit_to_server(config.instance_name_prefix))
     executor = build_executor(cas, cache, config, metrics)
     stub = rw_grpc.OperationQueueStub(channel)  # type: ignore[no-untyped-call]
     heartbeat = Heartbeat(os.path.join(config.build_dir, HEARTBEAT_FILE))
@@ -288,7 +300,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         properties=[re_pb2.Platform.Property(name=k, value=v) for k, v in sorted(config.platform)]
     )
     hostname = config.hostname or socket.gethostname()
-    threads = [
+    threads.extend(
         WorkerThread(
             stub=stub,
             executor=executor,
@@ -302,7 +314,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
             heartbeat=heartbeat,
         )
         for wid in thread_worker_ids(config.concurrency, dict(config.labels), hostname)
-    ]
+    )
     log.info(
         "worker: %d threads, frontend %s, cas %s, cache %s (%d files)",
         len(threads),
@@ -326,6 +338,19 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         os.close(lock_fd)
         log.info("worker stopped; %s", metrics.summary())
     return metrics
+
+
+async def _unless(shutdown: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work`, cancelling it if `shutdown` is set first."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(shutdown.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _report_metrics(metrics: WorkerMetrics, interval: float) -> None:

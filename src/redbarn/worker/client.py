@@ -9,9 +9,12 @@ Each `WorkerThread` is one worker identity with its own loop (Buildbarn W6-W26):
   cancels a running action and discards its result;
 - failed RPCs are retried with jittered exponential backoff (tenacity), so a
   frontend or load balancer restart is a pause, not a crash;
-- after `shutdown` is set (SIGTERM) it sends `prefer_being_idle`, lets the running
-  action finish and report `completed`, and returns once the scheduler answers
-  `idle` (or `next_synchronization_at` + grace passes without an answer).
+- after `shutdown` is set (SIGTERM) it asks for no more work (`prefer_being_idle`). An
+  idle thread cuts its long poll or backoff short, says once that it is idle (an
+  action the cut call was handed comes back and is run), and returns. A busy one
+  lets the running action finish and report `completed`, and returns once the
+  scheduler answers `idle` (or `next_synchronization_at` + grace passes without an
+  answer). It starts no action that would replace the running one.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class WorkerThread:
         shutdown: asyncio.Event,
         sync_timeout: float = 300.0,
         grace: float = 60.0,
+        farewell: float = 1.0,
         backoff_max: float = 5.0,
         coalesce: float = 0.01,
         clock: Callable[[], float] = time.time,
@@ -95,6 +99,9 @@ class WorkerThread:
         self._shutdown = shutdown
         self._sync_timeout = sync_timeout
         self._grace = grace
+        self._farewell = farewell
+        self._farewell_by: float | None = None  # an idle thread stops by then
+        self._farewell_done = False  # a call made while stopping has been answered
         self._backoff = wait_random_exponential(multiplier=0.1, max=backoff_max)
         self._clock = clock
         self._coalesce = coalesce
@@ -107,18 +114,40 @@ class WorkerThread:
 
     # -- the loop ------------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """An action runs here, or its result has not been reported yet."""
+        return not self._state.HasField("idle")
+
     def _may_terminate(self) -> bool:
-        return self._shutdown.is_set() and (self._until is None or self._clock() > self._until)
+        """Shutting down, with nothing owed to the scheduler.
+
+        A busy thread owes it the action's result, until the scheduler stops waiting
+        (`_until`). An idle one whose last call was cut short or failed may have been
+        handed an action it never received: it owes one idle report (the farewell),
+        answered by that action handed back (see `_apply`) or by `idle`. The farewell
+        gets one try, repeated only while the scheduler still winds down the cut call
+        (RESOURCE_EXHAUSTED), and at most `farewell` seconds: an unreachable scheduler
+        requeues such an action when this worker's lease expires."""
+        if not self._shutdown.is_set():
+            return False
+        now = self._clock()
+        if self._until is None or now > self._until:
+            return True
+        if self.busy:
+            return False
+        if self._farewell_by is None:
+            self._farewell_by = now + self._farewell
+        return self._farewell_done or now > self._farewell_by
 
     async def run(self) -> None:
         """Synchronize until shutdown completes. Never raises on RPC failures."""
         try:
             while not self._may_terminate():
                 await self._wait()
-                try:
-                    response = await self._synchronize()
-                except RetryError:
-                    break  # shutting down and the scheduler could not be told
+                response = await self._synchronize()
+                if response is None:
+                    break  # shutting down
                 try:
                     await self._apply(response)
                 except Exception:  # a bug, not the scheduler's fault: keep the thread alive
@@ -175,9 +204,19 @@ class WorkerThread:
             return bool(ex.completed.status.code != code_pb2.OK)
         return False
 
+    async def _sleep(self, seconds: float) -> None:
+        """The backoff between attempts; shutting down cuts it short."""
+        if self._shutdown.is_set():
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._shutdown.wait(), seconds)
+
     def _wait_before_retry(self, rs: RetryCallState) -> float:
         if rs.outcome is not None and isinstance(rs.outcome.exception(), _Interrupted):
             return 0.0
+        if self._shutdown.is_set() and not self.busy:
+            return 0.05  # the farewell, within `farewell` seconds
         return float(self._backoff(rs))
 
     def _before_sleep(self, rs: RetryCallState) -> None:
@@ -188,21 +227,32 @@ class WorkerThread:
             err_text = f"{err.code().name}: {err.details()}"
         else:
             err_text = repr(err)
-        log.warning(
+        # While saying farewell, RESOURCE_EXHAUSTED (the cut call still held) is expected.
+        farewell = self._shutdown.is_set() and not self.busy
+        log.log(
+            logging.DEBUG if farewell else logging.WARNING,
             "%s: Failed to synchronize with scheduler (attempt %d): %s",
             self.name,
             rs.attempt_number,
             err_text,
         )
 
-    async def _synchronize(self) -> rw_pb2.SynchronizeResponse:
-        async for attempt in AsyncRetrying(
-            wait=self._wait_before_retry,
-            stop=lambda rs: self._may_terminate(),
-            before_sleep=self._before_sleep,
-        ):
-            with attempt:
-                return await self._synchronize_once()
+    async def _synchronize(self) -> rw_pb2.SynchronizeResponse | None:
+        """The scheduler's response, retried with backoff; None once the thread may stop
+        instead (shutting down, and nothing owed to the scheduler)."""
+        try:
+            async for attempt in AsyncRetrying(
+                wait=self._wait_before_retry,
+                stop=lambda rs: self._may_terminate(),
+                before_sleep=self._before_sleep,
+                sleep=self._sleep,
+            ):
+                with attempt:
+                    if self._may_terminate():  # shutdown came during the wait or backoff
+                        raise _Interrupted()
+                    return await self._synchronize_once()
+        except RetryError:
+            return None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _synchronize_once(self) -> rw_pb2.SynchronizeResponse:
@@ -214,10 +264,20 @@ class WorkerThread:
         started = self._clock()
         previous = self._next_sync
         self.synchronizations += 1
-        call = self._stub.Synchronize(request, timeout=self._sync_timeout)
+        stopping = self._shutdown.is_set()
+        timeout = self._sync_timeout
+        if stopping and not self.busy and self._farewell_by is not None:
+            timeout = max(self._farewell_by - started, 0.01)
+        call = self._stub.Synchronize(request, timeout=timeout)
         try:
-            if self._shutdown.is_set():
-                response = await call
+            if stopping:
+                try:
+                    response = await call
+                except grpc.aio.AioRpcError as err:
+                    # RESOURCE_EXHAUSTED: the scheduler still holds the call just cut.
+                    self._farewell_done = err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+                    raise
+                self._farewell_done = True
             else:
                 rpc = asyncio.ensure_future(call)
                 stop = asyncio.ensure_future(self._shutdown.wait())
@@ -245,7 +305,23 @@ class WorkerThread:
         self._next_sync = response.next_synchronization_at.ToNanoseconds() / 1e9
         desired = response.desired_state
         kind = desired.WhichOneof("worker_state")
-        if kind == "executing":
+        if kind == "executing" and self._shutdown.is_set() and self.busy:
+            # Stopping: start nothing new. The scheduler no longer wants the running
+            # action either; this worker stops, and its lease expiring requeues the new one.
+            log.info(
+                "%s: shutting down: not starting %s",
+                self.name,
+                digests.key(desired.executing.action_digest),
+            )
+            await self._stop_execution()
+            self._state = rw_pb2.CurrentState(idle=empty_pb2.Empty())
+        elif kind == "executing":
+            if self._shutdown.is_set():  # asked to be idle, so handed before the signal
+                log.info(
+                    "%s: shutting down: running %s, assigned before the signal",
+                    self.name,
+                    digests.key(desired.executing.action_digest),
+                )
             await self._start_execution(desired.executing)
             self._until = self._next_sync + self._grace
         elif kind == "idle":
