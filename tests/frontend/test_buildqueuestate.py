@@ -6,20 +6,26 @@ import asyncio
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import buildqueuestate_pb2_grpc as bq_grpc
 from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue.reaper import Reaper
+from redbarn.queue.registry import Registry
+from redbarn.queue.scripts import Scripts
 
 from .test_execution import (
     PLATFORM,
+    SCHED,
     Cluster,
     SimWorker,
     cluster,  # noqa: F401 - fixture
     collect,
     invocation,
+    metadata_of,
     response_of,
     upload_action,
 )
@@ -141,3 +147,45 @@ async def test_terminate_workers_drains_them_for_good(cluster: Cluster) -> None:
         bq_pb2.ListWorkersRequest(filter=bq_pb2.ListWorkersRequest.Filter(all=SCQ), page_size=10)
     )
     assert [w.drained for w in workers.workers] == [True]
+
+
+async def test_first_synchronize_survives_a_reaper_pass_midway(
+    cluster: Cluster,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's first Synchronize registers its platform queue and records the worker
+    in two Redis steps. Registered first, a reaper pass of another frontend in between
+    found the queue registered but empty and removed it; the worker was recorded anyway,
+    its frontend did not register the queue again for 5 cache periods, and an Execute
+    got "No workers exist" (seen once in a full run of test_admin_reads_and_writes).
+    Here another frontend's reaper runs a whole pass on each side of the registration,
+    so one falls between the two steps whichever order they are in."""
+    node = await cluster.add()
+    redis = aioredis.Redis.from_url(cluster.config.redis_url)
+    other = Reaper(Registry(redis, SCHED, "other-frontend"), Scripts(redis), SCHED)
+    register = Registry.register
+    removed = []
+
+    async def reaped_around(self: Registry, domain: str, prefix: str, pjson: str) -> None:
+        removed.append((await other.reap()).domains_removed)
+        await register(self, domain, prefix, pjson)
+        removed.append((await other.reap()).domains_removed)
+
+    monkeypatch.setattr(Registry, "register", reaped_around)
+    try:
+        await SimWorker(node).register()
+    finally:
+        monkeypatch.undo()
+        await redis.aclose()
+    assert removed == [0, 0]
+    admin = bq_grpc.BuildQueueStateStub(node.channel)
+    queues = await admin.ListPlatformQueues(empty_pb2.Empty())
+    assert [q.name.platform for q in queues.platform_queues] == [PLATFORM]
+    assert queues.platform_queues[0].size_class_queues[0].workers_count == 1
+    digest = await upload_action(node, ["true"])
+    stream = node.execution.Execute(re_pb2.ExecuteRequest(action_digest=digest))
+    try:
+        first = await stream.read()  # not UNAVAILABLE "No workers exist"
+        assert metadata_of(first).stage == re_pb2.ExecutionStage.QUEUED
+    finally:
+        stream.cancel()

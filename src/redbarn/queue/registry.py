@@ -1,11 +1,12 @@
 """Platform queues: which exist, and which one an Execute goes to.
 
 A platform queue (a scheduling domain, keys `redbarn:v1:{P}:*`) is created by its
-workers: a Synchronize registers its (instance name prefix, platform) in the global
-hash `keys.PLATFORMS`, and the reaper removes it once it has had no workers for
-`platform_queue_timeout`. Execute picks the queue with the longest matching instance
-name prefix and an identical platform (Buildbarn's rule). Every frontend keeps a short
-cache of the registry; a miss reads it again before answering "No workers exist".
+workers: a Synchronize records the worker in the domain, then registers its (instance
+name prefix, platform) in the global hash `keys.PLATFORMS`, and the reaper removes it
+once it has had no workers for `platform_queue_timeout`. Execute picks the queue with
+the longest matching instance name prefix and an identical platform (Buildbarn's
+rule). Every frontend keeps a short cache of the registry; a miss reads it again before
+answering "No workers exist".
 
 `Registry` also holds what every part of the scheduler shares about a domain: the
 per-domain config argument of the scripts (ending with this frontend's id) and the
@@ -101,7 +102,12 @@ class Registry:
 
     async def register(self, domain: str, prefix: str, platform_json: str) -> None:
         """A worker synchronized on this platform queue (written at most every few
-        cache periods per frontend: the reaper keeps the entry while workers exist)."""
+        cache periods per frontend: the reaper keeps the entry while workers exist).
+
+        Called after the synchronize script has recorded the worker, never before: the
+        reaper removes a registered domain that has no size class queues, so an entry
+        written first could be removed before the worker exists, and this frontend
+        would not write it again for those few cache periods ("No workers exist")."""
         now = time.monotonic()
         if now - self._registered.get(domain, -1e9) < 5 * self.config.platform_cache_ttl:
             return

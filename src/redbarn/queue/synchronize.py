@@ -83,7 +83,6 @@ class Workers:
         there is nothing to do). Raises ResourceExhausted when the same worker is
         already synchronizing, InvalidArgument for a bad prefix or platform."""
         domain, prefix, pjson, wk, tokens = self._identity(report)
-        await self.registry.register(domain, prefix, pjson)
         digest, result, failed = "", b"", False
         if report.state != "idle" and report.action_digest is not None:
             digest = digests.key(report.action_digest)
@@ -119,6 +118,10 @@ class Workers:
                     "A worker with the same worker ID is already synchronizing with the scheduler"
                 )
             gone = reply.holder
+        # Registered only now that the script has recorded the worker (see
+        # Registry.register): registered first, a reaper pass in between would find
+        # the platform queue empty and unregister it under the new worker.
+        await self.registry.register(domain, prefix, pjson)
         if isinstance(reply, replies.Parked):
             return await self._park(domain, wk, reply.now_us)
         return reply
