@@ -114,3 +114,19 @@ def test_relative_links_point_at_files_that_exist(page: Path) -> None:
         elif fragment and dest.suffix == ".md" and fragment not in anchors(dest.read_text()):
             broken.append(f"{target}: no heading #{fragment} in {dest.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_readme_shows_what_up_prints() -> None:
+    """The README's sample of `redbarn up`'s banner is what `up` prints (same words,
+    same lines), rendered for the sample's port, thread count and data directory."""
+    from redbarn import up
+
+    data = Path("/home/me/.local/share/redbarn")
+    expected = up.banner(
+        8981,
+        8,
+        data,
+        f"redis-cli -s {data / up.SOCKET_FILE}",
+        up.bazel_flags(8981, "", []),
+    )
+    assert f"```\n{expected}\n```" in README.read_text()
