@@ -53,6 +53,10 @@ Arg = str | bytes | int
 
 def _error(reply: hiredis.ReplyError) -> exceptions.RedisError:
     message = str(reply)
+    if message.startswith("ERR Protocol error: unauthenticated"):
+        # Redis refuses a long command from a connection that has not authenticated
+        # (before NOAUTH could be said): the same failure as NOAUTH.
+        return exceptions.AuthenticationError(f"Authentication required ({message})")
     cls = _ERRORS.get(message.split(" ", 1)[0], exceptions.ResponseError)
     return cls(message)
 
