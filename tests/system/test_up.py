@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -192,9 +193,14 @@ def test_worker_heartbeat_feeds_the_compose_health_check(tmp_path: Path) -> None
         assert subprocess.run(frontend, capture_output=True).returncode == 1
 
 
-def _short_dir() -> Path:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
     """A directory with a short path: a Unix socket path holds at most 107 bytes."""
-    return Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive_children(kids: list[int]) -> list[int]:
@@ -203,164 +209,157 @@ def _alive_children(kids: list[int]) -> list[int]:
 
 @pytest.mark.timeout(120)
 def test_second_up_on_one_data_dir_is_refused_without_touching_the_first(
-    tmp_path: Path,
+    short_dir: Path,
 ) -> None:
-    data = _short_dir()
+    data = short_dir
+    first_port = free_port()
+    first = up(first_port, data)
     try:
-        first_port = free_port()
-        first = up(first_port, data)
-        try:
-            wait_banner(first)
-            kids = children_of(first.pid)
-            lock_before = (data / "up.lock").read_text()
-            sock_before = (data / "redis.sock").stat().st_ino
-            second = up(free_port(), data)
-            _, err = second.communicate(timeout=30)
-            assert second.returncode == 1
-            assert err.count("\n") == 1, err
-            assert err.startswith(
-                f"redbarn up: the data directory {data} is in use by another redbarn up "
-                f"(pid {first.pid}, frontend 127.0.0.1:{first_port}, since "
-            ), err
-            assert err.rstrip().endswith("stop it, or pass another --data-dir")
-            # The first one's files and processes are as they were.
-            assert (data / "up.lock").read_text() == lock_before
-            assert (data / "redis.sock").stat().st_ino == sock_before
-            assert _alive_children(kids) == kids
-            assert first.poll() is None
-        finally:
-            first.send_signal(signal.SIGTERM)
-            assert first.wait(40) == 0
+        wait_banner(first)
+        kids = children_of(first.pid)
+        lock_before = (data / "up.lock").read_text()
+        sock_before = (data / "redis.sock").stat().st_ino
+        second = up(free_port(), data)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 1
+        assert err.count("\n") == 1, err
+        assert err.startswith(
+            f"redbarn up: the data directory {data} is in use by another redbarn up "
+            f"(pid {first.pid}, frontend 127.0.0.1:{first_port}, since "
+        ), err
+        assert err.rstrip().endswith("stop it, or pass another --data-dir")
+        # The first one's files and processes are as they were.
+        assert (data / "up.lock").read_text() == lock_before
+        assert (data / "redis.sock").stat().st_ino == sock_before
+        assert _alive_children(kids) == kids
+        assert first.poll() is None
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(40) == 0
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_of_up_takes_its_processes_and_a_restart_comes_back(tmp_path: Path) -> None:
-    data = _short_dir()
-    try:
-        proc = up(free_port(), data)
-        wait_banner(proc)
-        kids = children_of(proc.pid)
-        assert len(kids) == 3, kids  # redis-server, frontend, worker
-        proc.kill()
-        proc.wait(10)
-        deadline = time.monotonic() + 2
-        while _alive_children(kids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _alive_children(kids) == [], "processes outlived a SIGKILLed redbarn up"
+def test_sigkill_of_up_takes_its_processes_and_a_restart_comes_back(
+    short_dir: Path,
+) -> None:
+    data = short_dir
+    proc = up(free_port(), data)
+    wait_banner(proc)
+    kids = children_of(proc.pid)
+    assert len(kids) == 3, kids  # redis-server, frontend, worker
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 2
+    while _alive_children(kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive_children(kids) == [], "processes outlived a SIGKILLed redbarn up"
 
-        # The next up on the same directory is ready again: its worker is not locked
-        # out by the park the killed frontend held (R38 only while the holder lives).
-        again = up(free_port(), data)
-        try:
-            assert "Press Ctrl-C" in wait_banner(again, timeout=30)
-        finally:
-            again.send_signal(signal.SIGTERM)
-            assert again.wait(40) == 0
+    # The next up on the same directory is ready again: its worker is not locked
+    # out by the park the killed frontend held (R38 only while the holder lives).
+    again = up(free_port(), data)
+    try:
+        assert "Press Ctrl-C" in wait_banner(again, timeout=30)
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(40) == 0
 
 
 @pytest.mark.timeout(120)
-def test_up_stops_processes_an_earlier_up_left_running(tmp_path: Path) -> None:
+def test_up_stops_processes_an_earlier_up_left_running(
+    short_dir: Path,
+) -> None:
     """Where PR_SET_PDEATHSIG did not act (another OS; a child that ignored SIGTERM),
     the lock file's record of the children lets the next `up` stop them."""
-    data = _short_dir()
-    try:
-        stale = subprocess.Popen(["sleep", "600"], start_new_session=True)
-        stat = Path(f"/proc/{stale.pid}/stat").read_text()
-        start = int(stat[stat.rindex(")") + 2 :].split()[19])
-        (data / "up.lock").write_text(
-            json.dumps(
-                {
-                    "pid": 1,
-                    "children": [{"name": "redis-server", "pid": stale.pid, "start": start}],
-                }
-            )
+    data = short_dir
+    stale = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    stat = Path(f"/proc/{stale.pid}/stat").read_text()
+    start = int(stat[stat.rindex(")") + 2 :].split()[19])
+    (data / "up.lock").write_text(
+        json.dumps(
+            {
+                "pid": 1,
+                "children": [{"name": "redis-server", "pid": stale.pid, "start": start}],
+            }
         )
-        proc = up(free_port(), data)
-        try:
-            wait_banner(proc)
-            assert stale.wait(10) is not None
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(40) == 0
-        assert proc.stderr is not None
-        assert (
-            f"redbarn up: stopping a redis-server (pid {stale.pid}) left running by an "
-            "earlier redbarn up"
-        ) in proc.stderr.read()
+    )
+    proc = up(free_port(), data)
+    try:
+        wait_banner(proc)
+        assert stale.wait(10) is not None
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+    assert proc.stderr is not None
+    assert (
+        f"redbarn up: stopping a redis-server (pid {stale.pid}) left running by an "
+        "earlier redbarn up"
+    ) in proc.stderr.read()
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
-def test_pasted_redis_cli_recipes_read_ups_redis(tmp_path: Path) -> None:
+def test_pasted_redis_cli_recipes_read_ups_redis(
+    short_dir: Path,
+) -> None:
     """docs/operations.md's recipe block, pasted into bash as it stands, reads the Redis
     of an `up` run with the default data directory, and the banner names the socket."""
-    home = _short_dir()
+    home = short_dir
     env = {k: v for k, v in os.environ.items() if k != "XDG_DATA_HOME"}
     env["HOME"] = str(home)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "redbarn", "up", "--port", str(port), "--workers", "1",
+         "--platform", "OSFamily=linux"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
     try:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "redbarn", "up", "--port", str(port), "--workers", "1",
-             "--platform", "OSFamily=linux"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        banner = wait_banner(proc)
+        sock = home / ".local" / "share" / "redbarn" / "redis.sock"
+        assert f"inspect: redis-cli -s {sock}" in banner
+        doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+        section = doc[doc.index("## Inspecting with redis-cli") :]
+        block = section[section.index("```sh\n") + 6 :]
+        block = block[: block.index("```")]
+        # PSUBSCRIBE streams until interrupted: the rest runs as pasted.
+        script = "\n".join(line for line in block.splitlines() if "PSUBSCRIBE" not in line)
+        out = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script + '\necho "P=$P"'],
+            capture_output=True, text=True, env=env, timeout=30,
         )  # fmt: skip
-        try:
-            banner = wait_banner(proc)
-            sock = home / ".local" / "share" / "redbarn" / "redis.sock"
-            assert f"inspect: redis-cli -s {sock}" in banner
-            doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
-            section = doc[doc.index("## Inspecting with redis-cli") :]
-            block = section[section.index("```sh\n") + 6 :]
-            block = block[: block.index("```")]
-            # PSUBSCRIBE streams until interrupted: the rest runs as pasted.
-            script = "\n".join(line for line in block.splitlines() if "PSUBSCRIBE" not in line)
-            out = subprocess.run(
-                ["bash", "-e", "-o", "pipefail", "-c", script + '\necho "P=$P"'],
-                capture_output=True, text=True, env=env, timeout=30,
-            )  # fmt: skip
-            assert out.returncode == 0, out.stderr
-            assert '{"OSFamily": "linux"}' in out.stdout or "OSFamily" in out.stdout
-            chosen = out.stdout.strip().splitlines()[-1]
-            assert re.fullmatch(r"P=[0-9a-f]{16}", chosen), chosen
-            # The worker is registered, as the banner promised: its lease is listed.
-            assert '{"hostname"' in out.stdout
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(40) == 0
+        assert out.returncode == 0, out.stderr
+        assert '{"OSFamily": "linux"}' in out.stdout or "OSFamily" in out.stdout
+        chosen = out.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(r"P=[0-9a-f]{16}", chosen), chosen
+        # The worker is registered, as the banner promised: its lease is listed.
+        assert '{"hostname"' in out.stdout
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
 
 
 @pytest.mark.timeout(120)
-def test_up_passes_flags_and_log_level_to_its_children(tmp_path: Path) -> None:
-    data = _short_dir()
+def test_up_passes_flags_and_log_level_to_its_children(
+    short_dir: Path,
+) -> None:
+    data = short_dir
+    proc = up(
+        free_port(), data, "--log-level", "debug",
+        "--frontend-arg=--max-blob-size=64MiB", "--worker-arg=--cache-size=123MiB",
+    )  # fmt: skip
     try:
-        proc = up(
-            free_port(), data, "--log-level", "debug",
-            "--frontend-arg=--max-blob-size=64MiB", "--worker-arg=--cache-size=123MiB",
-        )  # fmt: skip
-        try:
-            wait_banner(proc)
-            argv = {
-                pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                for pid in children_of(proc.pid)
-            }
-            frontend = next(a for a in argv.values() if b"frontend" in a)
-            worker = next(a for a in argv.values() if b"worker" in a)
-            assert b"--max-blob-size=64MiB" in frontend and b"debug" in frontend
-            assert b"--cache-size=123MiB" in worker and b"debug" in worker
-            assert " DEBUG " in (data / "redbarn-up.log").read_text()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(40) == 0
+        wait_banner(proc)
+        argv = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            for pid in children_of(proc.pid)
+        }
+        frontend = next(a for a in argv.values() if b"frontend" in a)
+        worker = next(a for a in argv.values() if b"worker" in a)
+        assert b"--max-blob-size=64MiB" in frontend and b"debug" in frontend
+        assert b"--cache-size=123MiB" in worker and b"debug" in worker
+        assert " DEBUG " in (data / "redbarn-up.log").read_text()
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
 
 
 @pytest.mark.parametrize(
