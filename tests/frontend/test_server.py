@@ -185,7 +185,7 @@ def test_cli_scheduling_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ("argv", "message"),
     [
         (["--listen", "nowhere"], 'invalid --listen "nowhere": expected HOST:PORT'),
-        (["--storage", "s3://x"], 'invalid --storage "s3://x": use "redis" or grpc://host:port'),
+        (["--storage", "s3://x"], 'invalid --storage "s3://x": use "redis", grpc://host:port or grpcs://host:port'),
         (
             ["--cas-ttl", "soon"],
             'invalid duration "soon": use a number with ms, s, m or h, e.g. 2s',

@@ -38,6 +38,12 @@ _DURATIONS = {
     "ac_ttl": "Action Cache entry lifetime, refreshed on use",
     "upload_ttl": "how long an interrupted upload stays resumable",
     "grace_period": "time in-flight calls get to finish on SIGTERM",
+    "grpc_keepalive_min_time": "clients pinging more often than this are disconnected",
+    "grpc_keepalive_time": "the server pings a connection idle this long",
+    "grpc_keepalive_timeout": "a connection whose ping goes unanswered this long is closed",
+    "grpc_max_connection_idle": "a connection without calls this long is closed",
+    "grpc_max_connection_age": "a connection this old is closed (0 = never)",
+    "grpc_max_connection_age_grace": "time calls in flight get when a connection is aged out",
 }
 # The same for SchedulerConfig, and its whole-number fields.
 _SCHEDULER_DURATIONS = {
@@ -86,11 +92,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--storage",
         _D.storage,
-        'CAS/AC backend: "redis", or grpc://HOST:PORT of a REAPI storage to forward to',
+        'CAS/AC backend: "redis", or grpc://HOST:PORT (grpcs:// for TLS) of a REAPI '
+        "storage to forward to",
     )
+    add_flag(parser, "--storage-tls-ca", _D.storage_tls_ca, "grpcs:// storage: PEM CA bundle")
+    add_flag(
+        parser,
+        "--storage-token-file",
+        _D.storage_token_file,
+        "file holding the bearer token sent to the --storage upstream",
+    )
+    add_flag(
+        parser, "--storage-tls-cert", _D.storage_tls_cert, "grpcs:// storage: client certificate"
+    )
+    add_flag(parser, "--storage-tls-key", _D.storage_tls_key, "grpcs:// storage: client key")
     blob, batch = format_size(_D.max_blob_size), format_size(_D.max_batch_total_size)
     add_flag(parser, "--max-blob-size", blob, "largest blob accepted by ByteStream Write")
     add_flag(parser, "--max-batch-size", batch, "largest total of blob sizes in one batch call")
+    add_flag(
+        parser,
+        "--max-action-size",
+        format_size(_D.max_action_size),
+        "largest Action or Command that Execute reads",
+    )
+    add_flag(
+        parser,
+        "--max-batch-digests",
+        str(_D.max_batch_digests),
+        "most digests in one FindMissingBlobs, BatchReadBlobs or BatchUpdateBlobs",
+    )
+    add_flag(
+        parser,
+        "--grpc-max-concurrent-streams",
+        str(_D.grpc_max_concurrent_streams),
+        "concurrent calls per client connection",
+    )
     for field, meaning in _DURATIONS.items():
         add_flag(parser, _flag(field), format_duration(getattr(_D, field)), meaning)
     add_flag(parser, "--log-level", "info", "debug, info, warning or error")
@@ -165,7 +201,16 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         redis_url=args.redis,
         cas_redis_url=args.cas_redis or "",
         storage=args.storage,
+        storage_tls_ca=args.storage_tls_ca or "",
+        storage_token_file=args.storage_token_file or "",
+        storage_tls_cert=args.storage_tls_cert or "",
+        storage_tls_key=args.storage_tls_key or "",
         max_blob_size=parse_size(args.max_blob_size),
+        max_action_size=parse_size(args.max_action_size),
+        max_batch_digests=_count("--max-batch-digests", args.max_batch_digests),
+        grpc_max_concurrent_streams=_count(
+            "--grpc-max-concurrent-streams", args.grpc_max_concurrent_streams
+        ),
         max_batch_total_size=batch,
         max_message_size=batch + MESSAGE_HEADROOM,
         **_durations(args, _DURATIONS),

@@ -56,14 +56,39 @@ class FrontendConfig:
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     # Redis for CAS and Action Cache; "" = redis_url.
     cas_redis_url: str = field(default="", repr=False)
-    # "redis" (CAS/AC in Redis) or "grpc://host:port" (forward to another REAPI storage).
+    # "redis" (CAS/AC in Redis), or "grpc://host:port" / "grpcs://host:port" (TLS):
+    # forward to another REAPI storage.
     storage: str = "redis"
+    # grpcs:// upstream: PEM CA bundle to verify it ("" = the system roots), a file holding
+    # the bearer token sent to it, and a client certificate and key for mTLS.
+    storage_tls_ca: str = ""
+    storage_token_file: str = ""
+    storage_tls_cert: str = ""
+    storage_tls_key: str = ""
     # Largest blob a ByteStream Write accepts (advertised as max_cas_blob_size_bytes).
     max_blob_size: int = 1 * GiB
+    # Largest Action or Command Execute reads (Buildbarn's 16 MiB message limit).
+    max_action_size: int = 16 * MiB
+    # Most digests in one FindMissingBlobs, BatchReadBlobs or BatchUpdateBlobs. Bazel sends
+    # at most ~60,000 (its 4 MiB message divided by the size of a digest).
+    max_batch_digests: int = 65536
     # Largest sum of blob sizes in one BatchUpdateBlobs/BatchReadBlobs (advertised).
     max_batch_total_size: int = 4 * MiB
     # gRPC message limit: the batch limit plus room for framing (the CLI keeps it so).
     max_message_size: int = max_batch_total_size + MESSAGE_HEADROOM
+    # gRPC server limits (both listeners). Concurrent streams per HTTP/2 connection;
+    # keepalive: clients may ping no more often than keepalive_min_time (else GOAWAY
+    # too_many_pings), the server pings an idle connection every keepalive_time and drops
+    # it when no answer comes within keepalive_timeout; a connection without calls for
+    # max_connection_idle is closed; max_connection_age (0 = unlimited) closes any
+    # connection that old, after max_connection_age_grace for calls in flight.
+    grpc_max_concurrent_streams: int = 1000
+    grpc_keepalive_min_time: float = 10.0
+    grpc_keepalive_time: float = 300.0
+    grpc_keepalive_timeout: float = 20.0
+    grpc_max_connection_idle: float = 1 * HOUR
+    grpc_max_connection_age: float = 0.0
+    grpc_max_connection_age_grace: float = 60.0
     # CAS blob TTL, refreshed whenever a blob is found, read or written.
     cas_ttl: float = 7 * DAY
     # Action Cache entry TTL, refreshed on every hit.
@@ -95,12 +120,20 @@ class FrontendConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
-        if self.storage != "redis" and not self.storage.startswith("grpc://"):
+        if self.storage != "redis" and not self.storage.startswith(("grpc://", "grpcs://")):
             raise ConfigError(
-                f'invalid --storage "{self.storage}": use "redis" or grpc://host:port'
+                f'invalid --storage "{self.storage}": use "redis", grpc://host:port or '
+                "grpcs://host:port"
             )
-        if self.storage.startswith("grpc://") and ":" not in self.storage_target:
+        if self.storage != "redis" and ":" not in self.storage_target:
             raise ConfigError(f'invalid --storage "{self.storage}": expected grpc://host:port')
+        storage_tls = (self.storage_tls_ca, self.storage_tls_cert, self.storage_tls_key)
+        if any(storage_tls) and not self.storage.startswith("grpcs://"):
+            raise ConfigError("--storage-tls-* flags need --storage grpcs://host:port")
+        if bool(self.storage_tls_cert) != bool(self.storage_tls_key):
+            raise ConfigError("--storage-tls-cert and --storage-tls-key must be given together")
+        if self.storage_token_file and self.storage == "redis":
+            raise ConfigError("--storage-token-file needs --storage grpc:// or grpcs://")
         for flag, address in (("--listen", self.listen), ("--worker-listen", self.worker_listen)):
             _, sep, port = address.rpartition(":")
             if (address or flag == "--listen") and (not sep or not port.isdigit()):
@@ -111,8 +144,12 @@ class FrontendConfig:
                     f'invalid {flag} "{redact_url(url)}": expected redis://host:port/db'
                 )
         self._check_security()
-        if self.max_batch_total_size <= 0 or self.max_blob_size <= 0:
-            raise ConfigError("--max-batch-size and --max-blob-size must be positive")
+        if min(self.max_batch_total_size, self.max_blob_size, self.max_action_size) <= 0:
+            raise ConfigError(
+                "--max-batch-size, --max-blob-size and --max-action-size must be positive"
+            )
+        if self.max_batch_digests < 1:
+            raise ConfigError("--max-batch-digests must be at least 1")
         if self.max_message_size < self.max_batch_total_size:
             raise ConfigError("the gRPC message size must be at least --max-batch-size")
         if self.chunk_size < 64 * KiB:
@@ -136,5 +173,10 @@ class FrontendConfig:
 
     @property
     def storage_target(self) -> str:
-        """host:port of the upstream storage, for storage = grpc://host:port."""
-        return self.storage.removeprefix("grpc://")
+        """host:port of the upstream storage, for storage = grpc[s]://host:port."""
+        return self.storage.removeprefix("grpcs://").removeprefix("grpc://")
+
+    @property
+    def proxied(self) -> bool:
+        """CAS and AC forward to another REAPI server (--storage grpc[s]://)."""
+        return self.storage != "redis"

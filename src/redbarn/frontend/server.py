@@ -213,7 +213,7 @@ def build_storage(
     closers: list[Callable[[], Awaitable[None]]] = []
     blobs: BlobStore
     base_ac: ActionCacheStore
-    if config.storage.startswith("grpc://"):
+    if config.proxied:
         channel = open_channel(config.storage_target, max_message_bytes=config.max_message_size)
         closers.append(channel.close)
         batch = min(config.max_batch_total_size, DEFAULT_MAX_BATCH_BYTES)
@@ -236,7 +236,7 @@ def build_storage(
 
 def storage_outage(config: FrontendConfig, redis_outage: OutageLog) -> OutageLog:
     """The outage log of the CAS and AC: the scheduler Redis's own when they live there."""
-    if config.storage.startswith("grpc://"):
+    if config.proxied:
         return OutageLog(f"Storage at {config.storage}")
     if config.cas_redis_url and config.cas_redis_url != config.redis_url:
         return OutageLog(f"CAS Redis at {redact_url(config.cas_redis_url)}")
