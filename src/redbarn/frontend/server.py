@@ -65,7 +65,7 @@ from redbarn.frontend.storage.proxy import (
     DEFAULT_MAX_BATCH_BYTES,
     GrpcActionCache,
     GrpcBlobStore,
-    open_channel,
+    open_storage_channel,
 )
 from redbarn.frontend.storage.redis import RedisActionCache, RedisBlobStore
 from redbarn.proto import bytestream_pb2, remote_execution_pb2, remoteworker_pb2
@@ -214,7 +214,7 @@ def build_storage(
     blobs: BlobStore
     base_ac: ActionCacheStore
     if config.proxied:
-        channel = open_channel(config.storage_target, max_message_bytes=config.max_message_size)
+        channel = open_storage_channel(config)
         closers.append(channel.close)
         batch = min(config.max_batch_total_size, DEFAULT_MAX_BATCH_BYTES)
         blobs = GrpcBlobStore(channel, max_batch_bytes=batch)

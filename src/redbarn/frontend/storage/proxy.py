@@ -21,6 +21,7 @@ import grpc
 
 from redbarn.digests import SHA256, Digest, read_resource_name, write_resource_name
 from redbarn.errors import InvalidArgument, NotFound, RedbarnError
+from redbarn.frontend.config import FrontendConfig
 from redbarn.frontend.errors import error_for, from_rpc_error
 from redbarn.proto import bytestream_pb2 as bs_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
@@ -37,6 +38,11 @@ def open_channel(target: str, *, max_message_bytes: int) -> grpc.aio.Channel:
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     return grpc.aio.insecure_channel(target, options=options)
+
+
+def open_storage_channel(config: FrontendConfig) -> grpc.aio.Channel:
+    """The channel to the `--storage` upstream that `config` describes."""
+    return open_channel(config.storage_target, max_message_bytes=config.max_message_size)
 
 
 @contextlib.contextmanager
