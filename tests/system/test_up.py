@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from reapi_client import ReapiClient
 
 from redbarn.runtime.redisserver import free_port
@@ -85,7 +86,7 @@ def test_up_serves_prints_flags_and_stops_cleanly_keeping_data(tmp_path: Path) -
         assert "--remote_default_exec_properties=OSFamily=linux" in banner
         assert f"redis-cli -s {tmp_path / 'data' / 'redis.sock'}" in banner
         kids = children_of(proc.pid)
-        assert len(kids) >= 3, kids  # redis-server, frontend, worker
+        assert len(kids) >= 4, kids  # two redis-servers, frontend, worker
 
         async def run_one() -> tuple[str, int]:
             client = ReapiClient(f"127.0.0.1:{port}")
@@ -108,6 +109,20 @@ def test_up_serves_prints_flags_and_stops_cleanly_keeping_data(tmp_path: Path) -
                 await client.close()
 
         action_hash, action_size = asyncio.run(run_one())
+        # Blobs live in a Redis of their own, bounded and evicting; the scheduler's
+        # never evicts. (Issue 15: the CAS can never stop the scheduler.)
+        sched = redis.Redis(unix_socket_path=str(tmp_path / "data" / "redis.sock"))
+        cas = redis.Redis(unix_socket_path=str(tmp_path / "data" / "cas.sock"))
+        try:
+            assert sched.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+            assert sched.config_get("appendonly")["appendonly"] == "yes"
+            assert cas.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+            assert int(cas.config_get("maxmemory")["maxmemory"]) == 2 << 30
+            assert any(cas.scan_iter(match="redbarn:*cas:*", count=1000))
+            assert not any(sched.scan_iter(match="redbarn:*cas:*", count=1000))
+        finally:
+            sched.close()
+            cas.close()
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(40) == 0
@@ -118,7 +133,8 @@ def test_up_serves_prints_flags_and_stops_cleanly_keeping_data(tmp_path: Path) -
     time.sleep(0.5)
     assert [k for k in kids if alive(k)] == [], "redbarn up left processes behind"
 
-    # The AOF under --data-dir keeps the CAS (and queued work) across a restart.
+    # The CAS Redis's snapshot under --data-dir keeps the CAS across a restart (and the
+    # scheduler's AOF keeps queued work).
     port = free_port()
     proc = up(port, tmp_path / "data")
     try:
@@ -246,7 +262,7 @@ def test_sigkill_of_up_takes_its_processes_and_a_restart_comes_back(
     proc = up(free_port(), data)
     wait_banner(proc)
     kids = children_of(proc.pid)
-    assert len(kids) == 3, kids  # redis-server, frontend, worker
+    assert len(kids) == 4, kids  # two redis-servers, frontend, worker
     proc.kill()
     proc.wait(10)
     deadline = time.monotonic() + 2
