@@ -278,6 +278,53 @@ def auth_interceptors(
     return [AuthInterceptor(tokens, client_ac_writes=client_ac_writes)]
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def server_options(config: FrontendConfig) -> list[tuple[str, int]]:
+    """The channel arguments of both listeners: message limits and the gRPC server limits.
+
+    Keepalive: the server pings a connection quiet for `grpc_keepalive_time` (with or
+    without calls, and however long a call sends no data: an idle Synchronize or a long
+    Execute stream) and drops it after `grpc_keepalive_timeout` without an answer. A
+    client may ping every `grpc_keepalive_min_time`, with or without calls; more often
+    earns a strike, and the third strike closes the connection with GOAWAY
+    "too_many_pings" (gRPC's default of 2 strikes allowed). `grpc_max_connection_idle`
+    counts time without any call in flight, so a worker parked in Synchronize is never
+    idle. `grpc_max_connection_age` = 0 leaves connections ageless (gRPC's own default).
+    """
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_size),
+        ("grpc.max_send_message_length", config.max_message_size),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", _ms(config.grpc_keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(config.grpc_keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(config.grpc_keepalive_min_time)),
+        ("grpc.max_connection_idle_ms", _ms(config.grpc_max_connection_idle)),
+    ]
+    if config.grpc_max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", _ms(config.grpc_max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", _ms(config.grpc_max_connection_age_grace)),
+        ]
+    return options
+
+
+def shared_redis_warning(config: FrontendConfig) -> str | None:
+    """The start-up warning for a CAS kept in the scheduler's Redis, or None."""
+    if config.storage != "redis" or config.cas_redis_url not in ("", config.redis_url):
+        return None
+    return (
+        "the CAS and Action Cache share the scheduler's Redis: blobs can fill it, and a "
+        "full scheduler Redis (noeviction) refuses every Synchronize and Execute; give "
+        "them their own Redis with --cas-redis (with maxmemory and allkeys-lru)"
+    )
+
+
 def _bind(server: grpc.aio.Server, config: FrontendConfig, address: str, listener: str) -> int:
     credentials = server_credentials(config, listener=listener)
     port: int
@@ -303,12 +350,7 @@ async def create_server(
     worker listener's (None without `config.worker_listen`). Raises ConfigError for
     unreadable token or certificate files.
     """
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_size),
-        ("grpc.max_send_message_length", config.max_message_size),
-        ("grpc.so_reuseport", 0),
-    ]
-
+    options = server_options(config)
     tokens = TokenTable.from_files(
         clients=config.client_tokens, workers=config.worker_tokens, admins=config.admin_tokens
     )
@@ -336,6 +378,9 @@ async def create_server(
         if fast is not None:
             closers.append(fast.aclose)
     blobs, ac, storage_closers = build_storage(config, redis, fast)
+    warning = shared_redis_warning(config)
+    if warning:
+        log.warning("%s", warning)
     health_servicer = HealthServicer()
     checks: list[tuple[str, Check, OutageLog]] = [
         ("redis", redis.ping, redis_outage),
