@@ -62,6 +62,24 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# Whole-number and size limits set by a flag named after their field, with their help.
+_COUNTS = {
+    "--max-input-files": "most files (and symlinks) in an action's input root",
+    "--max-input-directories": "most directories in an action's input root",
+    "--max-input-depth": "deepest directory nesting of an action's input root",
+    "--max-output-files": "most output files and symlinks an action may leave",
+}
+_SIZES = {
+    "--max-input-bytes": "largest total size of an action's input files",
+    "--max-output-bytes": "largest total size of an action's output files",
+    "--max-stdio-bytes": "largest stdout, and largest stderr, of an action",
+}
+
+
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = WorkerConfig()
     add_flag(
@@ -127,6 +145,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         format_duration(d.sync_timeout),
         "deadline of one Synchronize call",
     )
+    for flag, meaning in _COUNTS.items():
+        add_flag(parser, flag, str(getattr(d, _field(flag))), meaning)
+    for flag, meaning in _SIZES.items():
+        add_flag(parser, flag, format_size(getattr(d, _field(flag))), meaning)
+    add_flag(
+        parser,
+        "--input-fetch-timeout",
+        format_duration(d.input_fetch_timeout),
+        "deadline of fetching and materialising an action's inputs",
+    )
+    add_flag(
+        parser,
+        "--run-as",
+        d.run_as,
+        "run actions as USER[:GROUP], a user dedicated to actions (needs root)",
+    )
+    add_flag(
+        parser,
+        "--container-runtime",
+        d.container_runtime,
+        "podman or docker: run actions with a container-image platform property in it",
+    )
     add_flag(parser, "--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
@@ -179,6 +219,11 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         tls_ca=tls_ca,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        **{_field(f): _int(getattr(args, _field(f)), f, 1) for f in _COUNTS},
+        **{_field(f): parse_size(getattr(args, _field(f))) for f in _SIZES},
+        input_fetch_timeout=parse_duration(args.input_fetch_timeout),
+        run_as=args.run_as or "",
+        container_runtime=args.container_runtime or "",
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from redbarn.config import DEFAULT_PORT, GiB
+from redbarn.config import DEFAULT_PORT, MINUTE, GiB, MiB
 
 
 def _default_base() -> str:
@@ -45,6 +45,25 @@ class WorkerConfig:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # Bounds on an action's input root, checked while walking it, before anything is
+    # materialised (a Bazel action with 100k inputs is far inside them), and the
+    # deadline of fetching and materialising the inputs.
+    max_input_files: int = 1_000_000
+    max_input_directories: int = 200_000
+    max_input_depth: int = 256
+    max_input_bytes: int = 32 * GiB
+    input_fetch_timeout: float = 15 * MINUTE
+    # Bounds on what an action leaves behind: output files (and symlinks), their total
+    # size, and each of stdout and stderr.
+    max_output_files: int = 100_000
+    max_output_bytes: int = 16 * GiB
+    max_stdio_bytes: int = 64 * MiB
+    # Run actions as this USER[:GROUP] ("" = the worker's own user). Must be a user
+    # dedicated to actions: every process it owns is killed after each action.
+    run_as: str = ""
+    # "podman" or "docker" (a name or a path): run actions whose platform has
+    # container-image inside that image ("" = refuse such actions).
+    container_runtime: str = ""
     # Deadline of one Synchronize call (it may long-poll).
     sync_timeout: float = 300.0
     # Log the action counters this often (0: only at exit).
