@@ -8,19 +8,29 @@ instance name is passed through unchanged; the digest function is SHA256.
 Reads the frontend makes for itself (Actions, Commands, Trees for the completeness
 check) go through `get_many`: BatchReadBlobs in batches under `max_batch_bytes`,
 and ByteStream for blobs bigger than that.
+
+`open_storage_channel(config)` builds the channel: plaintext for `grpc://`, TLS for
+`grpcs://` (`--storage-tls-ca`, else the system roots; `--storage-tls-cert` and
+`--storage-tls-key` for mTLS), and with `--storage-token-file` an
+`authorization: Bearer <token>` header on every call (call credentials over TLS, a
+client interceptor over plaintext, where grpc refuses call credentials). Unreadable or
+empty files are a `ConfigError` naming the flag and the path. The token is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
 
+from redbarn.config import ConfigError, read_file
 from redbarn.digests import SHA256, Digest, read_resource_name, write_resource_name
-from redbarn.errors import InvalidArgument, NotFound, RedbarnError
+from redbarn.errors import InvalidArgument, NotFound, RedbarnError, Unavailable
 from redbarn.frontend.config import FrontendConfig
 from redbarn.frontend.errors import error_for, from_rpc_error
 from redbarn.proto import bytestream_pb2 as bs_pb2
@@ -32,26 +42,180 @@ DEFAULT_MAX_BATCH_BYTES = 2 << 20
 WRITE_PIECE = 1 << 20
 
 
-def open_channel(target: str, *, max_message_bytes: int) -> grpc.aio.Channel:
+log = logging.getLogger(__name__)
+
+
+def open_channel(
+    target: str,
+    *,
+    max_message_bytes: int,
+    credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A plaintext channel to `target`, or a TLS one with `credentials`."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    return grpc.aio.insecure_channel(target, options=options)
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def open_storage_channel(config: FrontendConfig) -> grpc.aio.Channel:
-    """The channel to the `--storage` upstream that `config` describes."""
-    return open_channel(config.storage_target, max_message_bytes=config.max_message_size)
+    """The channel to the `--storage` upstream that `config` describes (module docstring).
+
+    Raises ConfigError for an unreadable or empty CA, certificate, key or token file.
+    """
+    token = read_token(config.storage_token_file) if config.storage_token_file else ""
+    if not config.storage.startswith("grpcs://"):
+        interceptors: list[grpc.aio.ClientInterceptor] = []
+        if token:
+            log.warning(
+                "--storage %s is plaintext: the --storage-token-file token crosses the "
+                "network unencrypted (use grpcs:// unless the link is private)",
+                config.storage,
+            )
+            interceptors += bearer_token_interceptors(token)
+        return open_channel(
+            config.storage_target,
+            max_message_bytes=config.max_message_size,
+            interceptors=interceptors,
+        )
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(config.storage_tls_ca, "--storage-tls-ca", b"CERTIFICATE")
+        if config.storage_tls_ca
+        else None,
+        private_key=_read_pem(config.storage_tls_key, "--storage-tls-key", b"PRIVATE KEY")
+        if config.storage_tls_key
+        else None,
+        certificate_chain=_read_pem(config.storage_tls_cert, "--storage-tls-cert", b"CERTIFICATE")
+        if config.storage_tls_cert
+        else None,
+    )
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return open_channel(
+        config.storage_target, max_message_bytes=config.max_message_size, credentials=credentials
+    )
+
+
+def read_token(path: str) -> str:
+    """The bearer token in `path` (`--storage-token-file`): one line, surrounding
+    whitespace ignored. ConfigError, naming flag and path (never the token), if the file
+    is unreadable, empty, or not one header-safe word."""
+    raw = read_file(path, "--storage-token-file")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--storage-token-file {path} is not ASCII text") from None
+    if not token:
+        raise ConfigError(f"--storage-token-file {path} is empty")
+    if any(not ch.isprintable() or ch.isspace() for ch in token):
+        raise ConfigError(
+            f"--storage-token-file {path} must hold one token on one line, without spaces"
+        )
+    return token
+
+
+def _read_pem(path: str, flag: str, label: bytes) -> bytes:
+    """The PEM file a flag names; ConfigError if unreadable or holding no `label` block."""
+    data = read_file(path, flag)
+    if b"-----BEGIN " not in data or label + b"-----" not in data:
+        what = label.decode().lower()
+        raise ConfigError(f"{flag} {path} holds no PEM {what}")
+    return data
+
+
+class _BearerToken:
+    """Adds `authorization: Bearer <token>` to a call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<token>)"
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(*self._header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready,
+        )  # fmt: skip
+
+
+class _UnaryUnaryToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+
+class _UnaryStreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+
+class _StreamUnaryToken(_BearerToken, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: Any,
+        request_iterator: AsyncIterable[Any],
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _StreamStreamToken(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: Any,
+        request_iterator: AsyncIterable[Any],
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def bearer_token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors adding the token to calls of every shape: grpc.aio files each
+    interceptor under the first call shape it implements, so one class per shape."""
+    return [
+        cls(token)
+        for cls in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    ]
+
+
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def upstream_error(err: grpc.aio.AioRpcError) -> RedbarnError:
+    """The domain error for a failed upstream call: the same code and message, except
+    that a refused token or certificate and an unreachable upstream (no connection, a
+    failed TLS handshake) say it was the `--storage` upstream, not the client's call."""
+    code, details = err.code(), err.details() or ""
+    if code in _REFUSED:
+        return error_for(
+            code, f"The --storage upstream refused this frontend's credentials: {details}"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"The --storage upstream is unavailable: {details}")
+    return from_rpc_error(err)
 
 
 @contextlib.contextmanager
 def _upstream() -> Iterator[None]:
-    """Turn a status from the upstream server into the same domain error."""
+    """Turn a status from the upstream server into a domain error (`upstream_error`)."""
     try:
         yield
     except grpc.aio.AioRpcError as err:
-        raise from_rpc_error(err) from None
+        raise upstream_error(err) from None
 
 
 class GrpcBlobStore:
