@@ -48,7 +48,11 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
             except Exception as err:
                 log.warning("could not record the scheduler start time: %s", err)
 
-        intake = Intake(scheduler.operations, frontend.blobs, frontend.action_cache, frontend.redis)
+        intake = Intake(
+            scheduler.operations, frontend.blobs, frontend.action_cache, frontend.redis,
+            max_action_size=frontend.config.max_action_size,
+            max_blob_size=frontend.config.max_blob_size,
+        )  # fmt: skip
         execution = ExecutionServicer(intake, scheduler.operations)
         frontend.add_service(re_grpc.add_ExecutionServicer_to_server, execution, EXECUTION)
         frontend.add_service(

@@ -7,6 +7,11 @@ else is enqueued (`Operations.execute`). The storage is whatever the frontend se
 (Redis or a proxy), seen through two small roles; a store whose blobs live in the
 scheduler's own Redis lets the enqueue script check the Command and input root in the
 same round trip (`ActionBlobs.enqueue_check`), saving one per Execute.
+
+Sizes are checked before anything is read: an Action or Command digest over
+`max_action_size` (`--max-action-size`, 16 MiB by default, Buildbarn's message limit)
+and an input root over `max_blob_size` are INVALID_ARGUMENT naming the digest and the
+limit, so Execute never reads more than `max_action_size` bytes of Action.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from redbarn.queue.operations import MissingBlobs, Operations, OperationView
 from redbarn.queue.scripts import RequiredBlobs
 
 _REQUEST_METADATA_URL = "type.googleapis.com/" + re_pb2.RequestMetadata.DESCRIPTOR.full_name
+DEFAULT_MAX_ACTION_SIZE = 16 << 20  # FrontendConfig.max_action_size's default
+DEFAULT_MAX_BLOB_SIZE = 1 << 30  # FrontendConfig.max_blob_size's default
 
 
 class ActionBlobs(Protocol):
@@ -58,6 +65,15 @@ def missing_inputs(action: Digest, missing: Sequence[Digest]) -> errors.RedbarnE
     )
 
 
+def check_size(what: str, digest: Digest, limit: int, flag: str) -> None:
+    """InvalidArgument naming `digest` and the limit when it declares more than `limit` bytes."""
+    if digest.size_bytes > limit:
+        raise errors.InvalidArgument(
+            f"{what} {digest} is {digest.size_bytes} bytes in size, while this server accepts "
+            f"at most {limit} bytes ({flag})"
+        )
+
+
 def cached_view(action_digest: Digest, result: re_pb2.ActionResult) -> OperationView:
     """A done operation for an Action Cache hit (`cached_result=true`)."""
     return OperationView(
@@ -79,12 +95,15 @@ def cached_view(action_digest: Digest, result: re_pb2.ActionResult) -> Operation
 @dataclass
 class Intake:
     """Execute over one CAS, one Action Cache and the scheduler's operations;
-    `scheduler_redis` is the scheduler's client (see `ActionBlobs.enqueue_check`)."""
+    `scheduler_redis` is the scheduler's client (see `ActionBlobs.enqueue_check`);
+    `max_action_size` bounds the Action and Command, `max_blob_size` the input root."""
 
     operations: Operations
     blobs: ActionBlobs
     results: ActionResults
     scheduler_redis: Any
+    max_action_size: int = DEFAULT_MAX_ACTION_SIZE
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
     async def execute(
         self,
@@ -139,7 +158,9 @@ class Intake:
     async def _read_action(
         self, instance_name: str, digest: Digest
     ) -> tuple[re_pb2.Action, list[Digest]]:
-        """The Action and the digests of its Command and input root."""
+        """The Action and the digests of its Command and input root, each within its limit."""
+        check_size("Failed to obtain action: Action", digest, self.max_action_size,
+                   "--max-action-size")  # fmt: skip
         try:
             action = re_pb2.Action.FromString(await self.blobs.get(instance_name, digest))
         except errors.NotFound as err:
@@ -157,4 +178,9 @@ class Intake:
         ]
         if not action.HasField("command_digest"):
             raise errors.InvalidArgument(f"Action {digest} has no command digest")
+        check_size(f"Invalid action {digest}: Command", needed[0], self.max_action_size,
+                   "--max-action-size")  # fmt: skip
+        if len(needed) > 1:
+            check_size(f"Invalid action {digest}: input root", needed[1], self.max_blob_size,
+                       "--max-blob-size")  # fmt: skip
         return action, needed

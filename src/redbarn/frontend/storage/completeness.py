@@ -10,7 +10,9 @@ client re-executes instead. This decorator does the same over any
 - each output directory's Tree blob and every file inside it (and, for results
   stored as separate Directory blobs, `root_directory_digest` walked breadth first).
 
-The FindMissingBlobs it issues also refreshes the TTL of every referenced blob.
+The FindMissingBlobs it issues also refreshes the TTL of every referenced blob. Every
+digest it is about to look up is first checked against `max_blob_size` (INVALID_ARGUMENT
+naming it): a stored result cannot make a GetActionResult work by the sizes it declares.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redbarn.frontend.storage.tree import parse_directory
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 DEFAULT_MAX_TREE_BYTES = 64 << 20
+DEFAULT_MAX_BLOB_SIZE = 1 << 30  # FrontendConfig.max_blob_size's default
 
 
 def parse_digest(digest: re_pb2.Digest) -> Digest:
@@ -52,8 +55,29 @@ def validate_action_result(result: re_pb2.ActionResult) -> None:
         raise InvalidArgument(f"Invalid action result: {err.message}") from None
 
 
+def _tree_digests(result: re_pb2.ActionResult) -> list[Digest]:
+    """The Tree and root Directory digests of a result's output directories."""
+    return [
+        parse_digest(getattr(d, name))
+        for d in result.output_directories
+        for name in ("tree_digest", "root_directory_digest")
+        if d.HasField(name)
+    ]
+
+
 def _files_of(directory: re_pb2.Directory) -> list[Digest]:
     return [parse_digest(f.digest) for f in directory.files]
+
+
+def check_sizes(what: str, digests: list[Digest], max_blob_size: int) -> None:
+    """InvalidArgument naming the first of `digests` over `max_blob_size` bytes (in the
+    wording of `frontend.bytestream.check_blob_size`, after `what`)."""
+    for d in digests:
+        if d.size_bytes > max_blob_size:
+            raise InvalidArgument(
+                f"{what}: Blob {d} is {d.size_bytes} bytes in size, while this server "
+                f"accepts blobs of at most {max_blob_size} bytes"
+            )
 
 
 class CompletenessCheckingActionCache:
@@ -65,10 +89,12 @@ class CompletenessCheckingActionCache:
         blobs: BlobStore,
         *,
         max_tree_bytes: int = DEFAULT_MAX_TREE_BYTES,
+        max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
     ) -> None:
         self._base = base
         self._blobs = blobs
         self._max_tree_bytes = max_tree_bytes
+        self._max_blob_size = max_blob_size
 
     async def get(self, instance_name: str, action_digest: Digest) -> re_pb2.ActionResult:
         result = await self._base.get(instance_name, action_digest)
@@ -79,13 +105,20 @@ class CompletenessCheckingActionCache:
         self, instance_name: str, action_digest: Digest, result: re_pb2.ActionResult
     ) -> None:
         validate_action_result(result)
+        check_sizes(
+            "Invalid action result", [*direct_digests(result), *_tree_digests(result)],
+            self._max_blob_size,
+        )  # fmt: skip
         await self._base.put(instance_name, action_digest, result)
 
     async def check(
         self, instance_name: str, action_digest: Digest, result: re_pb2.ActionResult
     ) -> None:
-        """Raise NotFound naming the first missing blob of `result`."""
+        """Raise NotFound naming the first missing blob of `result` (InvalidArgument
+        naming the first over the blob size limit)."""
+        what = f"Action result for action {action_digest} is unusable"
         wanted = direct_digests(result)
+        check_sizes(what, [*wanted, *_tree_digests(result)], self._max_blob_size)
         trees = [
             parse_digest(d.tree_digest)
             for d in result.output_directories
@@ -110,6 +143,7 @@ class CompletenessCheckingActionCache:
             for directory in [tree.root, *tree.children]:
                 wanted += _files_of(directory)
         wanted += await self._walk(instance_name, action_digest, roots)
+        check_sizes(what, wanted, self._max_blob_size)
         self._raise_missing(action_digest, await self._blobs.find_missing(instance_name, wanted))
 
     async def _walk(
@@ -131,6 +165,10 @@ class CompletenessCheckingActionCache:
                 files += _files_of(directory)
                 for child in directory.directories:
                     cd = parse_digest(child.digest)
+                    check_sizes(
+                        f"Action result for action {action_digest} is unusable", [cd],
+                        self._max_blob_size,
+                    )  # fmt: skip
                     if cd not in seen:
                         seen.add(cd)
                         next_level.append(cd)
