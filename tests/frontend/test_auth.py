@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import empty_pb2
 
 from redbarn.frontend.auth import AuthInterceptor, Role, TokenTable, allowed
+from redbarn.frontend.config import FrontendConfig
+from redbarn.frontend.scheduling import scheduling_hook
+from redbarn.frontend.server import create_server
 from redbarn.proto import (
     buildqueuestate_pb2,
     buildqueuestate_pb2_grpc,
@@ -17,6 +22,7 @@ from redbarn.proto import (
     remoteworker_pb2,
     remoteworker_pb2_grpc,
 )
+from redbarn.queue.config import SchedulerConfig
 
 
 class _Ok(remote_execution_pb2_grpc.CapabilitiesServicer):  # type: ignore[misc]
@@ -127,3 +133,69 @@ def test_role_table() -> None:
     assert not allowed(Role.WORKER, "/build.bazel.remote.execution.v2.Execution/Execute")
     assert allowed(Role.CLIENT, "/buildbarn.buildqueuestate.BuildQueueState/ListWorkers")
     assert not allowed(Role.CLIENT, "/buildbarn.buildqueuestate.BuildQueueState/AddDrain")
+    # With admin tokens configured, the reads are theirs alone.
+    assert not allowed(
+        Role.CLIENT,
+        "/buildbarn.buildqueuestate.BuildQueueState/ListWorkers",
+        client_bqs_reads=False,
+    )
+    assert allowed(
+        Role.ADMIN, "/buildbarn.buildqueuestate.BuildQueueState/ListWorkers", client_bqs_reads=False
+    )
+
+
+BQS_READS = ("ListPlatformQueues", "ListOperations", "GetOperation")
+
+
+async def _bqs_reads(bqs: Any, token: str) -> list[str]:
+    """The status of each BuildQueueState read with `token`, as a name."""
+    md = _md(token)
+    calls = (
+        bqs.ListPlatformQueues(empty_pb2.Empty(), metadata=md),
+        bqs.ListOperations(buildqueuestate_pb2.ListOperationsRequest(page_size=10), metadata=md),
+        bqs.GetOperation(
+            buildqueuestate_pb2.GetOperationRequest(operation_name="no-such-operation"),
+            metadata=md,
+        ),
+    )
+    return [(await _code(call)).name for call in calls]
+
+
+@pytest.mark.parametrize("with_admins", [True, False])
+async def test_buildqueuestate_reads_are_admin_only_when_admins_exist(
+    tmp_path: Path, redis_url: str, with_admins: bool
+) -> None:
+    """A real frontend with the scheduler: with admin tokens configured, a client token
+    gets PERMISSION_DENIED on every BuildQueueState read and an admin token gets the
+    answer; without admin tokens, clients keep reading as before."""
+    (tmp_path / "c").write_text("client-secret\n")
+    (tmp_path / "a").write_text("admin-secret\n")
+    config = FrontendConfig(
+        listen="127.0.0.1:0",
+        redis_url=redis_url,
+        client_tokens=str(tmp_path / "c"),
+        admin_tokens=str(tmp_path / "a") if with_admins else "",
+        health_interval=0.2,
+    )
+    server, port = await create_server(config, hooks=[scheduling_hook(SchedulerConfig())])
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            bqs = buildqueuestate_pb2_grpc.BuildQueueStateStub(ch)
+            as_client = await _bqs_reads(bqs, "client-secret")
+            as_admin = await _bqs_reads(bqs, "admin-secret")
+            denied = None
+            if with_admins:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await bqs.ListPlatformQueues(empty_pb2.Empty(), metadata=_md("client-secret"))
+                denied = err.value.details()
+    finally:
+        await server.stop(0)
+    answered = ["OK", "OK", "NOT_FOUND"]  # GetOperation of an unknown name
+    if with_admins:
+        assert as_client == ["PERMISSION_DENIED"] * len(BQS_READS)
+        assert as_admin == answered
+        assert "ListPlatformQueues" in (denied or "")  # names the method refused
+    else:
+        assert as_client == answered
+        assert as_admin == ["UNAUTHENTICATED"] * len(BQS_READS)  # no such token configured

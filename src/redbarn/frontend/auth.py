@@ -1,10 +1,12 @@
 """Bearer-token authentication and per-method roles, as one server interceptor.
 
 Three token files, one token per line (blank lines and `#` comments ignored):
-clients (REAPI: Execute, CAS, AC, ByteStream, Capabilities, BuildQueueState reads),
-workers (Synchronize plus the CAS, ByteStream and AC calls a worker makes), and
-admins (everything, including BuildQueueState writes: KillOperations, drains,
-TerminateWorkers). With no token file configured, authentication is off.
+clients (REAPI: Execute, CAS, AC, ByteStream, Capabilities; and BuildQueueState reads
+only while no admin token is configured), workers (Synchronize plus the CAS,
+ByteStream and AC calls a worker makes), and admins (everything: BuildQueueState
+reads, which show every client's operations, invocation ids and workers, and its
+writes, KillOperations, drains, TerminateWorkers). With no token file configured,
+authentication is off.
 
 A call without a valid token gets UNAUTHENTICATED; a valid token whose role may not
 call the method gets PERMISSION_DENIED. Health and reflection stay open so load
@@ -43,8 +45,11 @@ class Role(Enum):
     ADMIN = "admin"
 
 
-def allowed(role: Role, method: str, *, client_ac_writes: bool = True) -> bool:
-    """May `role` call the full gRPC `method` name?"""
+def allowed(
+    role: Role, method: str, *, client_ac_writes: bool = True, client_bqs_reads: bool = True
+) -> bool:
+    """May `role` call the full gRPC `method` name? `client_bqs_reads=False` keeps
+    BuildQueueState reads for admins (the interceptor sets it when admin tokens exist)."""
     if role is Role.ADMIN:
         return True
     storage = (
@@ -58,7 +63,7 @@ def allowed(role: Role, method: str, *, client_ac_writes: bool = True) -> bool:
     if method == AC_WRITE:
         return client_ac_writes
     if method.startswith(BQS):
-        return method not in ADMIN_WRITES
+        return client_bqs_reads and method not in ADMIN_WRITES
     return storage or method.startswith(REAPI + "Execution/")
 
 
@@ -92,6 +97,10 @@ class TokenTable:
             if path:
                 entries += [(_digest(t), role) for t in read_tokens(path)]
         return cls(tuple(entries)) if entries else None
+
+    @property
+    def has_admins(self) -> bool:
+        return any(role is Role.ADMIN for _, role in self.entries)
 
     def role_of(self, token: str) -> Role | None:
         d = _digest(token)
@@ -185,7 +194,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         role = self._tokens.role_of(token)
         if role is None:
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "Unknown bearer token")
-        if not allowed(role, method, client_ac_writes=self._client_ac_writes):
+        if not allowed(
+            role,
+            method,
+            client_ac_writes=self._client_ac_writes,
+            client_bqs_reads=not self._tokens.has_admins,
+        ):
             return _deny(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
