@@ -152,3 +152,42 @@ async def test_connect_timeout() -> None:
         with pytest.raises(exceptions.ConnectionError, match="timed out"):
             await asyncio.wait_for(fast.execute("PING"), 5)
         await fast.aclose()
+
+
+async def test_refusals_raise_what_redis_py_raises() -> None:
+    """Out of memory, a read-only replica and a replica without its primary: the same
+    classes (and codes) as redis-py's, for plain commands and inside scripts."""
+    server, primary = RedisServer().start(), RedisServer().start()
+    fast = FastRedis(port=server.port)
+    slow = aioredis.Redis(port=server.port)
+    write = "return redis.call('SET', KEYS[1], ARGV[1])"
+    try:
+        await slow.config_set("maxmemory", "1")
+        for call in (fast.execute("SET", "k", "v"), fast.script(write)(keys=["k"], args=["v"])):
+            with pytest.raises(exceptions.OutOfMemoryError) as oom:
+                await call
+            assert oom.value.status_code == "OOM"
+        with pytest.raises(exceptions.OutOfMemoryError):
+            await slow.register_script(write)(keys=["k"], args=["v"])
+        await slow.config_set("maxmemory", "0")
+
+        await slow.replicaof("127.0.0.1", primary.port)
+        for _ in range(200):
+            if (await slow.info("replication")).get("master_link_status") == "up":
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(exceptions.ReadOnlyError) as readonly:
+            await fast.script(write)(keys=["k"], args=["v"])
+        assert readonly.value.status_code == "READONLY"
+        primary.cleanup()
+        await slow.config_set("replica-serve-stale-data", "no")
+        with pytest.raises(exceptions.MasterDownError) as down:
+            await fast.execute("GET", "k")
+        assert down.value.status_code == "MASTERDOWN"
+        with pytest.raises(exceptions.MasterDownError):
+            await slow.get("k")
+    finally:
+        await fast.aclose()
+        await slow.aclose()
+        primary.cleanup()
+        server.cleanup()

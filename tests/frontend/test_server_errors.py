@@ -24,6 +24,14 @@ RAISED: dict[str, BaseException] = {
     ),
     "not_found": errors.NotFound('Operation with name "x" not found'),
     "redis_down": redis.exceptions.ConnectionError("Connection refused"),
+    "redis_full": redis.exceptions.OutOfMemoryError(
+        "command not allowed when used memory > 'maxmemory'. script: "
+        + "ab" * 20
+        + ", on @user_script:7."
+    ),
+    "redis_replica": redis.exceptions.ReadOnlyError(
+        "You can't write against a read only replica. script: " + "cd" * 20
+    ),
     "bug": ValueError("boom"),
     "exhausted": errors.ResourceExhausted(
         "A worker with the same worker ID is already synchronizing"
@@ -95,6 +103,16 @@ async def call(channel: grpc.aio.Channel, shape: str, key: str) -> grpc.aio.AioR
     [
         ("not_found", grpc.StatusCode.NOT_FOUND, 'Operation with name "x" not found'),
         ("redis_down", grpc.StatusCode.UNAVAILABLE, "Storage unavailable: Connection refused"),
+        (
+            "redis_full",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Redis is out of memory (maxmemory reached): writes are refused until memory is freed",
+        ),
+        (
+            "redis_replica",
+            grpc.StatusCode.UNAVAILABLE,
+            "Redis is a read-only replica (after a failover?): writes are refused; retry",
+        ),
         ("bug", grpc.StatusCode.INTERNAL, None),
         (
             "exhausted",

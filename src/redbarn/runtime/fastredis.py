@@ -22,8 +22,10 @@ Failures look like redis-py's, so error mapping is unchanged:
 - a reply that has not come after `reply_timeout` seconds closes the connection, and
   every call in flight fails with `redis.exceptions.TimeoutError`;
 - error replies raise what redis-py raises for them: `ResponseError` and its
-  `NoScriptError`, `NoPermissionError`, `ReadOnlyError`; `BusyLoadingError` and
-  `AuthenticationError` (both ConnectionErrors, so UNAVAILABLE to clients).
+  `NoScriptError`, `NoPermissionError`, `ReadOnlyError`, `OutOfMemoryError`,
+  `MasterDownError`; `BusyLoadingError` and `AuthenticationError` (both
+  ConnectionErrors). Each carries the reply's code in `status_code`, as redis-py's do,
+  and the whole reply as its message; `redbarn.frontend.errors` maps them to statuses.
 A cancelled call leaves its place in the queue; its reply is read and dropped.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -46,7 +49,10 @@ _ERRORS: dict[str, type[exceptions.RedisError]] = {
     "WRONGPASS": exceptions.AuthenticationError,
     "NOAUTH": exceptions.AuthenticationError,
     "READONLY": exceptions.ReadOnlyError,
+    "OOM": exceptions.OutOfMemoryError,
+    "MASTERDOWN": exceptions.MasterDownError,
 }
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 Arg = str | bytes | int
 
@@ -57,8 +63,11 @@ def _error(reply: hiredis.ReplyError) -> exceptions.RedisError:
         # Redis refuses a long command from a connection that has not authenticated
         # (before NOAUTH could be said): the same failure as NOAUTH.
         return exceptions.AuthenticationError(f"Authentication required ({message})")
-    cls = _ERRORS.get(message.split(" ", 1)[0], exceptions.ResponseError)
-    return cls(message)
+    code = message.split(" ", 1)[0]
+    cls = _ERRORS.get(code, exceptions.ResponseError)
+    err = cls(message)
+    err.status_code = code if _CODE.fullmatch(code) else None  # not a keyword before redis 8.x
+    return err
 
 
 def pack(args: Sequence[Arg]) -> bytes:
