@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -151,3 +152,85 @@ async def test_admin_requests(any_redis: aioredis.Redis) -> None:
     done = await s.operations.get_operation_view(v.name)
     assert done.response is not None and done.response.status == status
     await asyncio.sleep(0)
+
+
+def _calls(stats: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if "calls" in v}
+
+
+async def _commands_of(r: aioredis.Redis, read: Any) -> tuple[Any, dict[str, int]]:
+    """`await read()`'s result and the commands it sent to `r`'s server (INFO commandstats
+    before and after; this test's private server has no other client)."""
+    before = _calls(await r.info("commandstats"))
+    result = await read()
+    after = _calls(await r.info("commandstats"))
+    spent = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+    spent["info"] -= 1  # the second INFO itself
+    return result, {k: n for k, n in spent.items() if n}
+
+
+async def test_list_operations_costs_the_page_not_every_operation(
+    real_redis: aioredis.Redis,
+) -> None:
+    """1,000 queued operations: a page of 10 sends a bounded number of commands (HSCAN
+    batches of the records, then two reads per operation of the page), not two per
+    operation as before; pages of 10 concatenate to the whole list in name order, with
+    Buildbarn's start_index and total."""
+    s = make(real_redis)
+    await synchronize(s, request("1"))
+    ops = [await execute(s, n, tool=f"tool{n % 3}") for n in range(1000)]
+    names = sorted(op.name for op in ops)
+
+    page, spent = await _commands_of(
+        real_redis, lambda: s.admin.list_operations(bq_pb2.ListOperationsRequest(page_size=10))
+    )
+    assert [o.name for o in page.operations] == names[:10]
+    assert page.pagination_info == bq_pb2.PaginationInfo(start_index=0, total_entries=1000)
+    per_operation = spent.get("hmget", 0) + spent.get("zscore", 0) + spent.get("hget", 0)
+    assert per_operation == 2 * 10, spent
+    assert sum(spent.values()) <= 25, spent  # HGETALL platforms, a few HSCANs, 20 reads
+
+    listed: list[str] = []
+    start_after = None
+    while True:
+        req = bq_pb2.ListOperationsRequest(page_size=10)
+        if start_after is not None:
+            req.start_after.operation_name = start_after
+        got = await s.admin.list_operations(req)
+        assert got.pagination_info == bq_pb2.PaginationInfo(
+            start_index=len(listed), total_entries=1000
+        )
+        if not got.operations:
+            break
+        listed += [o.name for o in got.operations]
+        start_after = listed[-1]
+    assert listed == names
+
+    # Filters keep their meaning and the same bounded cost.
+    tool1 = sorted(op.name for n, op in enumerate(ops) if n % 3 == 1)
+    by_inv, spent = await _commands_of(
+        real_redis,
+        lambda: s.admin.list_operations(
+            bq_pb2.ListOperationsRequest(
+                page_size=5,
+                filter_invocation_id=invocation_id("t", "tool1"),
+                start_after=bq_pb2.ListOperationsRequest.StartAfter(operation_name=tool1[9]),
+            )
+        ),
+    )
+    assert [o.name for o in by_inv.operations] == tool1[10:15]
+    assert by_inv.pagination_info == bq_pb2.PaginationInfo(start_index=10, total_entries=len(tool1))
+    assert sum(spent.values()) <= 20, spent
+    executing = await s.admin.list_operations(
+        bq_pb2.ListOperationsRequest(page_size=10, filter_stage=re_pb2.ExecutionStage.EXECUTING)
+    )
+    assert executing.pagination_info.total_entries == 0
+    queued, spent = await _commands_of(
+        real_redis,
+        lambda: s.admin.list_operations(
+            bq_pb2.ListOperationsRequest(page_size=10, filter_stage=re_pb2.ExecutionStage.QUEUED)
+        ),
+    )
+    assert [o.name for o in queued.operations] == names[:10]
+    assert queued.pagination_info.total_entries == 1000
+    assert sum(spent.values()) <= 30, spent
