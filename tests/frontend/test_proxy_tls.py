@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from redbarn.config import ConfigError
 from redbarn.frontend.config import FrontendConfig
@@ -236,6 +237,7 @@ async def test_proxy_over_tls_with_token_reaches_the_upstream(
             storage_token_file=str(token_files["client"]),
         )
     )
+    assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
     seen = await _round_trip(channel)
     assert seen["update_codes"] == [0]
     assert seen["written"] == len(seen["big"])
@@ -323,6 +325,13 @@ async def test_upstream_worker_listener_refuses_a_proxy_without_client_certifica
     assert upstream.recorder.calls == []
 
 
+async def _health(channel: grpc.aio.Channel) -> int:
+    """The proxy's health as its first check left it (create_server checks once at start)."""
+    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=AUTH_CALL_TIMEOUT)
+    return int(reply.status)
+
+
 async def _find_missing_error(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:
     cas = re_grpc.ContentAddressableStorageStub(channel)  # type: ignore[no-untyped-call]
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -354,6 +363,7 @@ async def test_wrong_token_is_unauthenticated_naming_the_upstream(
         "The --storage upstream refused this frontend's credentials: "
     ), err.details()
     assert "not-a-token" not in str(err.details())
+    assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
     assert ("/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs",
             "Bearer not-a-token-of-the-upstream") in upstream.recorder.calls  # fmt: skip
 
@@ -395,6 +405,7 @@ async def test_wrong_ca_is_unavailable_not_a_hang(
         details = str(err.details())
         assert details.startswith("The --storage upstream is unavailable: "), details
         assert "CERTIFICATE_VERIFY_FAILED" in details or "handshake" in details.lower(), details
+    assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
     assert upstream.recorder.calls == []
 
 
