@@ -52,6 +52,7 @@ DEFAULT_UPLOAD_TTL = 3600.0
 _MIN_CHUNK_SIZE = 1024
 # Digests (= keys: one per blob) per probe_blobs.lua call, bounding how long Redis is busy.
 PROBE_BATCH = 2000
+_CHUNKS_PER_REPLY = 8  # chunks per HMGET of a whole-blob read: no Redis reply over 8 MiB
 _FAST_READ_MAX = 64 * 1024  # bytes a read may return over the pipelined connection
 
 # What a probe says of one blob: bytes = the blob (a STRING); WHOLE = a STRING, value
@@ -251,8 +252,10 @@ class RedisBlobStore:
     async def _get_chunked(self, digest: Digest, chunk_size: int) -> bytes | None:
         """A whole HASH blob (the caller bounds its size); None if a chunk went missing."""
         count = math.ceil(digest.size_bytes / chunk_size)
-        fields = [chunk_field(i) for i in range(count)]
-        chunks = await self.client.hmget(cas_key(digest), fields)
+        chunks: list[bytes | None] = []
+        for start in range(0, count, _CHUNKS_PER_REPLY):
+            fields = [chunk_field(i) for i in range(start, min(count, start + _CHUNKS_PER_REPLY))]
+            chunks += cast(list[bytes | None], await self.client.hmget(cas_key(digest), fields))
         if any(c is None for c in chunks):
             return None
         data = b"".join(cast(list[bytes], chunks))
