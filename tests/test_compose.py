@@ -240,3 +240,16 @@ def test_nginx_template_parses_as_nginx_config(tmp_path: Path) -> None:
         text=True,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_readme_security_section_matches_compose() -> None:
+    """The README's compose paragraph names the ports and the script compose really uses."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Security") :]
+    section = section[: section.index("\n## ", 1)]
+    frontend = next(iter(_frontends().values()))["command"]
+    assert f"(:{_port(_flag(frontend, '--worker-listen') or '')})" in section
+    (published,) = _services()["lb"]["ports"]
+    assert f"nginx on :{str(published).split(':')[0]}" in section.replace("\n  ", " ")
+    assert "`deploy/make-secrets`" in section
+    assert (REPO / "deploy" / "make-secrets").exists()

@@ -31,6 +31,9 @@ Security. Token files (`client_tokens`, `worker_tokens`, `admin_tokens`) put an
 UpdateActionResult to clients. `tls_cert`/`tls_key` serve TLS on both listeners, and
 `tls_client_ca` makes the worker listener require a client certificate it signed.
 Requests whose bytes do not parse get INVALID_ARGUMENT (`decoding`), not UNKNOWN.
+Both listeners apply the gRPC server limits (`server_options`: concurrent streams,
+keepalive enforcement, connection idle time and age). A CAS kept in the scheduler's
+Redis is warned about at start (`shared_redis_warning`).
 """
 
 from __future__ import annotations
