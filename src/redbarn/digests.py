@@ -307,12 +307,21 @@ class ResourceName:
     writes: `{instance}/uploads/{uuid}/blobs/{hash}/{size}{/metadata}` and the
             `compressed-blobs/{compressor}/` form. An optional lowercase digest
             function component before the hash (`blobs/sha256/{hash}/{size}`) is
-            accepted when it names SHA256. Only the `identity` compressor is served.
+            accepted when it names SHA256. The compressors served are `identity` and
+            `zstd` (`SUPPORTED_COMPRESSORS`); `compressor` is the `Compressor.Value`.
     """
 
     instance_name: str
     digest: Digest
     upload_id: str = ""
+    compressor: int = re_pb2.Compressor.IDENTITY
+
+
+# The compressors a resource name may carry, by their lowercase REAPI names.
+SUPPORTED_COMPRESSORS: dict[str, int] = {
+    "identity": re_pb2.Compressor.IDENTITY,
+    "zstd": re_pb2.Compressor.ZSTD,
+}
 
 
 def _split_at_keyword(resource_name: str, keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:
@@ -329,17 +338,22 @@ def _split_at_keyword(resource_name: str, keywords: tuple[str, ...]) -> tuple[st
     )  # fmt: skip
 
 
-def _parse_blob_part(resource_name: str, kind: str, rest: list[str]) -> tuple[Digest, list[str]]:
-    """Parse what follows `blobs` or `compressed-blobs`; return the digest and leftovers."""
+def _parse_blob_part(
+    resource_name: str, kind: str, rest: list[str]
+) -> tuple[Digest, int, list[str]]:
+    """Parse what follows `blobs` or `compressed-blobs`; return the digest, the
+    compressor and leftovers."""
+    compressor: int = re_pb2.Compressor.IDENTITY
     if kind == "compressed-blobs":
         if not rest:
             raise InvalidArgument(f'Invalid resource name "{resource_name}": no compressor')
-        compressor, rest = rest[0], rest[1:]
-        if compressor != "identity":
+        name, rest = rest[0], rest[1:]
+        if name not in SUPPORTED_COMPRESSORS:
             raise InvalidArgument(
-                f'Unsupported compressor "{compressor}" in resource name "{resource_name}": '
-                "this server supports identity only"
+                f'Unsupported compressor "{name}" in resource name "{resource_name}": '
+                "this server supports identity and zstd only"
             )
+        compressor = SUPPORTED_COMPRESSORS[name]
     if len(rest) >= 3 and not rest[1].isdigit():
         # `{digest_function}/{hash}/{size}`: REAPI names the function for functions
         # not inferable from the hash length. Only "sha256" is stored here.
@@ -361,17 +375,17 @@ def _parse_blob_part(resource_name: str, kind: str, rest: list[str]) -> tuple[Di
             f'Invalid resource name "{resource_name}": invalid digest size "{size_text}"'
         ) from None
     resolve_function(UNKNOWN_FUNCTION, len(hash_))
-    return parse_hash_and_size(hash_, size), rest[2:]
+    return parse_hash_and_size(hash_, size), compressor, rest[2:]
 
 
 def parse_read_resource(resource_name: str) -> ResourceName:
     instance, kind, rest = _split_at_keyword(resource_name, ("blobs", "compressed-blobs"))
-    digest, extra = _parse_blob_part(resource_name, kind, rest)
+    digest, compressor, extra = _parse_blob_part(resource_name, kind, rest)
     if extra:
         raise InvalidArgument(
             f'Invalid resource name "{resource_name}": unexpected "{"/".join(extra)}" after the size'
         )
-    return ResourceName(instance, digest)
+    return ResourceName(instance, digest, compressor=compressor)
 
 
 def parse_write_resource(resource_name: str) -> ResourceName:
@@ -381,8 +395,8 @@ def parse_write_resource(resource_name: str) -> ResourceName:
             f'Invalid resource name "{resource_name}": expected '
             "{instance_name}/uploads/{uuid}/blobs/{hash}/{size}"
         )
-    digest, _metadata = _parse_blob_part(resource_name, rest[1], rest[2:])
-    return ResourceName(instance, digest, upload_id=rest[0])
+    digest, compressor, _metadata = _parse_blob_part(resource_name, rest[1], rest[2:])
+    return ResourceName(instance, digest, upload_id=rest[0], compressor=compressor)
 
 
 def blob_path(digest: HashAndSize, function: int = SHA256) -> str:

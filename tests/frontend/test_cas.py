@@ -176,14 +176,28 @@ async def test_bad_instance_name(redis_client: Client, instance: str, message: s
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-async def test_compressed_batch_update_is_rejected(redis_client: Client) -> None:
+@pytest.mark.parametrize(
+    ("compressor", "name"),
+    [(re_pb2.Compressor.DEFLATE, "DEFLATE"), (re_pb2.Compressor.BROTLI, "BROTLI"), (99, "99")],
+)
+async def test_unsupported_batch_compressor_is_rejected(
+    redis_client: Client, compressor: int, name: str
+) -> None:
+    d = digest_of(b"z")
     request = re_pb2.BatchUpdateBlobsRequest(
-        requests=[Req(digest=digest_of(b"z"), data=b"z", compressor=re_pb2.Compressor.ZSTD)]
+        requests=[Req(digest=d, data=b"z"), Req(digest=d, data=b"z", compressor=compressor)]
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await redis_client.cas.BatchUpdateBlobs(request)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "identity" in info.value.details()
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Unsupported compressor {name} for blob {d.hash}-1: "
+        "this server supports IDENTITY and ZSTD only",
+    )
+    missing = await redis_client.cas.FindMissingBlobs(
+        re_pb2.FindMissingBlobsRequest(blob_digests=[d])
+    )
+    assert list(missing.missing_blob_digests) == [d]
 
 
 def _directory(

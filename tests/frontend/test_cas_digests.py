@@ -18,6 +18,7 @@ from redbarn.errors import InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
 
 H = "ab" * 32
+ZSTD = re_pb2.Compressor.ZSTD
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,8 @@ H = "ab" * 32
         (f"a/b/blobs/{H}/5", ResourceName("a/b", Digest(H, 5))),
         (f"x/compressed-blobs/identity/{H}/0", ResourceName("x", Digest(H, 0))),
         (f"blobs/sha256/{H}/7", ResourceName("", Digest(H, 7))),
+        (f"x/compressed-blobs/zstd/{H}/9", ResourceName("x", Digest(H, 9), compressor=ZSTD)),
+        (f"compressed-blobs/zstd/sha256/{H}/9", ResourceName("", Digest(H, 9), compressor=ZSTD)),
     ],
 )
 def test_read_names(name: str, parsed: ResourceName) -> None:
@@ -39,6 +42,7 @@ def test_read_names(name: str, parsed: ResourceName) -> None:
         (f"uploads/u-1/blobs/{H}/5", ResourceName("", Digest(H, 5), "u-1")),
         (f"i/uploads/u/blobs/{H}/5/meta/data", ResourceName("i", Digest(H, 5), "u")),
         (f"i/uploads/u/compressed-blobs/identity/{H}/5", ResourceName("i", Digest(H, 5), "u")),
+        (f"uploads/u/compressed-blobs/zstd/{H}/5/m", ResourceName("", Digest(H, 5), "u", ZSTD)),
     ],
 )
 def test_write_names(name: str, parsed: ResourceName) -> None:
@@ -52,6 +56,21 @@ def test_write_names(name: str, parsed: ResourceName) -> None:
 def test_bad_write_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_write_resource(name)
+
+
+@pytest.mark.parametrize("compressor", ["deflate", "brotli", "lz4", "Zstd", ""])
+def test_unsupported_compressors_are_named(compressor: str) -> None:
+    for name in (
+        f"compressed-blobs/{compressor}/{H}/5",
+        f"uploads/u/compressed-blobs/{compressor}/{H}/5",
+    ):
+        parse = parse_write_resource if name.startswith("uploads") else parse_read_resource
+        with pytest.raises(InvalidArgument) as info:
+            parse(name)
+        assert str(info.value) == (
+            f'Unsupported compressor "{compressor}" in resource name "{name}": '
+            "this server supports identity and zstd only"
+        )
 
 
 def test_instance_names() -> None:

@@ -1,7 +1,8 @@
 """Capabilities: what this frontend really implements, nothing more.
 
-- SHA256 only (cache and execution), no compressors, batch limit and largest blob
-  as configured, absolute symlinks disallowed by default (the worker rejects
+- SHA256 only (cache and execution), zstd for ByteStream and the batch methods
+  (`supported_compressors`, `supported_batch_update_compressors`; REAPI 2.2), batch
+  limit and largest blob as configured, absolute symlinks disallowed by default (the worker rejects
   symlinks escaping the input root);
 - `exec_enabled` is a constructor argument: true only when the Execution servicer
   is wired in;
@@ -10,8 +11,8 @@
   client such as Bazel 4.x (the e2e workspace) rejects a server whose low version
   is above its own ("client version 2.0 is not supported"), and redbarn does serve
   2.0 semantics (output_files/output_directories). High is 2.3: everything we
-  implement is in 2.3; later optional features (compressed blobs, split/splice)
-  are not offered, and their capability fields say so.
+  implement is in 2.3; later optional features (split/splice) are not offered, and
+  their capability fields say so.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def server_capabilities(
             max_batch_total_size_bytes=max_batch_total_size,
             symlink_absolute_path_strategy=symlink_strategy,
             max_cas_blob_size_bytes=max_blob_size,
+            supported_compressors=[re_pb2.Compressor.ZSTD],
+            supported_batch_update_compressors=[re_pb2.Compressor.ZSTD],
         ),
         execution_capabilities=re_pb2.ExecutionCapabilities(
             digest_function=SHA256,

@@ -1,23 +1,43 @@
 """ContentAddressableStorage servicer: wire only, over a `BlobStore`.
 
-Whole-request errors (bad instance name, malformed digest, unsupported
-compressor, a batch over `max_batch_total_size_bytes`) are INVALID_ARGUMENT;
-per-blob outcomes (hash mismatch, blob not found) go in each response's status.
+Whole-request errors are INVALID_ARGUMENT, found before the store is asked anything:
+a bad instance name, a malformed digest, more than `max_batch_digests` digests, a
+digest over `max_blob_size` (named), an unsupported compressor, a batch whose
+declared sizes add up to more than `max_batch_total_size_bytes`. Per-blob outcomes
+(hash mismatch, bad zstd data, blob not found) go in each response's status.
+
+zstd: BatchUpdateBlobs takes entries with `compressor: ZSTD` (decompressed into at
+most the digest's size, then checked like any other blob); BatchReadBlobs answers
+zstd, with `compressor` set, when the request lists ZSTD among its
+`acceptable_compressors`. The batch limit holds for the uncompressed sizes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sized
 from typing import Any
 
 from redbarn.digests import Digest, parse_digests, parse_field, validate_instance_name
-from redbarn.errors import InvalidArgument, NotFound, Unimplemented
+from redbarn.errors import InvalidArgument, NotFound, RedbarnError, Unimplemented
+from redbarn.frontend.bytestream import check_blob_size
+from redbarn.frontend.compression import compress_blob, decompress_blob
+from redbarn.frontend.config import FrontendConfig
 from redbarn.frontend.errors import grpc_errors, status_of
 from redbarn.frontend.storage import BlobStore
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 
 IDENTITY = re_pb2.Compressor.IDENTITY
+ZSTD = re_pb2.Compressor.ZSTD
+BATCH_COMPRESSORS = (IDENTITY, ZSTD)
+
+
+def compressor_name(value: int) -> str:
+    """The enum name (`DEFLATE`), or the number for a value the enum does not know."""
+    try:
+        return str(re_pb2.Compressor.Value.Name(value))
+    except ValueError:
+        return str(value)
 
 
 def check_batch_size(digests: Iterable[Digest], limit: int) -> None:
@@ -29,30 +49,72 @@ def check_batch_size(digests: Iterable[Digest], limit: int) -> None:
         )
 
 
-def _instance_and_digests(
-    request: re_pb2.FindMissingBlobsRequest
-    | re_pb2.BatchUpdateBlobsRequest
-    | re_pb2.BatchReadBlobsRequest,
-    digests: Iterable[re_pb2.Digest],
-) -> tuple[str, list[Digest]]:
-    """The instance name of a batch request and its `digests`, validated."""
-    instance = validate_instance_name(request.instance_name)
-    return instance, parse_digests(digests, request.digest_function)
+def check_digest_count(method: str, digests: Sized, limit: int) -> None:
+    if len(digests) > limit:
+        raise InvalidArgument(
+            f"{method} request carries {len(digests)} digests, while this server accepts at "
+            f"most {limit} per request (max_batch_digests)"
+        )
 
 
-def _read_response(digest: Digest, data: bytes | None) -> re_pb2.BatchReadBlobsResponse.Response:
+def _decompressed(
+    digest: Digest, request: re_pb2.BatchUpdateBlobsRequest.Request
+) -> bytes | RedbarnError:
+    """The entry's uncompressed data, or the error that goes in its status."""
+    if request.compressor == IDENTITY:
+        return request.data
+    try:
+        return decompress_blob(digest, request.data)
+    except InvalidArgument as err:
+        return err
+
+
+def _read_response(
+    digest: Digest, data: bytes | None, zstd: bool
+) -> re_pb2.BatchReadBlobsResponse.Response:
     Response = re_pb2.BatchReadBlobsResponse.Response
     if data is None:
         return Response(
             digest=digest.to_proto(), status=status_of(NotFound(f"Blob {digest} not found"))
         )
+    if zstd:
+        return Response(
+            digest=digest.to_proto(), data=compress_blob(data), compressor=ZSTD,
+            status=status_of(None),
+        )  # fmt: skip
     return Response(digest=digest.to_proto(), data=data, status=status_of(None))
 
 
 class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageServicer):
-    def __init__(self, blobs: BlobStore, *, max_batch_total_size: int) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        max_batch_total_size: int,
+        max_blob_size: int = FrontendConfig.max_blob_size,
+        max_batch_digests: int = FrontendConfig.max_batch_digests,
+    ) -> None:
         self._blobs = blobs
         self._max_batch = max_batch_total_size
+        self._max_blob_size = max_blob_size
+        self._max_digests = max_batch_digests
+
+    def _digests(
+        self,
+        method: str,
+        request: re_pb2.FindMissingBlobsRequest
+        | re_pb2.BatchUpdateBlobsRequest
+        | re_pb2.BatchReadBlobsRequest,
+        digests: Any,
+    ) -> tuple[str, list[Digest]]:
+        """The instance name of a batch request and its `digests`, validated and bounded:
+        constant work per digest, before the store sees any of them."""
+        instance = validate_instance_name(request.instance_name)
+        check_digest_count(method, digests, self._max_digests)
+        parsed = parse_digests(digests, request.digest_function)
+        for digest in parsed:
+            check_blob_size(digest, self._max_blob_size)
+        return instance, parsed
 
     @grpc_errors
     async def SplitBlob(self, request: Any, context: Any) -> Any:
@@ -66,7 +128,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     async def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: Any
     ) -> re_pb2.FindMissingBlobsResponse:
-        instance, digests = _instance_and_digests(request, request.blob_digests)
+        instance, digests = self._digests("FindMissingBlobs", request, request.blob_digests)
         missing = await self._blobs.find_missing(instance, digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[d.to_proto() for d in missing])
 
@@ -74,20 +136,28 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     async def BatchUpdateBlobs(
         self, request: re_pb2.BatchUpdateBlobsRequest, context: Any
     ) -> re_pb2.BatchUpdateBlobsResponse:
-        instance, digests = _instance_and_digests(request, [r.digest for r in request.requests])
-        if any(r.compressor != IDENTITY for r in request.requests):
-            raise InvalidArgument(
-                "Unsupported compressor: this server accepts uncompressed (identity) blobs only"
-            )
+        entries = request.requests
+        instance, digests = self._digests("BatchUpdateBlobs", request, [r.digest for r in entries])
+        for digest, entry in zip(digests, entries, strict=True):
+            if entry.compressor not in BATCH_COMPRESSORS:
+                raise InvalidArgument(
+                    f"Unsupported compressor {compressor_name(entry.compressor)} for blob "
+                    f"{digest}: this server supports IDENTITY and ZSTD only"
+                )
         check_batch_size(digests, self._max_batch)
-        results = await self._blobs.put_many(
-            instance, [(d, r.data) for d, r in zip(digests, request.requests, strict=True)]
-        )
+        datas = [_decompressed(d, entry) for d, entry in zip(digests, entries, strict=True)]
+        valid = [
+            (d, data) for d, data in zip(digests, datas, strict=True) if isinstance(data, bytes)
+        ]
+        stored = iter(await self._blobs.put_many(instance, valid))
         Response = re_pb2.BatchUpdateBlobsResponse.Response
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
-                Response(digest=d.to_proto(), status=status_of(err))
-                for d, err in zip(digests, results, strict=True)
+                Response(
+                    digest=d.to_proto(),
+                    status=status_of(next(stored) if isinstance(data, bytes) else data),
+                )
+                for d, data in zip(digests, datas, strict=True)
             ]
         )
 
@@ -95,11 +165,14 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     async def BatchReadBlobs(
         self, request: re_pb2.BatchReadBlobsRequest, context: Any
     ) -> re_pb2.BatchReadBlobsResponse:
-        instance, digests = _instance_and_digests(request, request.digests)
+        instance, digests = self._digests("BatchReadBlobs", request, request.digests)
         check_batch_size(digests, self._max_batch)
+        zstd = ZSTD in request.acceptable_compressors
         datas = await self._blobs.get_many(instance, digests)
         return re_pb2.BatchReadBlobsResponse(
-            responses=[_read_response(d, data) for d, data in zip(digests, datas, strict=True)]
+            responses=[
+                _read_response(d, data, zstd) for d, data in zip(digests, datas, strict=True)
+            ]
         )
 
     @grpc_errors
@@ -108,6 +181,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     ) -> AsyncIterator[re_pb2.GetTreeResponse]:
         instance = validate_instance_name(request.instance_name)
         root = parse_field(request, "root_digest", request.digest_function)
+        check_blob_size(root, self._max_blob_size)
         async for page, token in self._blobs.get_tree(
             instance, root, request.page_size, request.page_token
         ):
