@@ -152,7 +152,11 @@ class CompletenessCheckingActionCache:
         """Files below Directory roots; NotFound if a directory blob is missing."""
         files: list[Digest] = []
         seen, level, total = set(roots), list(roots), 0
-        while level:
+        while level:  # declared sizes are checked before a level is read
+            if total + sum(d.size_bytes for d in level) > self._max_tree_bytes:
+                raise NotFound(
+                    f"Action result for action {action_digest} has output directories too large to check"
+                )
             datas = await self._blobs.get_many(instance_name, level)
             self._raise_missing(
                 action_digest, [d for d, b in zip(level, datas, strict=True) if b is None]
@@ -172,10 +176,6 @@ class CompletenessCheckingActionCache:
                     if cd not in seen:
                         seen.add(cd)
                         next_level.append(cd)
-            if total > self._max_tree_bytes:
-                raise NotFound(
-                    f"Action result for action {action_digest} has output directories too large to check"
-                )
             level = next_level
         return files
 

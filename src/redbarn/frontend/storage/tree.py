@@ -7,6 +7,9 @@ pipelined read per level) rather than keeping state anywhere; one GetTree stream
 returns that page and every later one, each with its next token. Directories missing
 from the CAS are left out with their subtrees, as REAPI allows; a missing root is
 NOT_FOUND.
+
+A level is read in slices of at most `MAX_READ_BYTES` declared bytes (a single bigger
+directory alone), so a wide level of large blobs is never held at once.
 """
 
 from __future__ import annotations
@@ -23,12 +26,35 @@ from redbarn.proto import remote_execution_pb2 as re_pb2
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10000
 MAX_PAGE_BYTES = 2 << 20  # stays far below the gRPC message limit
+MAX_READ_BYTES = 4 << 20  # declared bytes per get_many while walking a level
 
 
 class _Reader(Protocol):
     async def get_many(
         self, instance_name: str, digests: Sequence[Digest]
     ) -> list[bytes | None]: ...
+
+
+def slices(digests: Sequence[Digest], max_bytes: int) -> list[list[Digest]]:
+    """`digests` in order, cut where the declared sizes would pass `max_bytes`."""
+    out: list[list[Digest]] = []
+    total = 0
+    for d in digests:
+        if not out or (out[-1] and total + d.size_bytes > max_bytes):
+            out.append([])
+            total = 0
+        out[-1].append(d)
+        total += d.size_bytes
+    return out
+
+
+async def read_level(
+    store: _Reader, instance_name: str, level: Sequence[Digest]
+) -> AsyncIterator[tuple[Digest, bytes | None]]:
+    """(digest, blob or None) for each of `level`, read `MAX_READ_BYTES` at a time."""
+    for part in slices(level, MAX_READ_BYTES):
+        for pair in zip(part, await store.get_many(instance_name, part), strict=True):
+            yield pair
 
 
 def _parse_token(page_token: str) -> int:
@@ -62,9 +88,8 @@ async def iter_tree_pages(
     page_bytes, index = 0, 0
     seen, level = {root}, [root]
     while level:
-        datas = await store.get_many(instance_name, level)
         next_level: list[Digest] = []
-        for digest, data in zip(level, datas, strict=True):
+        async for digest, data in read_level(store, instance_name, level):
             if data is None:
                 if digest == root:
                     raise NotFound(f"Blob {root} not found")
