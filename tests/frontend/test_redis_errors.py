@@ -261,14 +261,17 @@ async def test_full_redis_is_resource_exhausted_then_recovers(
         assert results[refused][1] == OOM_MESSAGE
         assert_clean(results[refused][1], cluster.redis)
 
-        # So is a ByteStream upload, whichever of its steps meets the full Redis.
-        code, details = await write_blob(cluster.channel, os.urandom(3 * MiB))
-        assert (code, details) == ("RESOURCE_EXHAUSTED", OOM_MESSAGE)
-
+        # At the limit, used memory moves by the size of each refused request's buffer, so
+        # a small command may slip under it. Pin Redis over the limit: still full.
+        r.config_set("maxmemory", str(int(r.info("memory")["used_memory"]) // 2))
         # The scheduler's Lua script (EVALSHA over the pipelined client) is refused too.
         code, details = await synchronize(cluster.channel)
         assert (code, details) == ("RESOURCE_EXHAUSTED", OOM_MESSAGE)
         assert_clean(details, cluster.redis)
+        # So is a ByteStream upload, whichever of its steps meets the full Redis (last:
+        # a refused upload may delete what it staged, and so free some memory).
+        code, details = await write_blob(cluster.channel, os.urandom(3 * MiB))
+        assert (code, details) == ("RESOURCE_EXHAUSTED", OOM_MESSAGE)
         # The operator learns Redis's own words from the frontend's log.
         assert "Redis refused a command (OOM): " in caplog.text
         assert "maxmemory" in caplog.text
@@ -312,3 +315,44 @@ async def test_read_only_replica_is_unavailable_then_recovers(cluster: Cluster) 
     finally:
         r.close()
         primary.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("message", "clean"),
+    [
+        ("Error 111 connecting to 127.0.0.1:6379. Connection refused.",
+         "Error 111 connecting. Connection refused."),
+        ("Error -2 connecting to redis-cas:6379. Name or service not known.",
+         "Error -2 connecting. Name or service not known."),
+        ("Error connecting to Redis at 10.0.0.5:6380: timed out",
+         "Error connecting to Redis: timed out"),
+        ("Timeout reading from Redis at [::1]:6379: no reply for 30s",
+         "Timeout reading from Redis: no reply for 30s"),
+        ("Connection to Redis at /run/redbarn/redis.sock lost: closed by server",
+         "Connection to Redis lost: closed by server"),
+        ("Error 2 connecting to unix socket: /run/redis.sock. No such file or directory.",
+         "Error 2 connecting to unix socket. No such file or directory."),
+        ("Error connecting to Redis at 127.0.0.1:6379: [Errno 111] Connect call failed "
+         "('127.0.0.1', 6379)",
+         "Error connecting to Redis: [Errno 111] Connect call failed"),
+        ("Error 111 connecting to ::1:6379. Connect call failed ('::1', 6379, 0, 0).",
+         "Error 111 connecting. Connect call failed."),
+        ("Connection refused", "Connection refused"),
+    ],
+)  # fmt: skip
+def test_unavailable_messages_name_no_address(message: str, clean: str) -> None:
+    err = translate(redis.exceptions.ConnectionError(message), "Test.method(Request)")
+    assert (err.code, err.message) == ("UNAVAILABLE", f"Storage unavailable: {clean}")
+
+
+async def test_unreachable_redis_is_unavailable_without_its_address(cluster: Cluster) -> None:
+    assert await synchronize(cluster.channel) == ("OK", "")
+    cluster.redis.stop()
+    code, details = await synchronize(cluster.channel)
+    assert code == "UNAVAILABLE"
+    assert details.startswith("Storage unavailable: "), details
+    assert_clean(details, cluster.redis)
+    code, details = await put_blob(cluster.channel, b"a blob for nobody")
+    assert code == "UNAVAILABLE"
+    assert details.startswith("Storage unavailable: "), details
+    assert_clean(details, cluster.redis)

@@ -7,7 +7,8 @@ stream-request such as ByteStream.Write):
   message; `FailedPrecondition.missing` also becomes a `google.rpc.PreconditionFailure`
   with one MISSING violation per blob, sent as rich status
   (`grpc-status-details-bin` trailing metadata, a serialized `google.rpc.Status`);
-- a Redis connection or timeout error aborts with UNAVAILABLE;
+- a Redis connection or timeout error aborts with UNAVAILABLE, its message without the
+  server's address;
 - a command Redis refused for its own state (`redis_refusal`: out of memory,
   a read-only replica, loading, busy, cannot persist) aborts with RESOURCE_EXHAUSTED or
   UNAVAILABLE and a fixed message; Redis's own text, which names the script's SHA1
@@ -83,6 +84,23 @@ REFUSAL_LOG_INTERVAL = 30.0  # seconds between two log lines for the same refusa
 _refusals_logged: dict[str, float] = {}
 
 
+# Where Redis is, in a client library's message: " to 10.0.0.5:6379", " at [::1]:6379",
+# " from redis:6379", " at /run/redis.sock", "unix socket: /run/redis.sock", and
+# asyncio's " ('10.0.0.5', 6379)".
+_ADDRESS = re.compile(
+    r" (?:to|at|from) (?:\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*|[\w.-]+):\d{1,5}\b"
+    r"| \('[^']*', \d{1,5}(?:, \d+)*\)"
+    r"| (?:to|at|from) /[^\s:]+"
+    r"|(?<=unix socket): \S+?(?=\.?(?:\s|$))"
+)
+
+
+def without_address(message: str) -> str:
+    """`message` without the host, port or socket path of the server it names: clients
+    need not learn the cluster's internal addresses (the frontend's log keeps them)."""
+    return _ADDRESS.sub("", message)
+
+
 def redis_error_code(exc: redis.exceptions.RedisError) -> str:
     """The Redis error code behind `exc` ("OOM", "READONLY", ...), or ""."""
     for cls, code in _REDIS_CLASSES:
@@ -156,7 +174,7 @@ def translate(exc: BaseException, where: str) -> errors.RedbarnError:
     if refusal is not None:
         return refusal
     if isinstance(exc, UNAVAILABLE_ERRORS):
-        return errors.Unavailable(f"Storage unavailable: {exc}")
+        return errors.Unavailable(f"Storage unavailable: {without_address(str(exc))}")
     log.exception("internal error in %s", where)
     return errors.Internal(f"Internal error in {where}: {type(exc).__name__}: {exc}")
 
