@@ -141,12 +141,16 @@ async def test_nested_input_tree_with_executable(cluster: Cluster) -> None:
 
 
 async def test_environment_comes_from_command_only(cluster: Cluster) -> None:
+    """The Command's variables, TMPDIR and HOME; nothing of the worker's (no PATH)."""
     os.environ["REDBARN_TEST_LEAK"] = "leaked"
     try:
         resp = await cluster.run(["/usr/bin/env"], env={"ONLY": "this"})
     finally:
         del os.environ["REDBARN_TEST_LEAK"]
-    assert cluster.storage.get(resp.result.stdout_digest) == b"ONLY=this\n"
+    lines = cluster.storage.get(resp.result.stdout_digest).decode().splitlines()
+    env = dict(line.split("=", 1) for line in lines)
+    assert sorted(env) == ["HOME", "ONLY", "TMPDIR"]
+    assert env["ONLY"] == "this"
 
 
 async def test_non_zero_exit_is_a_result(cluster: Cluster) -> None:
@@ -242,3 +246,22 @@ async def test_transient_cas_errors_are_retried(cluster: Cluster) -> None:
     assert resp.status.code == code_pb2.OK, resp.status
     assert cluster.storage.get(resp.result.stdout_digest) == b"retried\n"
     assert cluster.storage.fail_next == 0
+
+
+async def test_setsid_grandchild_is_killed_after_the_action(cluster: Cluster) -> None:
+    """A child in a session of its own escapes the process-group kill; the sweep
+    finds it by the action's TMPDIR in its environment."""
+    script = "setsid sh -c 'echo $$ > pid; exec sleep 300' & while [ ! -s pid ]; do :; done"
+    resp = await cluster.run(["sh", "-c", script], output_paths=["pid"])
+    assert resp.status.code == code_pb2.OK, resp.status
+    pid = int(cluster.storage.get(resp.result.output_files[0].digest))
+    assert _gone(pid)
+
+
+async def test_setsid_grandchild_that_left_the_directory_is_killed(cluster: Cluster) -> None:
+    script = "setsid sh -c 'cd /; echo $$ > \"$OLDPWD/pid\"; exec sleep 300' & " \
+        "while [ ! -s pid ]; do :; done"  # fmt: skip
+    resp = await cluster.run(["sh", "-c", script], output_paths=["pid"])
+    assert resp.status.code == code_pb2.OK, resp.status
+    pid = int(cluster.storage.get(resp.result.output_files[0].digest))
+    assert _gone(pid)

@@ -1,9 +1,15 @@
 """Per-action build directories under the worker's `--build-dir`.
 
-    <build-dir>/<hash[:12]>-<random>/root     the input root
-    <build-dir>/<hash[:12]>-<random>/stdout, stderr
+    <build-dir>/<hash[:12]>-<random>/          the action directory (the worker's)
+        root/                                  the input root
+        tmp/, home/                            the action's TMPDIR and HOME
+        stdout, stderr                         written through descriptors (the worker's)
 
 Removed after every action; leftovers of a crashed worker are removed on start.
+With --run-as the action directory is 0711 (the action user may pass, not list or
+rename), and `hand_over` gives root/, tmp/, home/ and every directory under root/
+to the action user; files stay the worker's, so inputs cannot be chmod'ed or
+rewritten, and stdout/stderr cannot be swapped for a link to something else.
 """
 
 from __future__ import annotations
@@ -16,13 +22,63 @@ import signal
 import stat
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redbarn.errors import FailedPrecondition
 
 
-def create(build_dir: str, action_hash: str) -> str:
-    return tempfile.mkdtemp(prefix=f"{action_hash[:12]}-", dir=build_dir)
+@dataclass(frozen=True)
+class ActionDir:
+    path: str
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.path, "root")
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.path, "tmp")
+
+    @property
+    def home(self) -> str:
+        return os.path.join(self.path, "home")
+
+    @property
+    def stdout(self) -> str:
+        return os.path.join(self.path, "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return os.path.join(self.path, "stderr")
+
+
+def create(build_dir: str, action_hash: str, *, shared: bool = False) -> ActionDir:
+    """A new action directory with empty root/, tmp/ and home/ (mode 0700). `shared`
+    (--run-as) makes the action directory itself 0711, so another user can pass it."""
+    d = ActionDir(tempfile.mkdtemp(prefix=f"{action_hash[:12]}-", dir=build_dir))
+    for sub in (d.root, d.tmp, d.home):
+        os.mkdir(sub, 0o700)
+    if shared:
+        os.chmod(d.path, 0o711)
+    return d
+
+
+def hand_over(d: ActionDir, uid: int, gid: int) -> int:
+    """Give tmp/, home/, root/ and every directory under root/ to uid:gid (symlinks
+    are not followed; files keep their owner). Returns how many directories."""
+    count = 0
+    for top in (d.tmp, d.home):
+        os.chown(top, uid, gid)
+        count += 1
+    stack = [d.root]
+    while stack:
+        path = stack.pop()
+        os.chown(path, uid, gid, follow_symlinks=False)
+        count += 1
+        with os.scandir(path) as it:
+            stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+    return count
 
 
 def _make_writable(func: Callable[..., Any], path: str, _exc: object) -> None:

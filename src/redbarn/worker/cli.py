@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -37,7 +38,7 @@ from redbarn.config import (
 from redbarn.errors import RedbarnError
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.worker import auth, builddir
+from redbarn.worker import auth, builddir, runas, sweep
 from redbarn.worker.auth import read_token
 from redbarn.worker.cache import LocalCache
 from redbarn.worker.cas import CasClient
@@ -45,6 +46,7 @@ from redbarn.worker.client import WorkerThread, thread_worker_ids
 from redbarn.worker.config import WorkerConfig
 from redbarn.worker.executors.base import BuildExecutor, compose
 from redbarn.worker.executors.caching import CachingBuildExecutor
+from redbarn.worker.executors.container import ContainerBuildExecutor
 from redbarn.worker.executors.local import LocalBuildExecutor
 from redbarn.worker.executors.logging import LoggingBuildExecutor
 from redbarn.worker.executors.metrics import MetricsBuildExecutor, WorkerMetrics
@@ -216,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         hostname=args.hostname or None,
         sync_timeout=parse_duration(args.sync_timeout),
         token=read_token(args.token_file) if args.token_file else None,
+        token_file=os.path.abspath(args.token_file) if args.token_file else "",
         tls_ca=tls_ca,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -244,11 +247,16 @@ def open_channel(
 
 
 def build_executor(
-    cas: CasClient, cache: LocalCache, config: WorkerConfig, metrics: WorkerMetrics
+    cas: CasClient,
+    cache: LocalCache,
+    config: WorkerConfig,
+    metrics: WorkerMetrics,
+    user: runas.ActionUser | None = None,
 ) -> BuildExecutor:
     """The executor chain, innermost first (Buildbarn WORKER_MAIN:463-535)."""
     return compose(
-        LocalBuildExecutor(cas, cache, config.build_dir, dict(config.environment)),
+        LocalBuildExecutor(cas, cache, config.build_dir, dict(config.environment), user=user),
+        functools.partial(ContainerBuildExecutor, runtime=config.container_runtime),
         TimestampedBuildExecutor,
         ResourceUsageBuildExecutor,
         functools.partial(CachingBuildExecutor, cas=cas),
@@ -289,12 +297,22 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max(8, 2 * config.concurrency), "redbarn-worker")
     )
+    user = _action_user(config)
     try:
         cache = LocalCache(config.cache_dir, config.cache_size)
         lock_fd = builddir.lock(config.build_dir)
     except RedbarnError as err:
         raise ConfigError(err.message) from None
-    killed = await asyncio.to_thread(builddir.kill_leftovers, config.build_dir)
+    try:
+        if user is not None:
+            await asyncio.to_thread(_isolate, config, user)
+        killed = await asyncio.to_thread(builddir.kill_leftovers, config.build_dir)
+        if user is not None:
+            killed += await asyncio.to_thread(sweep.kill, user.uid)
+    except BaseException:
+        cache.close()
+        os.close(lock_fd)
+        raise
     if killed:
         log.warning("killed %d processes left running by a previous worker", killed)
     await asyncio.to_thread(builddir.clean, config.build_dir)
@@ -338,7 +356,7 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     metrics = WorkerMetrics()
     cas = CasClient(cas_channel)
     await _unless(shutdown, cas.fit_to_server(config.instance_name_prefix))
-    executor = build_executor(cas, cache, config, metrics)
+    executor = build_executor(cas, cache, config, metrics, user)
     stub = rw_grpc.OperationQueueStub(channel)  # type: ignore[no-untyped-call]
     heartbeat = Heartbeat(os.path.join(config.build_dir, HEARTBEAT_FILE))
     platform = re_pb2.Platform(
@@ -368,6 +386,14 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         config.cache_dir,
         len(cache),
     )
+    if user is not None:
+        log.info("actions run as %s", user)
+    else:
+        log.info(
+            "actions run as the worker's own user (uid %d): no isolation from the worker"
+            " or each other (see --run-as)",
+            os.getuid(),
+        )
     tasks.extend(asyncio.create_task(t.run(), name=t.name) for t in threads)
     reporter = asyncio.create_task(_report_metrics(metrics, config.metrics_interval))
     try:
@@ -383,6 +409,33 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         os.close(lock_fd)
         log.info("worker stopped; %s", metrics.summary())
     return metrics
+
+
+def _action_user(config: WorkerConfig) -> runas.ActionUser | None:
+    """The --run-as user, after the checks that need no directories; and the runtime."""
+    if config.container_runtime and not shutil.which(config.container_runtime):
+        raise ConfigError(f"--container-runtime {config.container_runtime}: not found")
+    if not config.run_as:
+        return None
+    user = runas.resolve(config.run_as)
+    runas.check_privileges()
+    return user
+
+
+def _isolate(config: WorkerConfig, user: runas.ActionUser) -> None:
+    """Close the input cache to the action user, let it pass the build directory, then
+    refuse to start unless a probe as that user agrees (runas.check_isolation)."""
+    try:
+        os.chmod(config.cache_dir, 0o700)
+        os.chmod(config.build_dir, 0o711)
+    except OSError as err:
+        raise ConfigError(f"--run-as: {err}") from None
+    runas.check_isolation(
+        user,
+        build_dir=config.build_dir,
+        cache_dir=config.cache_dir,
+        secrets=[("--token-file", config.token_file), ("--tls-key", config.tls_key)],
+    )
 
 
 async def _unless(shutdown: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:

@@ -40,6 +40,9 @@ class WorkerConfig:
     hostname: str | None = None
     # Bearer token sent on every call (the frontend's worker role); None sends none.
     token: str | None = field(default=None, repr=False)
+    # The file the token was read from ("" = none): --run-as checks the action user
+    # cannot read it.
+    token_file: str = ""
     # PEM CA bundle that signed the frontend's certificate: TLS to frontend and CAS
     # ("" = plaintext). tls_cert/tls_key: this worker's client certificate (mTLS).
     tls_ca: str = ""

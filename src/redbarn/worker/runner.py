@@ -1,8 +1,10 @@
 """Running one command: its own process group, a deadline, and rusage from wait4.
 
 The child is started with `start_new_session=True`, so it leads a new process group;
-at the deadline, on cancellation, and after it exits, the whole group gets SIGKILL,
-so no grandchild outlives the action (unless it made its own session).
+at the deadline, on cancellation, and after it exits, the whole group gets SIGKILL.
+A grandchild that made its own session escapes the group; `redbarn.worker.sweep`
+finds it afterwards. With a `user` the child runs with that uid and gid and no
+supplementary groups; its environment is exactly the one given.
 The child is reaped with `os.wait4`, driven by a pidfd on the event loop (no thread
 per action); without pidfd support, wait4 runs in a thread.
 """
@@ -16,9 +18,36 @@ import resource
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from redbarn.errors import InvalidArgument
+from redbarn.worker.runas import ActionUser
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to start: argv, its exact environment, where, as whom. `mounts` are the
+    directories of the build directory the command needs to see (for containers)."""
+
+    arguments: Sequence[str]
+    environment: Mapping[str, str]
+    working_directory: str
+    user: ActionUser | None = None
+    mounts: tuple[str, ...] = field(default=())
+
+
+class Launch(Protocol):
+    """A way of starting a command other than directly (a container runtime).
+
+    `wrap(spec)` returns what to start locally instead (it may raise a RedbarnError
+    for a spec it cannot start). `stop(finished)` is awaited once the started process
+    has exited by itself (`finished`), been killed at its deadline or been cancelled,
+    or failed to start; it must leave nothing of the command running, and never raises."""
+
+    def wrap(self, spec: RunSpec) -> RunSpec: ...
+
+    async def stop(self, finished: bool) -> None: ...
 
 
 @dataclass
@@ -75,8 +104,9 @@ async def run(
     stdout_path: str,
     stderr_path: str,
     timeout: float | None,
+    user: ActionUser | None = None,
 ) -> RunResult:
-    """Run `arguments` and wait for it, at most `timeout` seconds.
+    """Run `arguments` (as `user`, if given) and wait for it, at most `timeout` seconds.
 
     A non-zero exit is a result. A signal gives exit_code -1 and its name, as Go
     reports it. A timeout kills the process group and sets `timed_out`. Cancelling
@@ -95,6 +125,9 @@ async def run(
                 stderr=err,
                 close_fds=True,
                 start_new_session=True,
+                user=None if user is None else user.uid,
+                group=None if user is None else user.gid,
+                extra_groups=None if user is None else [],
             )
         except OSError as e:
             raise InvalidArgument(

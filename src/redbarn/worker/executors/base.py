@@ -18,6 +18,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.worker.cas import Scope
+from redbarn.worker.runner import Launch
 
 
 class Stage(enum.Enum):
@@ -46,6 +47,8 @@ class Job:
     auxiliary_metadata: list[any_pb2.Any] = field(default_factory=list)
     report: Callable[[Stage], None] = lambda stage: None
     usage: Usage = field(default_factory=Usage)
+    # How to start the command instead of directly (set by ContainerBuildExecutor).
+    launch: Launch | None = None
 
 
 class BuildExecutor(Protocol):

@@ -2,9 +2,15 @@
 
 Steps, each failure going into `status` with Buildbarn's message prefix:
 validate the action; create a build directory; fetch the Command and the input
-root (hardlinked from the local cache); create output parents; run with the
-action's timeout; upload stdout, stderr and outputs (also after a timeout or a
-failed start). The build directory is removed afterwards, also on cancellation.
+root (hardlinked from the local cache); create output parents; with --run-as, hand
+the directories to the action user; run with the action's timeout (directly, or as
+`job.launch` wraps it); kill what it left running (`sweep`); upload stdout, stderr and
+outputs (also after a timeout or a failed start). The build directory is removed
+afterwards, also on cancellation, after another sweep.
+
+The command's environment is exactly the Command's environment_variables over the
+worker's --env, plus TMPDIR and HOME (directories of its own build directory, which
+override both); nothing of the worker's own environment is passed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from redbarn.worker import builddir, inputs, outputs, runner
 from redbarn.worker.cache import LocalCache
 from redbarn.worker.cas import Blob, CasClient
 from redbarn.worker.executors.base import Job, Stage, new_response
+from redbarn.worker.runas import ActionUser
+from redbarn.worker.runner import RunSpec
 from redbarn.worker.status import attach_error
+from redbarn.worker.sweep import Sweeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,16 +72,22 @@ class LocalBuildExecutor:
         build_dir: str,
         environment: Mapping[str, str] | None = None,
         directories: inputs.DirectoryCache | None = None,
+        user: ActionUser | None = None,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self._cas = cas
         self._cache = cache
         self._build_dir = build_dir
         self._environment = dict(environment or {})
         self._directories = directories or inputs.DirectoryCache()
+        self._user = user
+        self._sweeper = sweeper or Sweeper(
+            user.uid if user else os.getuid(), uid_dedicated=user is not None
+        )
 
     async def execute(self, job: Job) -> re_pb2.ExecuteResponse:
         response = new_response(job)
-        workdir: list[str] = []
+        workdir: list[builddir.ActionDir] = []
         try:
             await self._execute(job, response, workdir)
         except asyncio.CancelledError:
@@ -83,32 +98,46 @@ class LocalBuildExecutor:
             attach_error(response, err)
         finally:
             if workdir:
-                try:
-                    await asyncio.shield(asyncio.to_thread(builddir.remove, workdir[0]))
-                except OSError as err:  # left for the next start's cleanup
-                    log.warning("cannot remove build directory %s: %s", workdir[0], err)
+                await asyncio.shield(self._clean_up(workdir[0]))
         return response
 
+    async def _clean_up(self, d: builddir.ActionDir) -> None:
+        """Kill what is left of the action, then remove its build directory."""
+        try:
+            await self._sweeper.sweep(d.path)
+        except OSError as err:
+            log.warning("cannot sweep the processes of %s: %s", d.path, err)
+        try:
+            await asyncio.to_thread(builddir.remove, d.path)
+        except OSError as err:  # left for the next start's cleanup
+            log.warning("cannot remove build directory %s: %s", d.path, err)
+
     async def _execute(
-        self, job: Job, response: re_pb2.ExecuteResponse, workdir: list[str]
+        self, job: Job, response: re_pb2.ExecuteResponse, workdir: list[builddir.ActionDir]
     ) -> None:
         timeout = _timeout(job)
         try:
-            path = await asyncio.to_thread(builddir.create, self._build_dir, job.action_digest.hash)
+            d = await asyncio.to_thread(
+                builddir.create,
+                self._build_dir,
+                job.action_digest.hash,
+                shared=self._user is not None,
+            )
         except OSError as err:
             raise _wrapped("Failed to acquire build environment", err) from None
-        workdir.append(path)
-        root = os.path.join(path, "root")
-        os.mkdir(root)
+        workdir.append(d)
         job.report(Stage.FETCHING_INPUTS)
-        command, decl = await self._inputs(job, root)
+        command, decl = await self._inputs(job, d.root)
+        if self._user is not None:
+            try:
+                await _in_thread(builddir.hand_over, d, self._user.uid, self._user.gid)
+            except OSError as err:
+                raise _wrapped("Failed to acquire build environment", err) from None
         job.report(Stage.RUNNING)
-        stdout_path = os.path.join(path, "stdout")
-        stderr_path = os.path.join(path, "stderr")
-        await self._run(job, response, command, os.path.join(root, decl.working_directory),
-                        stdout_path, stderr_path, timeout)  # fmt: skip
+        await self._run(job, response, command, d, os.path.join(d.root, decl.working_directory),
+                        timeout)  # fmt: skip
         job.report(Stage.UPLOADING_OUTPUTS)
-        await self._upload(job, response, root, decl, stdout_path, stderr_path)
+        await self._upload(job, response, d.root, decl, d.stdout, d.stderr)
 
     async def _inputs(self, job: Job, root: str) -> tuple[re_pb2.Command, outputs.Declared]:
         """Load and check the Command, populate the input root, create output parents."""
@@ -144,19 +173,41 @@ class LocalBuildExecutor:
         job: Job,
         response: re_pb2.ExecuteResponse,
         command: re_pb2.Command,
+        d: builddir.ActionDir,
         cwd: str,
-        stdout_path: str,
-        stderr_path: str,
         timeout: float,
     ) -> None:
-        """Run the command; its exit code, rusage or failure go into `response`/`job`."""
-        env = dict(self._environment)
-        env.update((v.name, v.value) for v in command.environment_variables)
+        """Run the command, then kill what it left running; its exit code, rusage or
+        failure go into `response`/`job`."""
+        spec = RunSpec(
+            list(command.arguments),
+            action_environment(self._environment, command, d),
+            cwd,
+            self._user,
+            (d.root, d.tmp, d.home),
+        )
+        launch = job.launch
         try:
-            ran = await runner.run(command.arguments, env, cwd, stdout_path, stderr_path, timeout)
+            if launch is not None:
+                spec = launch.wrap(spec)
+            await self._sweeper.started()
+            finished = False
+            try:
+                ran = await runner.run(spec.arguments, spec.environment, spec.working_directory,
+                                       d.stdout, d.stderr, timeout, spec.user)  # fmt: skip
+                finished = not ran.timed_out
+            finally:
+                self._sweeper.stopped()
+                if launch is not None:
+                    await asyncio.shield(launch.stop(finished))
+        except asyncio.CancelledError:
+            raise
         except Exception as err:
             attach_error(response, _wrapped("Failed to run command", err))
             return
+        finally:
+            # Nothing of the action may run on while its outputs are read.
+            await asyncio.shield(self._sweeper.sweep(d.path))
         job.usage.rusage = ran.rusage
         job.usage.termination_signal = ran.termination_signal
         if ran.timed_out:
@@ -211,6 +262,17 @@ class LocalBuildExecutor:
             result.output_symlinks.extend(got.output_symlinks)
             result.output_file_symlinks.extend(got.output_file_symlinks)
             result.output_directory_symlinks.extend(got.output_directory_symlinks)
+
+
+def action_environment(
+    worker_env: Mapping[str, str], command: re_pb2.Command, d: builddir.ActionDir
+) -> dict[str, str]:
+    """--env, under the Command's environment_variables, under TMPDIR and HOME."""
+    env = dict(worker_env)
+    env.update((v.name, v.value) for v in command.environment_variables)
+    env["TMPDIR"] = d.tmp
+    env["HOME"] = d.home
+    return env
 
 
 def _timeout(job: Job) -> float:
