@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -193,6 +194,9 @@ def bearer_token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
 
 
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# gRPC's name for the address it tried, in a connection failure's details:
+# "ipv4:10.0.0.5:8980: ", "ipv6:[::1]:8980: ", "unix:/run/storage.sock: ".
+_GRPC_ADDRESS = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|dns):\S+: ")
 
 
 def upstream_error(err: grpc.aio.AioRpcError) -> RedbarnError:
@@ -205,7 +209,10 @@ def upstream_error(err: grpc.aio.AioRpcError) -> RedbarnError:
             code, f"The --storage upstream refused this frontend's credentials: {details}"
         )
     if code == grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(f"The --storage upstream is unavailable: {details}")
+        # The frontend's log (the storage health check) names the upstream; clients need not.
+        return Unavailable(
+            f"The --storage upstream is unavailable: {_GRPC_ADDRESS.sub('', details)}"
+        )
     return from_rpc_error(err)
 
 
