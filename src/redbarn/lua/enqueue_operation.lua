@@ -8,7 +8,8 @@
 -- ARGV[4] invocation path  ARGV[5] priority (10-digit, +2^31)  ARGV[6] Executing bytes
 -- ARGV[7] digest "hash-size"  ARGV[8] digest function number
 -- ARGV[9] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
--- ARGV[10..] per such blob, how many of KEYS[13..] are its keys (its CAS key and chunks).
+-- ARGV[10..] per such blob, how many of KEYS[13..] are its keys (the Redis CAS gives one: its
+--   CAS key, a STRING or a HASH of chunks that LRU evicts whole).
 --   Only a caller whose CAS lives in this same non-cluster Redis passes them; each is
 --   touched (TTL refreshed) and any missing one stops the enqueue.
 -- Returns: {'op', opid, stage('q'|'x'), queued_ms, sc, prio+seq, worker, now_ms, gc_deadline_ms, now_us,
