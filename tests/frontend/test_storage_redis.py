@@ -306,3 +306,12 @@ async def test_upload_is_never_held_whole(real_redis: aioredis.Redis) -> None:
         tracemalloc.stop()
     assert peak < 4 << 20, f"peak {peak} bytes"
     assert await store.find_missing("", [d]) == []
+
+
+def test_a_blobs_keys_share_one_cluster_slot() -> None:
+    """commit_upload.lua RENAMEs the upload key to the CAS key: one slot on a cluster."""
+    from redis.crc import key_slot
+
+    d = Digest.of(b"slot")
+    slots = {key_slot(k.encode()) for k in (cas_key(d), upload_key(d, "u"), upload_key(d, "v"))}
+    assert len(slots) == 1

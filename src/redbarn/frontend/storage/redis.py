@@ -118,10 +118,6 @@ class RedisBlobStore:
             fast.script(_script("probe_blobs.lua")) if fast and self._scripts else None
         )
 
-    def _chunk_count(self, size: int) -> int:
-        """1 for a blob stored as a STRING, else the number of chunks of its HASH."""
-        return max(1, math.ceil(size / self.chunk_size))
-
     # ------------------------------------------------------------ find / put / get
 
     async def find_missing(self, instance_name: str, digests: Sequence[Digest]) -> list[Digest]:
