@@ -27,7 +27,7 @@ from google.rpc import code_pb2
 from redbarn import errors
 from redbarn.frontend import errors as frontend_errors
 from redbarn.frontend.config import FrontendConfig
-from redbarn.frontend.errors import REDIS_REFUSALS, redis_refusal, translate
+from redbarn.frontend.errors import translate
 from redbarn.frontend.scheduling import scheduling_hook
 from redbarn.frontend.server import FrontendServer, create_server
 from redbarn.proto import bytestream_pb2 as bs_pb2
@@ -38,6 +38,7 @@ from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
 from redbarn.queue.config import SchedulerConfig
 from redbarn.runtime import fastredis
+from redbarn.runtime.redis_refusals import REFUSALS, refusal
 from redbarn.runtime.redisserver import RedisServer
 
 from .conftest import MiB, digest_of, open_client_channel
@@ -143,11 +144,12 @@ def test_refusals_map_to_fixed_messages(
     ],
 )
 def test_other_errors_are_not_refusals(exc: BaseException) -> None:
-    assert redis_refusal(exc) is None
+    assert refusal(exc) is None
+    assert translate(exc, "Test.method(Request)").code in ("UNAVAILABLE", "INTERNAL")
 
 
 def test_every_refusal_has_a_retryable_code() -> None:
-    for cls, _ in REDIS_REFUSALS.values():
+    for cls, _ in REFUSALS.values():
         assert cls in (errors.ResourceExhausted, errors.Unavailable)
 
 

@@ -9,10 +9,10 @@ stream-request such as ByteStream.Write):
   (`grpc-status-details-bin` trailing metadata, a serialized `google.rpc.Status`);
 - a Redis connection or timeout error aborts with UNAVAILABLE, its message without the
   server's address;
-- a command Redis refused for its own state (`redis_refusal`: out of memory,
-  a read-only replica, loading, busy, cannot persist) aborts with RESOURCE_EXHAUSTED or
-  UNAVAILABLE and a fixed message; Redis's own text, which names the script's SHA1
-  and line, stays in the frontend's log;
+- a command Redis refused for its own state (out of memory, a read-only replica,
+  loading, busy, cannot persist: `redbarn.runtime.redis_refusals`) aborts with
+  RESOURCE_EXHAUSTED or UNAVAILABLE and a fixed message; Redis's own text, which names
+  the script's SHA1 and line, stays in the frontend's log;
 - anything else is logged with the method and request type and aborts with INTERNAL.
 
 `status_of(err)` builds the `google.rpc.Status` used for per-blob results
@@ -34,6 +34,7 @@ import redis.exceptions
 from google.rpc import status_pb2
 
 from redbarn import errors
+from redbarn.runtime import redis_refusals
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +49,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-# Redis error codes (the reply's first word) that say something about the server's state,
-# not about the command: the same command works once the state passes. Each becomes
-# this error class and message; `redis_refusal` finds the code.
-REDIS_REFUSALS: dict[str, tuple[type[errors.RedbarnError], str]] = {
-    "OOM": (
-        errors.ResourceExhausted,
-        "Redis is out of memory (maxmemory reached): writes are refused until memory is freed",
-    ),
-    "READONLY": (
-        errors.Unavailable,
-        "Redis is a read-only replica (after a failover?): writes are refused; retry",
-    ),
-    "LOADING": (errors.Unavailable, "Redis is loading its dataset into memory; retry"),
-    "MASTERDOWN": (
-        errors.Unavailable,
-        "Redis is a replica that lost its link to the primary; retry",
-    ),
-    "BUSY": (errors.Unavailable, "Redis is busy running a script; retry"),
-    "MISCONF": (
-        errors.Unavailable,
-        "Redis refuses writes because it cannot persist to disk; retry",
-    ),
-}
-_REDIS_CLASSES: tuple[tuple[type[redis.exceptions.RedisError], str], ...] = (
-    (redis.exceptions.OutOfMemoryError, "OOM"),
-    (redis.exceptions.ReadOnlyError, "READONLY"),
-    (redis.exceptions.BusyLoadingError, "LOADING"),
-    (redis.exceptions.MasterDownError, "MASTERDOWN"),
-)
-# Redis 6 wraps an error raised inside a script: "ERR Error running script (call to
-# f_<sha>): @user_script:12: -OOM command not allowed ...".
-_SCRIPT_ERROR = re.compile(r": -([A-Z]+) ")
-REFUSAL_LOG_INTERVAL = 30.0  # seconds between two log lines for the same refusal
+REFUSAL_LOG_INTERVAL = 30.0  # seconds between two log lines for the same Redis refusal
 _refusals_logged: dict[str, float] = {}
 
 
@@ -101,40 +70,20 @@ def without_address(message: str) -> str:
     return _ADDRESS.sub("", message)
 
 
-def redis_error_code(exc: redis.exceptions.RedisError) -> str:
-    """The Redis error code behind `exc` ("OOM", "READONLY", ...), or ""."""
-    for cls, code in _REDIS_CLASSES:
-        if isinstance(exc, cls):
-            return code
-    status_code = getattr(exc, "status_code", None)
-    if isinstance(status_code, str) and status_code in REDIS_REFUSALS:
-        return status_code
-    message = str(exc)
-    first = message.split(" ", 1)[0]
-    if first in REDIS_REFUSALS:
-        return first
-    inner = _SCRIPT_ERROR.search(message)
-    if inner and inner.group(1) in REDIS_REFUSALS:
-        return inner.group(1)
-    return ""
-
-
 def redis_refusal(exc: BaseException) -> errors.RedbarnError | None:
     """The client's error for a command Redis refused because of its own state (out of
-    memory, a read-only replica, loading, busy, failing to persist), else None. The
-    message is fixed: Redis's text, with the script's SHA1 and line, is logged, at most
-    once per `REFUSAL_LOG_INTERVAL` per code."""
-    if not isinstance(exc, redis.exceptions.RedisError):
+    memory, a read-only replica, loading: `redbarn.runtime.redis_refusals`), else None.
+    Redis's own text, with the script's SHA1 and line, is logged instead, at most once
+    per `REFUSAL_LOG_INTERVAL` per code."""
+    err = redis_refusals.refusal(exc)
+    if err is None:
         return None
-    code = redis_error_code(exc)
-    if not code:
-        return None
-    cls, message = REDIS_REFUSALS[code]
+    code = redis_refusals.redis_error_code(exc)
     now = time.monotonic()
     if now - _refusals_logged.get(code, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
         _refusals_logged[code] = now
         log.warning("Redis refused a command (%s): %s", code, " ".join(str(exc).split()))
-    return cls(message)
+    return err
 
 
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
