@@ -93,3 +93,26 @@ async def test_completeness_check_refuses_big_levels_before_reading(
     with pytest.raises(InvalidArgument, match=f"Invalid action result: Blob {huge}"):
         await ac.put("", action, over)
     assert store.reads == []
+
+
+async def script_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+async def test_batch_scripts_take_at_most_2000_keys_per_call(real_redis: aioredis.Redis) -> None:
+    store = RedisBlobStore(real_redis)
+    blobs = [os.urandom(16) for _ in range(4500)]
+    digests = [Digest.of(b) for b in blobs]
+    warm = Digest.of(b"warm")  # loads the scripts (a NOSCRIPT reply counts as a call)
+    await store.put_many("", [(warm, b"warm")])
+    await store.get_many("", [warm])
+    before = await script_calls(real_redis)
+    await store.put_many("", list(zip(digests, blobs, strict=True)))
+    after_put = await script_calls(real_redis)
+    assert await store.find_missing("", digests) == []
+    after_find = await script_calls(real_redis)
+    assert await store.get_many("", digests) == blobs
+    after_get = await script_calls(real_redis)
+    # 4500 blobs: three calls of at most 2000 keys each, for every batch operation.
+    assert (after_put - before, after_find - after_put, after_get - after_find) == (3, 3, 3)

@@ -50,7 +50,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_CAS_TTL = 7 * 24 * 3600.0
 DEFAULT_UPLOAD_TTL = 3600.0
 _MIN_CHUNK_SIZE = 1024
-# Digests (= keys: one per blob) per probe_blobs.lua call, bounding how long Redis is busy.
+# Digests (= keys: one per blob) per probe_blobs.lua or put_blobs.lua call, bounding how
+# long Redis is busy.
 PROBE_BATCH = 2000
 _CHUNKS_PER_REPLY = 8  # chunks per HMGET of a whole-blob read: no Redis reply over 8 MiB
 _FAST_READ_MAX = 64 * 1024  # bytes a read may return over the pipelined connection
@@ -206,11 +207,13 @@ class RedisBlobStore:
             results.append(None)
             if not digest.is_empty:
                 writes.append((cas_key(digest), self._chunks(data)))
-        if self._scripts and writes:
-            args: list[int | bytes] = [self.ttl_ms]
-            for _, chunks in writes:
-                args += [len(chunks), *chunks]
-            await self._put(keys=[k for k, _ in writes], args=args)
+        if self._scripts:
+            for start in range(0, len(writes), PROBE_BATCH):
+                batch = writes[start : start + PROBE_BATCH]
+                args: list[int | bytes] = [self.ttl_ms]
+                for _, chunks in batch:
+                    args += [len(chunks), *chunks]
+                await self._put(keys=[k for k, _ in batch], args=args)
         elif writes:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, chunks in writes:
