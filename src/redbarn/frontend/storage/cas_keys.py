@@ -45,6 +45,9 @@ Inspecting with redis-cli:
     redis-cli HGET 'redbarn:v1:upload:{<hash>}:<size>:<uuid>' committed
     redis-cli --scan --pattern 'redbarn:v1:ac:*'                   # cached actions
     redis-cli GET 'redbarn:v1:ac:{<hash>}:<size>:<instance>' | protoc --decode_raw
+    # after upgrading from the chunk-key layout: drop its chunk keys now, not at expiry
+    redis-cli --scan --pattern 'redbarn:v1:*:c[0-9]*' | grep -E ':c[0-9]+$' |
+        xargs -r -n 500 redis-cli UNLINK
 """
 
 from __future__ import annotations
