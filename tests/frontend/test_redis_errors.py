@@ -230,6 +230,19 @@ async def write_blob(channel: grpc.aio.Channel, data: bytes) -> tuple[str, str]:
     return "OK", ""
 
 
+async def find_missing(
+    channel: grpc.aio.Channel, digests: list[re_pb2.Digest]
+) -> tuple[str, list[re_pb2.Digest]]:
+    stub = re_grpc.ContentAddressableStorageStub(channel)  # type: ignore[no-untyped-call]
+    try:
+        reply = await stub.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(blob_digests=digests), timeout=20
+        )
+    except grpc.aio.AioRpcError as err:
+        return err.code().name, []
+    return "OK", list(reply.missing_blob_digests)
+
+
 async def put_blob(channel: grpc.aio.Channel, data: bytes) -> tuple[str, str]:
     """BatchUpdateBlobs of one blob: ("OK", "") or the code name and message of the
     call's status or of the blob's."""
@@ -255,7 +268,8 @@ async def test_full_redis_is_resource_exhausted_then_recovers(
         used = int(r.info("memory")["used_memory"])
         r.config_set("maxmemory", str(used + 4 * MiB))  # noeviction, as RedisServer starts it
         # A client fills it with ordinary uploads, as the issue's reproduction did.
-        results = [await put_blob(cluster.channel, os.urandom(MiB)) for _ in range(32)]
+        blobs = [os.urandom(MiB) for _ in range(32)]
+        results = [await put_blob(cluster.channel, blob) for blob in blobs]
         codes = [code for code, _ in results]
         assert "RESOURCE_EXHAUSTED" in codes, codes
         refused = codes.index("RESOURCE_EXHAUSTED")
@@ -270,6 +284,9 @@ async def test_full_redis_is_resource_exhausted_then_recovers(
         code, details = await synchronize(cluster.channel)
         assert (code, details) == ("RESOURCE_EXHAUSTED", OOM_MESSAGE)
         assert_clean(details, cluster.redis)
+        # Reads still work: a full Redis refuses only what would grow it.
+        stored = [digest_of(blob) for blob in blobs[:refused]]
+        assert await find_missing(cluster.channel, stored) == ("OK", [])
         # So is a ByteStream upload, whichever of its steps meets the full Redis (last:
         # a refused upload may delete what it staged, and so free some memory).
         code, details = await write_blob(cluster.channel, os.urandom(3 * MiB))
