@@ -86,15 +86,9 @@ def open_storage_channel(config: FrontendConfig) -> grpc.aio.Channel:
             interceptors=interceptors,
         )
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(config.storage_tls_ca, "--storage-tls-ca", b"CERTIFICATE")
-        if config.storage_tls_ca
-        else None,
-        private_key=_read_pem(config.storage_tls_key, "--storage-tls-key", b"PRIVATE KEY")
-        if config.storage_tls_key
-        else None,
-        certificate_chain=_read_pem(config.storage_tls_cert, "--storage-tls-cert", b"CERTIFICATE")
-        if config.storage_tls_cert
-        else None,
+        root_certificates=_read_pem(config.storage_tls_ca, "--storage-tls-ca", b"CERTIFICATE"),
+        private_key=_read_pem(config.storage_tls_key, "--storage-tls-key", b"PRIVATE KEY"),
+        certificate_chain=_read_pem(config.storage_tls_cert, "--storage-tls-cert", b"CERTIFICATE"),
     )
     if token:
         credentials = grpc.composite_channel_credentials(
@@ -123,8 +117,11 @@ def read_token(path: str) -> str:
     return token
 
 
-def _read_pem(path: str, flag: str, label: bytes) -> bytes:
-    """The PEM file a flag names; ConfigError if unreadable or holding no `label` block."""
+def _read_pem(path: str, flag: str, label: bytes) -> bytes | None:
+    """The PEM file a flag names (None when the flag is unset); ConfigError if it is
+    unreadable or holds no `label` block."""
+    if not path:
+        return None
     data = read_file(path, flag)
     if b"-----BEGIN " not in data or label + b"-----" not in data:
         what = label.decode().lower()
