@@ -315,3 +315,24 @@ def test_a_blobs_keys_share_one_cluster_slot() -> None:
     d = Digest.of(b"slot")
     slots = {key_slot(k.encode()) for k in (cas_key(d), upload_key(d, "u"), upload_key(d, "v"))}
     assert len(slots) == 1
+
+
+async def test_small_reads_over_the_pipelined_connection(
+    real_redis: aioredis.Redis, redis_url: str
+) -> None:
+    """Reads under 64 KiB go through FastRedis: STRING values, HASH chunk sizes and
+    misses come back as they do through redis-py."""
+    from redbarn.runtime.fastredis import FastRedis
+
+    fast = FastRedis.from_url(redis_url)
+    assert fast is not None
+    try:
+        store = RedisBlobStore(real_redis, chunk_size=1024, fast=fast)
+        small, chunked = b"tiny", os.urandom(2500)
+        d_small, d_chunked, d_absent = Digest.of(small), Digest.of(chunked), Digest.of(b"no")
+        await store.put_many("", [(d_small, small), (d_chunked, chunked)])
+        assert await real_redis.type(cas_key(d_chunked)) == b"hash"
+        assert await store.get_many("", [d_small, d_chunked, d_absent]) == [small, chunked, None]
+        assert await store.find_missing("", [d_small, d_chunked, d_absent]) == [d_absent]
+    finally:
+        await fast.aclose()
