@@ -11,13 +11,16 @@
 - zstd (`compressed-blobs/zstd/...`, REAPI's rules for compressed resources):
   a Read streams one zstd frame of the blob from the *uncompressed* read_offset;
   a non-zero read_limit is INVALID_ARGUMENT. A Write's first write_offset is an
-  uncompressed offset (at most the bytes already staged for the upload: staged bytes
-  the new stream repeats are skipped), and each later one is that offset plus the
-  compressed bytes received. The data is decompressed as it arrives (`compression`),
-  never past the digest's size, into the same staged upload; the reply's
-  committed_size is the first offset plus the compressed bytes, or -1 when the blob
-  was already present. QueryWriteStatus answers in uncompressed bytes, the offset a
-  resuming compressed stream starts at.
+  uncompressed offset, at most the bytes already staged for the upload (staged bytes
+  the new stream repeats are skipped, not rewritten); each later one is that offset
+  plus the compressed bytes received. The data is decompressed as it arrives
+  (`compression`), never past the digest's size, into the same staged upload; the
+  reply's committed_size is the first offset plus the compressed bytes, or -1 when
+  the blob was already present. QueryWriteStatus of an unfinished compressed upload
+  answers committed_size 0, so every client restarts its stream from the start:
+  Bazel 7 would resume a compressed stream at an uncompressed offset, but Bazel 5
+  and 6 resume inside their old zstd stream, which no server can decode. The staged
+  bytes are not lost: the restarted stream skips them.
 - Every digest over the configured maximum blob size is INVALID_ARGUMENT before the
   store is asked anything.
 """
@@ -199,4 +202,6 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         committed, complete = await self._blobs.write_status(
             name.instance_name, name.digest, name.upload_id
         )
+        if name.compressor == ZSTD and not complete:
+            committed = 0  # restart compressed streams from the start (module docstring)
         return bs_pb2.QueryWriteStatusResponse(committed_size=committed, complete=complete)
