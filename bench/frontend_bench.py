@@ -472,8 +472,7 @@ def script_names() -> dict[str, str]:
 
 # Who sends each top-level command (a script by name, or a plain command).
 ORIGIN = {
-    "get_blobs": "Execute",  # read the Action
-    "touch_blobs": "Execute",  # Command + input root present (FindMissing)
+    "probe_blobs": "Execute",  # read the Action; Command + input root present (FindMissing)
     "enqueue_operation": "Execute",
     "touch_operation": "Execute",  # the stream re-reads its operation after a hint
     "synchronize_worker": "Synchronize",

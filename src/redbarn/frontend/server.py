@@ -233,7 +233,12 @@ def build_storage(
             fast=fast,
         )  # fmt: skip
         base_ac = RedisActionCache(client, ttl=config.ac_ttl)
-    ac = CompletenessCheckingActionCache(base_ac, blobs, max_tree_bytes=config.max_tree_check_size)
+    ac = CompletenessCheckingActionCache(
+        base_ac,
+        blobs,
+        max_tree_bytes=config.max_tree_check_size,
+        max_blob_size=config.max_blob_size,
+    )
     return blobs, ac, closers
 
 

@@ -37,7 +37,7 @@ Reply = list[Any]  # a script's raw reply, for `replies` to decode
 @dataclass(frozen=True)
 class RequiredBlobs:
     """Blobs the enqueue script checks (and refreshes) before it enqueues: per blob, its
-    keys in the same non-cluster Redis (its CAS key and chunk keys), and their TTL.
+    keys in the same non-cluster Redis (one key per blob: its CAS key), and their TTL.
     `blobs`, when given, names the blobs in the same order (for the caller's errors)."""
 
     keys: Sequence[Sequence[str]]
