@@ -18,9 +18,9 @@
   reply's committed_size is the first offset plus the compressed bytes, or -1 when
   the blob was already present. QueryWriteStatus of an unfinished compressed upload
   answers committed_size 0, so every client restarts its stream from the start:
-  Bazel 7 would resume a compressed stream at an uncompressed offset, but Bazel 5
-  and 6 resume inside their old zstd stream, which no server can decode. The staged
-  bytes are not lost: the restarted stream skips them.
+  Bazel's chunker has resumed compressed uploads in different ways across releases
+  (one sent uncompressed offsets for every request), and a restart is the one form
+  they all send alike. The staged bytes are not lost: the restarted stream skips them.
 - Every digest over the configured maximum blob size is INVALID_ARGUMENT before the
   store is asked anything.
 """
