@@ -145,15 +145,11 @@ async def compressed_read(
             f"Invalid read limit {limit} for compressed blob {name.digest}: compressed "
             "reads must have read_limit 0"
         )
-    pieces = blobs.read(name.instance_name, name.digest, offset, 0)
-    # The store checks the offset (OUT_OF_RANGE) before its first piece.
-    first = await anext(pieces, b"")
-    frame = ZstdReader(name.digest.size_bytes - offset)
-    piece: bytes | None = first
-    while piece is not None:
+    frame = ZstdReader(max(0, name.digest.size_bytes - offset))
+    # The store raises NOT_FOUND or OUT_OF_RANGE before its first piece.
+    async for piece in blobs.read(name.instance_name, name.digest, offset, 0):
         if out := frame.compress(piece):
             yield out
-        piece = await anext(pieces, None)
     yield frame.flush()
 
 
