@@ -57,6 +57,17 @@ def check_digest_count(method: str, digests: Sized, limit: int) -> None:
         )
 
 
+def check_compressors(
+    digests: Iterable[Digest], entries: Iterable[re_pb2.BatchUpdateBlobsRequest.Request]
+) -> None:
+    for digest, entry in zip(digests, entries, strict=True):
+        if entry.compressor not in BATCH_COMPRESSORS:
+            raise InvalidArgument(
+                f"Unsupported compressor {compressor_name(entry.compressor)} for blob "
+                f"{digest}: this server supports IDENTITY and ZSTD only"
+            )
+
+
 def _decompressed(
     digest: Digest, request: re_pb2.BatchUpdateBlobsRequest.Request
 ) -> bytes | RedbarnError:
@@ -138,26 +149,17 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     ) -> re_pb2.BatchUpdateBlobsResponse:
         entries = request.requests
         instance, digests = self._digests("BatchUpdateBlobs", request, [r.digest for r in entries])
-        for digest, entry in zip(digests, entries, strict=True):
-            if entry.compressor not in BATCH_COMPRESSORS:
-                raise InvalidArgument(
-                    f"Unsupported compressor {compressor_name(entry.compressor)} for blob "
-                    f"{digest}: this server supports IDENTITY and ZSTD only"
-                )
+        check_compressors(digests, entries)
         check_batch_size(digests, self._max_batch)
         datas = [_decompressed(d, entry) for d, entry in zip(digests, entries, strict=True)]
-        valid = [
-            (d, data) for d, data in zip(digests, datas, strict=True) if isinstance(data, bytes)
-        ]
+        valid = [(d, b) for d, b in zip(digests, datas, strict=True) if isinstance(b, bytes)]
         stored = iter(await self._blobs.put_many(instance, valid))
+        results = [next(stored) if isinstance(b, bytes) else b for b in datas]
         Response = re_pb2.BatchUpdateBlobsResponse.Response
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
-                Response(
-                    digest=d.to_proto(),
-                    status=status_of(next(stored) if isinstance(data, bytes) else data),
-                )
-                for d, data in zip(digests, datas, strict=True)
+                Response(digest=d.to_proto(), status=status_of(err))
+                for d, err in zip(digests, results, strict=True)
             ]
         )
 
