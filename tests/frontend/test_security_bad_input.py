@@ -261,7 +261,7 @@ async def test_unknown_operation_names(stubs: Stubs, name: str, message: str) ->
         (f"uploads//blobs/{H}/1", f'Invalid resource name "uploads//blobs/{H}/1": expected {{instance_name}}/uploads/{{uuid}}/blobs/{{hash}}/{{size}}'),
         ("uploads/u/blobs/abc", 'Invalid resource name "uploads/u/blobs/abc": expected a hash and a size after "blobs"'),
         (f"uploads/u/blobs/{H}/ten", f'Invalid resource name "uploads/u/blobs/{H}/ten": invalid digest size "ten"'),
-        (f"uploads/u/compressed-blobs/zstd/{H}/1", f'Unsupported compressor "zstd" in resource name "uploads/u/compressed-blobs/zstd/{H}/1": this server supports identity only'),
+        (f"uploads/u/compressed-blobs/deflate/{H}/1", f'Unsupported compressor "deflate" in resource name "uploads/u/compressed-blobs/deflate/{H}/1": this server supports identity and zstd only'),
     ],
 )  # fmt: skip
 async def test_unparseable_write_resource_names(stubs: Stubs, name: str, message: str) -> None:

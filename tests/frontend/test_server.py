@@ -42,6 +42,8 @@ def expected_capabilities(exec_enabled: bool) -> re_pb2.ServerCapabilities:
             max_batch_total_size_bytes=4 * MiB,
             symlink_absolute_path_strategy=re_pb2.SymlinkAbsolutePathStrategy.DISALLOWED,
             max_cas_blob_size_bytes=32 * MiB,
+            supported_compressors=[re_pb2.Compressor.ZSTD],
+            supported_batch_update_compressors=[re_pb2.Compressor.ZSTD],
         ),
         execution_capabilities=re_pb2.ExecutionCapabilities(
             digest_function=re_pb2.DigestFunction.SHA256,
@@ -185,7 +187,10 @@ def test_cli_scheduling_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ("argv", "message"),
     [
         (["--listen", "nowhere"], 'invalid --listen "nowhere": expected HOST:PORT'),
-        (["--storage", "s3://x"], 'invalid --storage "s3://x": use "redis", grpc://host:port or grpcs://host:port'),
+        (
+            ["--storage", "s3://x"],
+            'invalid --storage "s3://x": use "redis", grpc://host:port or grpcs://host:port',
+        ),
         (
             ["--cas-ttl", "soon"],
             'invalid duration "soon": use a number with ms, s, m or h, e.g. 2s',

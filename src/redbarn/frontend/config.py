@@ -65,7 +65,8 @@ class FrontendConfig:
     storage_token_file: str = ""
     storage_tls_cert: str = ""
     storage_tls_key: str = ""
-    # Largest blob a ByteStream Write accepts (advertised as max_cas_blob_size_bytes).
+    # Largest blob any CAS or ByteStream call may name (advertised as max_cas_blob_size_bytes);
+    # a digest declaring more is INVALID_ARGUMENT before any work.
     max_blob_size: int = 1 * GiB
     # Largest Action or Command Execute reads (Buildbarn's 16 MiB message limit).
     max_action_size: int = 16 * MiB

@@ -402,7 +402,12 @@ async def create_server(
     )  # fmt: skip
     frontend.add_service(
         re_grpc.add_ContentAddressableStorageServicer_to_server,
-        ContentAddressableStorageServicer(blobs, max_batch_total_size=config.max_batch_total_size),
+        ContentAddressableStorageServicer(
+            blobs,
+            max_batch_total_size=config.max_batch_total_size,
+            max_blob_size=config.max_blob_size,
+            max_batch_digests=config.max_batch_digests,
+        ),
         CAS,
     )
     frontend.add_service(
