@@ -3,7 +3,10 @@
 Reads and writes pick the cheapest RPC per blob: BatchReadBlobs/BatchUpdateBlobs
 for blobs up to `batch_blob_limit`, grouped so one request stays under
 `batch_request_limit`; ByteStream Read/Write for the rest. Uploads ask
-FindMissingBlobs first and send only what the CAS lacks. Transient RPC failures
+FindMissingBlobs first and send only what the CAS lacks; blobs kept in files are
+read only when their request is about to be sent, and at most `UPLOAD_SLOTS`
+requests are being filled at once, so an upload holds a few batches in memory
+whatever the number and size of the outputs. Transient RPC failures
 (UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, and the CANCELLED/INTERNAL a load
 balancer reports for a dropped upstream) are retried with jittered backoff.
 """
@@ -48,6 +51,7 @@ _TRANSIENT = {
     grpc.StatusCode.INTERNAL,
 }
 CHUNK = 1 << 20
+UPLOAD_SLOTS = 4
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class CasClient:
         self.batch_blob_limit = batch_blob_limit
         self.batch_request_limit = batch_request_limit
         self._sem = asyncio.Semaphore(concurrency)
+        self._upload_slots = asyncio.Semaphore(UPLOAD_SLOTS)
         self._retry_for = retry_for
         self._timeout = rpc_timeout
 
@@ -282,16 +287,22 @@ class CasClient:
         await asyncio.gather(*jobs)
 
     async def _write_batch(self, scope: Scope, blobs: list[Blob]) -> None:
-        requests = []
-        for b in blobs:
-            data = b.data
-            if data is None:
-                assert b.path is not None
-                with open(b.path, "rb") as f:  # noqa: ASYNC230 - at most batch_blob_limit
-                    data = f.read()
-            requests.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=b.digest, data=data))
-        req = scope.request(re_pb2.BatchUpdateBlobsRequest, requests=requests)
-        resp = await self._call(self._cas.BatchUpdateBlobs, req)
+        def read() -> list[re_pb2.BatchUpdateBlobsRequest.Request]:
+            requests = []
+            for b in blobs:
+                data = b.data
+                if data is None:
+                    assert b.path is not None
+                    with open(b.path, "rb") as f:  # at most batch_blob_limit
+                        data = f.read()
+                requests.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=b.digest, data=data))
+            return requests
+
+        async with self._upload_slots:
+            requests = await asyncio.to_thread(read)
+            req = scope.request(re_pb2.BatchUpdateBlobsRequest, requests=requests)
+            resp = await self._call(self._cas.BatchUpdateBlobs, req)
+            del requests, req
         for r in resp.responses:
             if r.status.code != code_pb2.OK:
                 raise Internal(f"Failed to store blob {digests.key(r.digest)}: {r.status.message}")
@@ -338,7 +349,8 @@ class CasClient:
                     f"committed {resp.committed_size} bytes"
                 )
 
-        await self._retry(attempt)
+        async with self._upload_slots:
+            await self._retry(attempt)
 
     async def update_action_result(
         self, scope: Scope, action_digest: re_pb2.Digest, result: re_pb2.ActionResult

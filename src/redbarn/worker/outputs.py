@@ -4,6 +4,14 @@ Paths are resolved relative to the working directory and must stay inside the in
 root, lexically and (for parents that are symlinks) physically. Collection never
 follows a symlink: a declared path that is a symlink becomes an OutputSymlink, and
 symlinks inside an output directory become SymlinkNodes of its Tree.
+
+What an action leaves is bounded (`OutputLimits`): the number of output files and
+symlinks (inside output directories too) and their total size are counted by a
+stat-only walk before anything is hashed, and stdout and stderr each have a size
+limit; over one the action fails with FAILED_PRECONDITION naming the flag. Output
+files stay on disk until they are uploaded: only files up to `INLINE_LIMIT` are read
+into memory, and only up to `INLINE_BUDGET` in total per action; the rest are hashed
+in chunks here and streamed from disk by the CAS client.
 """
 
 from __future__ import annotations
@@ -13,11 +21,70 @@ import stat
 from dataclasses import dataclass, field
 
 from redbarn import digests
-from redbarn.errors import InvalidArgument
+from redbarn.config import format_size
+from redbarn.errors import FailedPrecondition, InvalidArgument
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.worker.cas import Blob
+from redbarn.worker.config import WorkerConfig
 
-INLINE_LIMIT = 1 << 20  # files up to this size are read into memory when collected
+INLINE_LIMIT = 64 << 10  # files up to this size may be kept in memory once read
+INLINE_BUDGET = 4 << 20  # ...as long as an action's inline files total no more
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """Bounds on what an action leaves (WorkerConfig's max_output_* and max_stdio_bytes)."""
+
+    files: int = WorkerConfig.max_output_files
+    bytes: int = WorkerConfig.max_output_bytes
+    stdio: int = WorkerConfig.max_stdio_bytes
+
+    @classmethod
+    def of(cls, config: WorkerConfig) -> OutputLimits:
+        return cls(config.max_output_files, config.max_output_bytes, config.max_stdio_bytes)
+
+
+class _Tally:
+    """Running count of output files and bytes against `limits`."""
+
+    def __init__(self, limits: OutputLimits) -> None:
+        self.limits = limits
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if self.files > self.limits.files:
+            raise FailedPrecondition(
+                f"Action left more than {self.limits.files} output files and symlinks, "
+                f"over --max-output-files {self.limits.files}"
+            )
+        if self.bytes > self.limits.bytes:
+            raise FailedPrecondition(
+                f"Action left at least {self.bytes} bytes of output files, "
+                f"over --max-output-bytes {format_size(self.limits.bytes)}"
+            )
+
+    def walk(self, path: str) -> None:
+        """Count the files and symlinks under directory `path` (lstat only)."""
+        stack = [path]
+        while stack:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_symlink():
+                        self.add(0)
+                    elif e.is_file(follow_symlinks=False):
+                        self.add(e.stat(follow_symlinks=False).st_size)
+
+
+class _Inline:
+    """How much of an action's output is held in memory so far."""
+
+    def __init__(self, budget: int = INLINE_BUDGET) -> None:
+        self.left = budget
 
 
 def normalise(base: str, path: str, what: str) -> str:
@@ -100,16 +167,24 @@ class Collected:
     blobs: list[Blob]
 
 
-def _file_blob(path: str, size: int, function: int) -> Blob:
-    if size <= INLINE_LIMIT:
+def _file_blob(path: str, size: int, function: int, inline: _Inline | None = None) -> Blob:
+    """`path` as a blob: in memory if small and the action's budget allows, else
+    hashed in chunks and left on disk."""
+    if size <= INLINE_LIMIT and inline is not None and inline.left >= size:
         with open(path, "rb") as f:
             data = f.read()
-        return Blob(digests.of_bytes(data, function), data=data)
+        if len(data) == size:
+            inline.left -= size
+            return Blob(digests.of_bytes(data, function), data=data)
     return Blob(digests.of_file(path, function), path=path)
 
 
 def _directory(
-    path: str, function: int, blobs: list[Blob], tree: list[re_pb2.Directory]
+    path: str,
+    function: int,
+    blobs: list[Blob],
+    tree: list[re_pb2.Directory],
+    inline: _Inline | None = None,
 ) -> re_pb2.Directory:
     """Build the Directory for `path`, appending descendants to `tree` in post-order."""
     d = re_pb2.Directory()
@@ -120,22 +195,24 @@ def _directory(
         if stat.S_ISLNK(st.st_mode):
             d.symlinks.add(name=e.name, target=os.readlink(e.path))
         elif stat.S_ISDIR(st.st_mode):
-            child = _directory(e.path, function, blobs, tree)
+            child = _directory(e.path, function, blobs, tree, inline)
             tree.append(child)
             data = child.SerializeToString(deterministic=True)
             d.directories.add(name=e.name, digest=digests.of_bytes(data, function))
         elif stat.S_ISREG(st.st_mode):
-            blob = _file_blob(e.path, st.st_size, function)
+            blob = _file_blob(e.path, st.st_size, function, inline)
             blobs.append(blob)
             d.files.add(name=e.name, digest=blob.digest, is_executable=bool(st.st_mode & 0o111))
         # sockets, fifos and devices inside an output directory are skipped
     return d
 
 
-def make_tree(path: str, function: int, blobs: list[Blob]) -> tuple[re_pb2.Tree, bool]:
+def make_tree(
+    path: str, function: int, blobs: list[Blob], inline: _Inline | None = None
+) -> tuple[re_pb2.Tree, bool]:
     """A Tree for directory `path`: children deduplicated, parents before children."""
     post: list[re_pb2.Directory] = []
-    root = _directory(path, function, blobs, post)
+    root = _directory(path, function, blobs, post, inline)
     seen: set[bytes] = set()
     children: list[re_pb2.Directory] = []
     for child in reversed(post):  # reverse post-order is a topological order
@@ -146,11 +223,9 @@ def make_tree(path: str, function: int, blobs: list[Blob]) -> tuple[re_pb2.Tree,
     return re_pb2.Tree(root=root, children=children), True
 
 
-def collect(root: str, decl: Declared, function: int) -> Collected:
-    """Collect every declared output that exists (missing ones are skipped)."""
-    result = re_pb2.ActionResult()
-    blobs: list[Blob] = []
-    real_root = os.path.realpath(root)
+def _existing(real_root: str, decl: Declared) -> list[tuple[str, str, os.stat_result]]:
+    """The declared outputs that exist: (as declared, full path, lstat)."""
+    found = []
     for shown, rel in decl.paths:
         full = f"{real_root}/{rel}" if rel else real_root
         parent = os.path.dirname(full)
@@ -162,6 +237,28 @@ def collect(root: str, decl: Declared, function: int) -> Collected:
             st = os.lstat(full)
         except FileNotFoundError:
             continue
+        found.append((shown, full, st))
+    return found
+
+
+def collect(
+    root: str, decl: Declared, function: int, limits: OutputLimits | None = None
+) -> Collected:
+    """Collect every declared output that exists (missing ones are skipped).
+
+    FAILED_PRECONDITION, before anything is hashed, if they are over `limits`."""
+    result = re_pb2.ActionResult()
+    blobs: list[Blob] = []
+    real_root = os.path.realpath(root)
+    found = _existing(real_root, decl)
+    tally = _Tally(limits or OutputLimits())
+    for _shown, full, st in found:
+        if stat.S_ISDIR(st.st_mode):
+            tally.walk(full)
+        else:
+            tally.add(st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    inline = _Inline()
+    for shown, full, st in found:
         if stat.S_ISLNK(st.st_mode):
             link = re_pb2.OutputSymlink(path=shown, target=os.readlink(full))
             result.output_symlinks.append(link)
@@ -171,13 +268,13 @@ def collect(root: str, decl: Declared, function: int) -> Collected:
                 else:
                     result.output_file_symlinks.append(link)
         elif stat.S_ISREG(st.st_mode):
-            blob = _file_blob(full, st.st_size, function)
+            blob = _file_blob(full, st.st_size, function, inline)
             blobs.append(blob)
             result.output_files.add(
                 path=shown, digest=blob.digest, is_executable=bool(st.st_mode & 0o111)
             )
         elif stat.S_ISDIR(st.st_mode):
-            tree, topo = make_tree(full, function, blobs)
+            tree, topo = make_tree(full, function, blobs, inline)
             data = tree.SerializeToString(deterministic=True)
             tree_blob = Blob(digests.of_bytes(data, function), data=data)
             blobs.append(tree_blob)
@@ -201,9 +298,17 @@ def collect(root: str, decl: Declared, function: int) -> Collected:
     return Collected(result, blobs)
 
 
-def log_blob(path: str, function: int) -> Blob | None:
-    """stdout/stderr as a blob, or None when empty (digests are set only when size > 0)."""
+def log_blob(path: str, function: int, limits: OutputLimits | None = None) -> Blob | None:
+    """stdout/stderr as a blob, or None when empty (digests are set only when size > 0).
+
+    FAILED_PRECONDITION if it is larger than `limits.stdio` (named after the file)."""
+    limit = (limits or OutputLimits()).stdio
     size = os.stat(path).st_size
+    if size > limit:
+        name = os.path.basename(path)
+        raise FailedPrecondition(
+            f"Action wrote {size} bytes to {name}, over --max-stdio-bytes {format_size(limit)}"
+        )
     if size == 0:
         return None
-    return _file_blob(path, size, function)
+    return _file_blob(path, size, function, _Inline(INLINE_LIMIT))
