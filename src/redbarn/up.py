@@ -103,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# up runs one user's builds: actions run as that user, like a local build would.
+SINGLE_USER = "redbarn up: single-user: actions run as you (no --run-as; see docs/security.md)"
+
+
 def banner(
     port: int,
     workers: int,
@@ -490,6 +494,7 @@ def _run_locked(
             )
             flags = bazel_flags(port, args.instance_name, platform)
             print(banner(port, workers, data_dir, redis_cli, flags), flush=True)
+            print(SINGLE_USER, file=sys.stderr, flush=True)
             while True:
                 sup.check()
                 time.sleep(0.1)
