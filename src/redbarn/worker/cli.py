@@ -38,7 +38,7 @@ from redbarn.config import (
 from redbarn.errors import RedbarnError
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc
-from redbarn.worker import auth, builddir, runas, sweep
+from redbarn.worker import auth, builddir, inputs, outputs, runas, sweep
 from redbarn.worker.auth import read_token
 from redbarn.worker.cache import LocalCache
 from redbarn.worker.cas import CasClient
@@ -254,8 +254,17 @@ def build_executor(
     user: runas.ActionUser | None = None,
 ) -> BuildExecutor:
     """The executor chain, innermost first (Buildbarn WORKER_MAIN:463-535)."""
+    local = LocalBuildExecutor(
+        cas,
+        cache,
+        config.build_dir,
+        dict(config.environment),
+        user=user,
+        input_limits=inputs.InputLimits.of(config),
+        output_limits=outputs.OutputLimits.of(config),
+    )
     return compose(
-        LocalBuildExecutor(cas, cache, config.build_dir, dict(config.environment), user=user),
+        local,
         functools.partial(ContainerBuildExecutor, runtime=config.container_runtime),
         TimestampedBuildExecutor,
         ResourceUsageBuildExecutor,
@@ -299,7 +308,8 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     )
     user = _action_user(config)
     try:
-        cache = LocalCache(config.cache_dir, config.cache_size)
+        # Hardlinked inputs only where the action user cannot chmod the worker's files.
+        cache = LocalCache(config.cache_dir, config.cache_size, link_inputs=user is not None)
         lock_fd = builddir.lock(config.build_dir)
     except RedbarnError as err:
         raise ConfigError(err.message) from None

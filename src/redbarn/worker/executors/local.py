@@ -74,6 +74,8 @@ class LocalBuildExecutor:
         directories: inputs.DirectoryCache | None = None,
         user: ActionUser | None = None,
         sweeper: Sweeper | None = None,
+        input_limits: inputs.InputLimits | None = None,
+        output_limits: outputs.OutputLimits | None = None,
     ) -> None:
         self._cas = cas
         self._cache = cache
@@ -81,6 +83,8 @@ class LocalBuildExecutor:
         self._environment = dict(environment or {})
         self._directories = directories or inputs.DirectoryCache()
         self._user = user
+        self._input_limits = input_limits or inputs.InputLimits()
+        self._output_limits = output_limits or outputs.OutputLimits()
         self._sweeper = sweeper or Sweeper(
             user.uid if user else os.getuid(), uid_dedicated=user is not None
         )
@@ -151,12 +155,8 @@ class LocalBuildExecutor:
             raise InvalidArgument("Insufficient number of command arguments")
         decl = outputs.declared(command)
         try:
-            tree = await inputs.fetch_tree(cas, scope, action.input_root_digest, self._directories)
-            sources = await self._cache.ensure(cas, scope, [w for _, w in tree.files])
-            try:
-                await _in_thread(inputs.link_tree, tree, root, sources)
-            finally:
-                self._cache.unpin(sources)
+            await inputs.materialise(cas, self._cache, scope, action.input_root_digest, root,
+                                     self._directories, self._input_limits)  # fmt: skip
         except Exception as err:
             raise _wrapped("Failed to obtain input root", err) from None
 
@@ -231,16 +231,17 @@ class LocalBuildExecutor:
         uploads the logs, a failed upload removes every digest from the result."""
         fn = job.scope.digest_function
         result = response.result
+        limits = self._output_limits
 
         def gather() -> tuple[list[Blob], outputs.Collected | None, Exception | None]:
             blobs: list[Blob] = []
-            for attr, p in (("stdout_digest", stdout_path), ("stderr_digest", stderr_path)):
-                blob = outputs.log_blob(p, fn) if os.path.exists(p) else None
-                if blob is not None:
-                    blobs.append(blob)
-                    getattr(result, attr).CopyFrom(blob.digest)
             try:
-                collected = outputs.collect(root, decl, fn)
+                for attr, p in (("stdout_digest", stdout_path), ("stderr_digest", stderr_path)):
+                    blob = outputs.log_blob(p, fn, limits) if os.path.exists(p) else None
+                    if blob is not None:
+                        blobs.append(blob)
+                        getattr(result, attr).CopyFrom(blob.digest)
+                collected = outputs.collect(root, decl, fn, limits)
             except Exception as err:
                 return blobs, None, err
             return blobs + collected.blobs, collected, None
