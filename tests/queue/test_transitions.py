@@ -453,7 +453,7 @@ async def test_completed_operation_kept_while_watched_then_deleted(
     with pytest.raises(NotFound):
         await s.operations.get_operation_view(v.name)
     domain = v.name.split(".")[0]
-    for what in ("tasks", "ops", "opgc", "queued", "pick", "inv", "inflight"):
+    for what in ("tasks", "ops", "opgc", "opnames", "queued", "pick", "inv", "inflight"):
         assert not await any_redis.exists(keys.domain_key(domain, what)), what
 
 

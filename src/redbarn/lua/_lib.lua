@@ -3,7 +3,8 @@
 -- every script receives (see redbarn.queue.keys), the server clock and the records.
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops   KEYS[7] queued   KEYS[8] pick    KEYS[9] inv     KEYS[10] inflight
--- KEYS[11] drains  KEYS[12] opgc
+-- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames (every operation id, score 0:
+-- ListOperations pages them by name with ZRANGEBYLEX)
 -- ARGV[1] config: "<domain> <worker_timeout_ms> <busy_ms> <idle_ms> <retention_ms>
 --         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued> <hint channel prefix>
 --         [<caller fid>]"
@@ -14,6 +15,8 @@
 local L = {}
 local K_META, K_WORKERS, K_LEASES, K_PARKED, K_TASKS, K_OPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local K_QUEUED, K_PICK, K_INV, K_INFLIGHT, K_DRAINS, K_OPGC = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_OPNAMES = KEYS[13]
+local N_DOMAIN_KEYS = 13  -- keys after these belong to the script (enqueue's blob keys)
 local S = '\31'
 local HI = '\255'
 
@@ -442,6 +445,7 @@ end
 function L.detach(opid)
   local o = L.op_get(opid)
   redis.call('ZREM', K_OPGC, opid)
+  redis.call('ZREM', K_OPNAMES, opid)
   if not o then return end
   redis.call('HDEL', K_OPS, opid)
   OPS[opid] = nil

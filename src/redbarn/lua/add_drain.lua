@@ -1,8 +1,8 @@
 -- add_drain.lua: drain the workers of a size class queue whose id contains a pattern.
--- KEYS[1..12] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
+-- KEYS[1..13] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
--- KEYS[11] drains  KEYS[12] opgc
+-- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] size class (10 digits)  ARGV[3] pattern JSON  ARGV[4] pattern tokens
 -- Returns: {'ok'} | {'none'} (no such size class queue)

@@ -1,14 +1,14 @@
 -- enqueue_operation.lua: create (or join, by in-flight dedup) an operation; hand it to a
 -- parked idle worker of its size class, else queue it under its invocation.
--- KEYS[1..12] the domain's keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS
+-- KEYS[1..13] the domain's keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
--- KEYS[11] drains  KEYS[12] opgc
+-- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config  ARGV[2] new operation id  ARGV[3] dedup key ('' = do_not_cache)
 -- ARGV[4] invocation path  ARGV[5] priority (10-digit, +2^31)  ARGV[6] Executing bytes
 -- ARGV[7] digest "hash-size"  ARGV[8] digest function number
 -- ARGV[9] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
--- ARGV[10..] per such blob, how many of KEYS[13..] are its keys (the Redis CAS gives one: its
+-- ARGV[10..] per such blob, how many of KEYS[14..] are its keys (the Redis CAS gives one: its
 --   CAS key, a STRING or a HASH of chunks that LRU evicts whole).
 --   Only a caller whose CAS lives in this same non-cluster Redis passes them; each is
 --   touched (TTL refreshed) and any missing one stops the enqueue.
@@ -19,7 +19,7 @@ local opid, dk, path, prio = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local fid = CFG.fid  -- the caller's frontend: it watches the operation
 
 if ARGV[9] ~= '' then
-  local missing, k = {'missing'}, 13
+  local missing, k = {'missing'}, N_DOMAIN_KEYS + 1
   for b = 10, #ARGV do
     local present = true
     for i = k, k + tonumber(ARGV[b]) - 1 do
@@ -50,6 +50,7 @@ if dk ~= '' then
     L.watch(o, fid)
     L.op_put(opid, o)
     redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
+    redis.call('ZADD', K_OPNAMES, 0, opid)
     t.ops[#t.ops + 1] = opid
     L.task_put(tid, t)
     if t.st == 'q' then
@@ -80,6 +81,7 @@ local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}
 L.watch(o, fid)
 L.op_put(opid, o)
 redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
+redis.call('ZADD', K_OPNAMES, 0, opid)
 L.task_put(tid, t)
 redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end

@@ -1,10 +1,10 @@
 -- reap_domain.lua: expire lost workers (requeue or fail their task), detach operations whose
 -- waiters left, and remove size class queues that had no workers for the platform timeout.
 -- Idempotent: every frontend runs it on a jittered tick.
--- KEYS[1..12] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
+-- KEYS[1..13] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
--- KEYS[11] drains  KEYS[12] opgc
+-- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] batch size (entries of each kind handled per call)
 -- Returns: {workers_expired, operations_detached, queued_failed, more(0|1), gone(0|1)}

@@ -1,8 +1,8 @@
 -- synchronize_worker.lua: record a worker's report, hand it its next action (or park it).
--- KEYS[1..12] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
+-- KEYS[1..13] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
--- KEYS[11] drains  KEYS[12] opgc
+-- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua; its last word, the caller's frontend id, holds the call)
 -- ARGV[2] worker key "<sc> <worker-json>"  ARGV[3] worker id tokens
 -- ARGV[4] report: 'i' idle | 'p<stage>' progress (stage s f r u: started, fetching inputs,

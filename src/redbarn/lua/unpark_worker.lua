@@ -1,8 +1,8 @@
 -- unpark_worker.lua: end a parked Synchronize: leave the parked set, return what was assigned.
--- KEYS[1..12] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
+-- KEYS[1..13] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
 -- KEYS[6] ops  KEYS[7] queued  KEYS[8] pick  KEYS[9] inv  KEYS[10] inflight
--- KEYS[11] drains  KEYS[12] opgc
+-- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua; its last word is the id of the frontend that parked it)
 -- ARGV[2] worker key
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'i', next_ms}

@@ -5,7 +5,7 @@ its size classes, so that the size-class fallback (fail on a small class, rerun 
 the largest) is one atomic script. Its id `P` is the first 16 hex digits of
 sha256(prefix + "\\0" + platform-json). Every domain key is `redbarn:v1:{P}:<what>`: the
 hash tag puts a domain in one Redis Cluster slot, and every script receives the same
-fixed list of twelve keys (`DOMAIN_KEYS`, in that order), so no script builds a key
+fixed list of thirteen keys (`DOMAIN_KEYS`, in that order), so no script builds a key
 name. Per-entity records (a task, an operation, a worker, an invocation node) are
 fields of per-domain hashes or members of per-domain sorted sets, never keys of their
 own. Records are short strings of fields joined by \\x1f (see `codec`); Lua compares
@@ -87,6 +87,8 @@ drains    HASH  "<sc> <pattern-json>" -> "created_ms\\x1ftokens".
           redis-cli HGETALL 'redbarn:v1:{P}:drains'
 opgc      ZSET  <opid> scored by last waiter touch + operation_retention. "why is this
           stuck / when does it go": redis-cli ZRANGE 'redbarn:v1:{P}:opgc' 0 -1 WITHSCORES
+opnames   ZSET  <opid>, every score 0: the operations in name order, so ListOperations
+          pages with ZRANGEBYLEX. redis-cli ZRANGE 'redbarn:v1:{P}:opnames' 0 9
 
 Pub/sub (not keys): scripts PUBLISH hints to `redbarn:v1:fe:<fid>`: "w <P> <wk>" when
 a parked worker got work, "o <P>.<opid>" when an operation changed stage. Each may be
@@ -121,6 +123,7 @@ DOMAIN_KEYS = (
     "inflight",
     "drains",
     "opgc",
+    "opnames",
 )
 
 _OP_NAME = re.compile(r"^([0-9a-f]{16})\.([0-9a-f]{32})$")
@@ -137,7 +140,7 @@ def domain_key(domain: str, what: str) -> str:
 
 
 def domain_keys(domain: str) -> list[str]:
-    """KEYS[1..12] of every script, in the fixed order of DOMAIN_KEYS."""
+    """KEYS[1..13] of every script, in the fixed order of DOMAIN_KEYS."""
     return [domain_key(domain, what) for what in DOMAIN_KEYS]
 
 
