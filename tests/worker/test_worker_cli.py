@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,25 @@ def test_module_entry_point_reports_one_line() -> None:
     assert proc.stderr.strip().splitlines() == [
         "redbarn worker: invalid --concurrency 0: must be at least 1"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--container-runtime", "no-such-runtime-here"],
+         "--container-runtime no-such-runtime-here: not found"),
+        (["--run-as", "no-such-user-here"], 'invalid --run-as "no-such-user-here": no such user'),
+        (["--run-as", "root"], "must not run as root"),
+    ],
+)  # fmt: skip
+def test_run_as_and_runtime_are_checked_before_anything_starts(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "redbarn.worker", "--build-dir", str(tmp_path / "b"),
+         "--cache-dir", str(tmp_path / "c"), *flags],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "b").exists()  # refused before creating anything
