@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import test_run_as
 from google.rpc import code_pb2
 from worker_fakes import Cluster, FakeScheduler, FakeStorage, Tree, make_action, start_server
 
@@ -25,6 +27,10 @@ from redbarn.worker.config import WorkerConfig
 from redbarn.worker.executors.container import ContainerLaunch, container_image
 from redbarn.worker.runas import ActionUser
 from redbarn.worker.runner import RunSpec
+
+# The --run-as test's fixtures: a user created for the test, a directory it can reach.
+action_user = test_run_as.action_user
+shared_tmp = test_run_as.shared_tmp
 
 
 def _platform(**props: str) -> re_pb2.Platform:
@@ -162,20 +168,32 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[
 
 @pytest.fixture
 async def podman_cluster(
-    tmp_path: Path, image: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    image: tuple[str, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Cluster]:
+    """A worker with --container-runtime podman; with `run_as` (indirect parameter: a
+    fixture giving a user name) also --run-as, its build directory where that user
+    can reach it."""
     _, env = image
     monkeypatch.setenv("CONTAINERS_CONF", env["CONTAINERS_CONF"])
+    run_as = ""
+    build = tmp_path / "build"
+    if getattr(request, "param", None):
+        run_as = request.getfixturevalue("action_user").pw_name
+        build = request.getfixturevalue("shared_tmp") / "build"
     storage, scheduler = FakeStorage(), FakeScheduler()
     server, port = await start_server(storage, scheduler)
     config = WorkerConfig(
         frontend=f"127.0.0.1:{port}",
         concurrency=1,
-        build_dir=str(tmp_path / "build"),
+        build_dir=str(build),
         cache_dir=str(tmp_path / "cache"),
         hostname="podman",
         backoff_max=0.2,
         container_runtime="podman",
+        run_as=run_as,
     )
     shutdown = asyncio.Event()
     worker = asyncio.create_task(serve(config, shutdown))
@@ -229,3 +247,19 @@ async def test_timeout_kills_and_removes_the_container(
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert ps.stdout == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--run-as needs root to create a user")
+@pytest.mark.parametrize("podman_cluster", ["run_as"], indirect=True)
+async def test_container_runs_as_the_run_as_user(
+    podman_cluster: Cluster, image: tuple[str, dict[str, str]], action_user: pwd.struct_passwd
+) -> None:
+    script = "id -u; id -g; cat in/data; (echo x > in/data) 2>/dev/null || echo refused; : > o"
+    resp = await _run_in(
+        podman_cluster, image[0], ["sh", "-c", script],
+        tree=Tree(files={"in/data": (b"input\n", False)}), output_paths=["o"],
+    )  # fmt: skip
+    assert resp.status.code == code_pb2.OK, resp.status
+    out = podman_cluster.storage.get(resp.result.stdout_digest).decode().split()
+    assert out == [str(action_user.pw_uid), str(action_user.pw_gid), "input", "refused"]
+    assert [f.path for f in resp.result.output_files] == ["o"]
