@@ -208,6 +208,7 @@ async def podman_cluster(
             await server.stop(None)
 
 
+@pytest.mark.system
 async def test_action_runs_in_the_image(
     podman_cluster: Cluster, image: tuple[str, dict[str, str]]
 ) -> None:
@@ -234,6 +235,7 @@ async def test_action_runs_in_the_image(
     assert files == {"out/o": b"made\n"}
 
 
+@pytest.mark.system
 async def test_timeout_kills_and_removes_the_container(
     podman_cluster: Cluster, image: tuple[str, dict[str, str]]
 ) -> None:
@@ -249,6 +251,7 @@ async def test_timeout_kills_and_removes_the_container(
     assert ps.stdout == ""
 
 
+@pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="--run-as needs root to create a user")
 @pytest.mark.parametrize("podman_cluster", ["run_as"], indirect=True)
 async def test_container_runs_as_the_run_as_user(
