@@ -398,6 +398,13 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
     )
     if user is not None:
         log.info("actions run as %s", user)
+        if config.concurrency > 1:
+            log.warning(
+                "%d actions at a time share %s: they can reach each other's build"
+                " directories (one worker process per user with --concurrency 1 cannot)",
+                config.concurrency,
+                user.name,
+            )
     else:
         log.info(
             "actions run as the worker's own user (uid %d): no isolation from the worker"
