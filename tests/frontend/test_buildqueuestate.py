@@ -189,3 +189,39 @@ async def test_first_synchronize_survives_a_reaper_pass_midway(
         assert metadata_of(first).stage == re_pb2.ExecutionStage.QUEUED
     finally:
         stream.cancel()
+
+
+async def test_a_worker_matched_by_a_drain_is_listed_as_drained(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """Buildbarn's rule (ListWorkers): a worker is drained when it is terminating or when
+    any drain's pattern matches its id (every label of the pattern has the worker's value);
+    removing the drain undrains it."""
+    node = await cluster.add()
+    admin = bq_grpc.BuildQueueStateStub(node.channel)
+    worker = SimWorker(node)
+    await worker.register()
+    list_all = bq_pb2.ListWorkersRequest(
+        filter=bq_pb2.ListWorkersRequest.Filter(all=SCQ), page_size=10
+    )
+
+    async def drained() -> list[bool]:
+        return [w.drained for w in (await admin.ListWorkers(list_all)).workers]
+
+    assert await drained() == [False]
+    other = bq_pb2.AddOrRemoveDrainRequest(
+        size_class_queue_name=SCQ, worker_id_pattern={"thread": "w9"}
+    )
+    await admin.AddDrain(other)
+    assert await drained() == [False]  # a pattern naming another worker
+    mine = bq_pb2.AddOrRemoveDrainRequest(
+        size_class_queue_name=SCQ, worker_id_pattern={"thread": "w1"}
+    )
+    await admin.AddDrain(mine)
+    assert await drained() == [True]
+    await admin.RemoveDrain(
+        bq_pb2.AddOrRemoveDrainRequest(
+            size_class_queue_name=SCQ, worker_id_pattern={"thread": "w1"}
+        )
+    )
+    assert await drained() == [False]

@@ -464,6 +464,7 @@ class AdminReads:
         d = await self._domain_for(scq)
         sc = keys.size_class_field(scq.size_class)
         leases = keys.domain_key(d.id, "leases")
+        drains = await self._drain_patterns(d, sc)
         entries = []
         for wk, rec, parked in await self._workers(d):
             if not wk.startswith(sc + " "):
@@ -491,7 +492,13 @@ class AdminReads:
                 continue
             if which == "idle_synchronizing" and (op_state is not None or not parked or path):
                 continue
-            ws = bq_pb2.WorkerState(id=json.loads(keys.worker_json_of(wk)), drained=rec.terminating)
+            worker_id = json.loads(keys.worker_json_of(wk))
+            # Buildbarn: drained when terminating, or when any drain's pattern matches
+            # (every label of the pattern has the worker's value).
+            drained = rec.terminating or any(
+                all(worker_id.get(k) == v for k, v in pattern.items()) for pattern in drains
+            )
+            ws = bq_pb2.WorkerState(id=worker_id, drained=drained)
             if not parked:
                 score = await self.redis.zscore(leases, wk)
                 if score is not None:
@@ -512,6 +519,12 @@ class AdminReads:
             workers=page,
             pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(entries)),
         )
+
+    async def _drain_patterns(self, domain: Domain, sc: str) -> list[dict[str, str]]:
+        """The worker id patterns of the size class's drains."""
+        pre = sc + " "
+        fields = await self.redis.hkeys(keys.domain_key(domain.id, "drains"))
+        return [json.loads(_s(f)[len(pre) :]) for f in fields if _s(f).startswith(pre)]
 
     async def list_drains(self, request: bq_pb2.ListDrainsRequest) -> bq_pb2.ListDrainsResponse:
         d = await self._domain_for(request.size_class_queue_name)
