@@ -101,13 +101,16 @@ async def upload_action(
     do_not_cache: bool = False,
     timeout: duration_pb2.Duration | None = None,
     salt: bytes = b"",
+    action_platform: re_pb2.Platform | None = None,
 ) -> re_pb2.Digest:
+    """Upload an Action and its Command, both with `platform` (the Action with
+    `action_platform` instead, when given)."""
     command = re_pb2.Command(arguments=argv, platform=platform).SerializeToString()
     root = re_pb2.Directory().SerializeToString()
     action = re_pb2.Action(
         command_digest=digest_of(command),
         input_root_digest=digest_of(root),
-        platform=platform,
+        platform=platform if action_platform is None else action_platform,
         do_not_cache=do_not_cache,
         salt=salt,
     )
@@ -261,6 +264,26 @@ async def test_execute_to_completion(cluster: Cluster) -> None:
     [aux] = ex.auxiliary_metadata
     sent = re_pb2.RequestMetadata()
     assert aux.Unpack(sent) and sent.tool_invocation_id == "build-7"
+
+
+async def test_an_action_without_platform_takes_its_commands(cluster: Cluster) -> None:
+    """Buildbarn's actionAndCommand platform key extractor: an Action with no platform
+    (REAPI before 2.2, Bazel 4.2.3) is routed by its Command's platform, so it reaches
+    the worker of that platform instead of "No workers exist" on the empty platform."""
+    node = await cluster.add()
+    worker = SimWorker(node)
+    await worker.register()
+    worker.start()
+    try:
+        digest = await upload_action(node, ["echo", "hi"], action_platform=re_pb2.Platform())
+        ops = await asyncio.wait_for(
+            collect(node.execution.Execute(re_pb2.ExecuteRequest(action_digest=digest))), 10
+        )
+    finally:
+        await worker.stop()
+    assert metadata_of(ops[-1]).stage == re_pb2.ExecutionStage.COMPLETED
+    assert response_of(ops[-1]).result.stdout_raw == b"hi"
+    assert worker.assigned[0].action_digest == digest
 
 
 async def test_parked_worker_on_a_is_woken_by_execute_on_b(cluster: Cluster) -> None:

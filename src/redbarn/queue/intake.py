@@ -12,6 +12,11 @@ Sizes are checked before anything is read: an Action or Command digest over
 `max_action_size` (`--max-action-size`, 16 MiB by default, Buildbarn's message limit)
 and an input root over `max_blob_size` are INVALID_ARGUMENT naming the digest and the
 limit, so Execute never reads more than `max_action_size` bytes of Action.
+
+The platform queue comes from the Action's platform; with Buildbarn's
+`actionAndCommand` platform key extractor (the default here), an Action without one
+takes its Command's (clients before REAPI 2.2, Bazel 2.x with exec properties, and
+Bazel 4.2.3 put it only there): the Command is then read too, within the same limit.
 """
 
 from __future__ import annotations
@@ -104,6 +109,9 @@ class Intake:
     scheduler_redis: Any
     max_action_size: int = DEFAULT_MAX_ACTION_SIZE
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
+    # Buildbarn's platform key extractor: "action" (the Action's platform only) or
+    # "actionAndCommand" (the Command's when the Action has none).
+    platform_key_extractor: str = "actionAndCommand"
 
     async def execute(
         self,
@@ -183,4 +191,22 @@ class Intake:
         if len(needed) > 1:
             check_size(f"Invalid action {digest}: input root", needed[1], self.max_blob_size,
                        "--max-blob-size")  # fmt: skip
+        if self.platform_key_extractor == "actionAndCommand" and not action.platform.properties:
+            command = await self._read_command(instance_name, digest, needed[0])
+            if command.platform.properties:
+                action = re_pb2.Action.FromString(action.SerializeToString())
+                action.platform.CopyFrom(command.platform)
         return action, needed
+
+    async def _read_command(
+        self, instance_name: str, action: Digest, digest: Digest
+    ) -> re_pb2.Command:
+        """The Command of `action` (already checked against max_action_size)."""
+        try:
+            return re_pb2.Command.FromString(await self.blobs.get(instance_name, digest))
+        except errors.NotFound as err:
+            raise missing_inputs(action, [digest]) from err
+        except DecodeError as err:
+            raise errors.InvalidArgument(
+                f"Failed to obtain command: Command {digest} is not a Command: {err}"
+            ) from err
