@@ -7,6 +7,8 @@ upstream-compiled descriptors in ``reference/wire-tables.md``:
 - bazelbuild/remote-apis at becdd8f9ff81 (REAPI v2, semver),
 - buildbarn/bb-remote-execution at 13313e6ab05b (remoteworker, buildqueuestate,
   resourceusage),
+- buildbarn/bb-remote-execution pkg/proto/configuration/scheduler (the action router
+  configuration, read from its .proto at 1213704e869f),
 - googleapis google/bytestream.
 
 They are kept here as literals so the test runs without the shared docs. Every
@@ -33,6 +35,7 @@ from redbarn.proto import (
     remote_execution_pb2,
     remoteworker_pb2,
     resourceusage_pb2,
+    scheduler_pb2,
     semver_pb2,
 )
 
@@ -43,6 +46,7 @@ BYTESTREAM = "google/bytestream/bytestream.proto"
 REMOTEWORKER = "pkg/proto/remoteworker/remoteworker.proto"
 BUILDQUEUESTATE = "pkg/proto/buildqueuestate/buildqueuestate.proto"
 RESOURCEUSAGE = "pkg/proto/resourceusage/resourceusage.proto"
+SCHEDULER = "pkg/proto/configuration/scheduler/scheduler.proto"
 
 # Upstream file -> (its package, our generated module).
 FILES: dict[str, tuple[str, types.ModuleType]] = {
@@ -52,6 +56,7 @@ FILES: dict[str, tuple[str, types.ModuleType]] = {
     REMOTEWORKER: ("buildbarn.remoteworker", remoteworker_pb2),
     BUILDQUEUESTATE: ("buildbarn.buildqueuestate", buildqueuestate_pb2),
     RESOURCEUSAGE: ("buildbarn.resourceusage", resourceusage_pb2),
+    SCHEDULER: ("buildbarn.configuration.scheduler", scheduler_pb2),
 }
 
 # fmt: off
@@ -422,6 +427,32 @@ FIELDS: list[tuple[str, str, int, str, str, bool, str | None]] = [
     (BYTESTREAM, "google.bytestream.WriteRequest", 3, "finish_write", "bool", False, None),
     (BYTESTREAM, "google.bytestream.WriteRequest", 10, "data", "bytes", False, None),
     (BYTESTREAM, "google.bytestream.WriteResponse", 1, "committed_size", "int64", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.ActionRouterConfiguration", 1, "simple", "buildbarn.configuration.scheduler.SimpleActionRouterConfiguration", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.ActionRouterConfiguration", 2, "demultiplexing", "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.SimpleActionRouterConfiguration", 1, "platform_key_extractor", "buildbarn.configuration.scheduler.PlatformKeyExtractorConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.SimpleActionRouterConfiguration", 2, "invocation_key_extractors", "buildbarn.configuration.scheduler.InvocationKeyExtractorConfiguration", True, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.SimpleActionRouterConfiguration", 3, "initial_size_class_analyzer", "buildbarn.configuration.scheduler.InitialSizeClassAnalyzerConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration", 1, "platform_key_extractor", "buildbarn.configuration.scheduler.PlatformKeyExtractorConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration", 2, "backends", "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration.Backend", True, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration", 3, "default_action_router", "buildbarn.configuration.scheduler.ActionRouterConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration.Backend", 1, "instance_name_prefix", "string", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration.Backend", 2, "platform", "build.bazel.remote.execution.v2.Platform", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.DemultiplexingActionRouterConfiguration.Backend", 3, "action_router", "buildbarn.configuration.scheduler.ActionRouterConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.PlatformKeyExtractorConfiguration", 1, "action", "google.protobuf.Empty", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.PlatformKeyExtractorConfiguration", 2, "action_and_command", "google.protobuf.Empty", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.PlatformKeyExtractorConfiguration", 3, "static", "build.bazel.remote.execution.v2.Platform", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InvocationKeyExtractorConfiguration", 2, "tool_invocation_id", "google.protobuf.Empty", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InvocationKeyExtractorConfiguration", 3, "correlated_invocations_id", "google.protobuf.Empty", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InvocationKeyExtractorConfiguration", 4, "authentication_metadata", "google.protobuf.Empty", False, 'kind'),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassAnalyzerConfiguration", 1, "default_execution_timeout", "google.protobuf.Duration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassAnalyzerConfiguration", 2, "maximum_execution_timeout", "google.protobuf.Duration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassAnalyzerConfiguration", 3, "feedback_driven", "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 1, "failure_cache_duration", "google.protobuf.Duration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 2, "acceptable_execution_time_increase_exponent", "double", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 3, "smaller_size_class_execution_timeout_multiplier", "double", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 4, "minimum_execution_timeout", "google.protobuf.Duration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 5, "maximum_convergence_error", "double", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 6, "history_size", "int32", False, None),
 ]
 
 # Messages upstream declares with no fields (enum holders and markers).
@@ -519,6 +550,7 @@ RESERVED: list[tuple[str, str, tuple[int, ...]]] = [
     (BUILDQUEUESTATE, "buildbarn.buildqueuestate.OperationState", (3, 6)),
     (BUILDQUEUESTATE, "buildbarn.buildqueuestate.SizeClassQueueState", (3, 4, 6, 8)),
     (RESOURCEUSAGE, "buildbarn.resourceusage.POSIXResourceUsage", (4, 5, 6)),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InvocationKeyExtractorConfiguration", (1,)),
 ]
 # fmt: on
 
