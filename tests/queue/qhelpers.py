@@ -24,6 +24,9 @@ FAST = SchedulerConfig(
     platform_queue_timeout=0.5,
     waiter_poll_interval=0.05,
     platform_cache_ttl=0.0,
+    # One level (tool_invocation_id), so the tree tests read simply; the default's two
+    # levels are tested on their own (test_transitions: correlated level).
+    invocation_keys=("t",),
 )
 
 

@@ -608,7 +608,7 @@ async def test_terminate_workers(any_redis: aioredis.Redis) -> None:
 
 
 async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
-    s = make(any_redis, dataclasses.replace(FAST, correlated_invocations_level=True))
+    s = make(any_redis, dataclasses.replace(FAST, invocation_keys=("c", "t")))
     await synchronize(s, request("1"))
     digest, a = action(1)
     v = await s.operations.execute(
@@ -625,6 +625,25 @@ async def test_invocation_levels(any_redis: aioredis.Redis) -> None:
     # Without the correlated level, the tool invocation sits right under the root.
     v2 = await execute(make(any_redis), 2, tool="x")
     assert v2.invocation == (("t", "x"),)
+
+    # Levels in the configured order (Buildbarn: invocation key extractors, outermost
+    # first), and none at all: one flat queue at the root, which still runs.
+    flipped = make(any_redis, dataclasses.replace(FAST, invocation_keys=("t", "c")))
+    digest3, a3 = action(3)
+    v3 = await flipped.operations.execute(
+        instance_name="", action_digest=digest3, action=a3, digest_function=1,
+        request_metadata=md("tool/3", "build 9"),
+    )  # fmt: skip
+    assert v3.invocation == (("t", "tool/3"), ("c", "build 9"))
+    flat = make(any_redis, dataclasses.replace(FAST, invocation_keys=()))
+    v4 = await execute(flat, 4, tool="y")
+    assert v4.invocation == ()
+    ran = []
+    d = assigned(await synchronize(s, request("1")))
+    while d is not None:  # a completion report is answered with the next task
+        ran.append(d.hash)
+        d = assigned(await synchronize(s, request("1", "completed", d, response=OK)))
+    assert action(4)[0].hash in ran and len(ran) == 4, ran
 
 
 async def test_cancelled_park_leaves_the_parked_set(any_redis: aioredis.Redis) -> None:

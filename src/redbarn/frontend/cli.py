@@ -17,6 +17,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from redbarn import router
 from redbarn.config import (
     ConfigError,
     add_flag,
@@ -157,6 +158,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _D.tls_client_ca,
         "PEM CA bundle: the worker listener requires client certificates it signed (mTLS)",
     )
+    add_flag(
+        parser,
+        "--action-router",
+        None,
+        "bb_scheduler's ActionRouterConfiguration in protobuf JSON (platform key extractor, "
+        "invocation key extractors, execution timeouts); its timeouts replace "
+        "--default-action-timeout and --max-action-timeout",
+    )
     sched = parser  # scheduling flags (redbarn.queue.config.SchedulerConfig)
     for field, meaning in _SCHEDULER_DURATIONS.items():
         add_flag(sched, _flag(field), format_duration(getattr(_S, field)), meaning)
@@ -179,11 +188,20 @@ def _count(flag: str, text: str) -> int:
     return int(text)
 
 
+def router_from_args(args: argparse.Namespace) -> router.ActionRouter:
+    return router.parse(args.action_router or router.DEFAULT_ACTION_ROUTER)
+
+
 def scheduler_from_args(args: argparse.Namespace) -> SchedulerConfig:
     values = _durations(args, _SCHEDULER_DURATIONS)
     values.update(
         (field, _count(_flag(field), getattr(args, field))) for field in _SCHEDULER_COUNTS
     )
+    routing = router_from_args(args)
+    values["invocation_keys"] = routing.invocation_keys
+    if args.action_router:  # its analyzer's timeouts win over the shorthand flags
+        values["default_action_timeout"] = routing.default_timeout
+        values["max_action_timeout"] = routing.max_timeout
     if values["default_action_timeout"] > values["max_action_timeout"]:
         raise ConfigError(
             f"--default-action-timeout {args.default_action_timeout} exceeds "
@@ -215,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         max_message_size=batch + MESSAGE_HEADROOM,
         **_durations(args, _DURATIONS),
         scheduler=scheduler_from_args(args),
+        router=router_from_args(args),
         client_tokens=args.client_tokens or "",
         worker_tokens=args.worker_tokens or "",
         admin_tokens=args.admin_tokens or "",

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from redbarn.config import DAY, DEFAULT_PORT, HOUR, ConfigError, GiB, KiB, MiB
 from redbarn.queue.config import SchedulerConfig
+from redbarn.router import ActionRouter
 
 
 def redact_url(url: str) -> str:
@@ -117,6 +118,9 @@ class FrontendConfig:
     tls_key: str = ""
     # PEM CA bundle: the worker listener requires client certificates it signed (mTLS).
     tls_client_ca: str = ""
+    # bb_scheduler's action router (--action-router): platform key extractor here; its
+    # invocation levels and timeouts are copied into `scheduler`.
+    router: ActionRouter = field(default_factory=ActionRouter)
     # Scheduling timings and caps (Execution, OperationQueue, reaper).
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -52,6 +52,8 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
             scheduler.operations, frontend.blobs, frontend.action_cache, frontend.redis,
             max_action_size=frontend.config.max_action_size,
             max_blob_size=frontend.config.max_blob_size,
+            platform_key_extractor=frontend.config.router.platform_key_extractor,
+            static_platform=frontend.config.router.static_platform,
         )  # fmt: skip
         execution = ExecutionServicer(intake, scheduler.operations)
         frontend.add_service(re_grpc.add_ExecutionServicer_to_server, execution, EXECUTION)

@@ -265,17 +265,15 @@ function L.exec_ops(t, delta)
   end
 end
 
--- The next queued operation of a size class: walk from the root to the best leaf.
--- Operations never sit at the root (every path has a tool-invocation level), so the
--- root's own queue is not looked at.
+-- The next queued operation of a size class: walk from the root to the best leaf. A
+-- node's own queued operations come before its children's; only with no invocation key
+-- extractors (a flat queue) do operations sit at the root itself.
 function L.pick(sc)
   local path = ''
   while true do
     local pre = sc .. ' ' .. path .. S
-    if path ~= '' then
-      local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-      if head[1] then return string.sub(head[1], #pre + 28) end
-    end
+    local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+    if head[1] then return string.sub(head[1], #pre + 28) end
     local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
     if not best[1] then return nil end
     path = string.sub(best[1], #pre + 31)

@@ -357,8 +357,9 @@ class AdminReads:
         elements = []
         for depth, a in enumerate(ids):
             kind, value = _id_value(a)
-            if self.config.correlated_invocations_level:
-                kind = codec.CORRELATED if depth == 0 else codec.TOOL
+            levels = self.config.invocation_keys
+            if depth < len(levels):
+                kind = levels[depth]
             elements.append((kind, value))
         return codec.invocation_path(elements)
 

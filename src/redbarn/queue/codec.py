@@ -111,14 +111,12 @@ def parse_invocation_path(path: str) -> list[tuple[str, str]]:
 
 
 def request_metadata_path(
-    md: re_pb2.RequestMetadata | None, *, correlated_level: bool
+    md: re_pb2.RequestMetadata | None, *, levels: Sequence[str]
 ) -> list[tuple[str, str]]:
-    """Buildbarn's invocation key extractors: [correlated_invocations_id], tool_invocation_id."""
-    levels: list[tuple[str, str]] = []
-    if correlated_level:
-        levels.append((CORRELATED, md.correlated_invocations_id if md else ""))
-    levels.append((TOOL, md.tool_invocation_id if md else ""))
-    return levels
+    """Buildbarn's invocation key extractors, outermost first: each level ("c" or "t")
+    takes correlated_invocations_id or tool_invocation_id ("" when the client sent none)."""
+    fields = {CORRELATED: "correlated_invocations_id", TOOL: "tool_invocation_id"}
+    return [(kind, getattr(md, fields[kind]) if md else "") for kind in levels]
 
 
 # Results ----------------------------------------------------------------------------

@@ -38,8 +38,9 @@ class SchedulerConfig:
     max_queued_per_platform: int = 1_000_000
     # Waiters re-read state this often even without a hint (and refresh their lease).
     waiter_poll_interval: float = 5.0
-    # Use correlated_invocations_id as a fairness level above tool_invocation_id.
-    correlated_invocations_level: bool = False
+    # Levels of the invocation tree, outermost first ("c": correlated_invocations_id,
+    # "t": tool_invocation_id): Buildbarn's invocation key extractors (--action-router).
+    invocation_keys: tuple[str, ...] = ("c", "t")
     # How long the platform registry is cached in-process.
     platform_cache_ttl: float = 2.0
     # Entries of each kind one reaper call handles.

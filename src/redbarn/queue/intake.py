@@ -109,9 +109,11 @@ class Intake:
     scheduler_redis: Any
     max_action_size: int = DEFAULT_MAX_ACTION_SIZE
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
-    # Buildbarn's platform key extractor: "action" (the Action's platform only) or
-    # "actionAndCommand" (the Command's when the Action has none).
+    # Buildbarn's platform key extractor: "action" (the Action's platform only),
+    # "actionAndCommand" (the Command's when the Action has none) or "static"
+    # (`static_platform` for every request).
     platform_key_extractor: str = "actionAndCommand"
+    static_platform: re_pb2.Platform | None = None
 
     async def execute(
         self,
@@ -191,7 +193,10 @@ class Intake:
         if len(needed) > 1:
             check_size(f"Invalid action {digest}: input root", needed[1], self.max_blob_size,
                        "--max-blob-size")  # fmt: skip
-        if self.platform_key_extractor == "actionAndCommand" and not action.platform.properties:
+        if self.platform_key_extractor == "static" and self.static_platform is not None:
+            action = re_pb2.Action.FromString(action.SerializeToString())
+            action.platform.CopyFrom(self.static_platform)
+        elif self.platform_key_extractor == "actionAndCommand" and not action.platform.properties:
             command = await self._read_command(instance_name, digest, needed[0])
             if command.platform.properties:
                 action = re_pb2.Action.FromString(action.SerializeToString())

@@ -27,8 +27,9 @@ Other deviations from Buildbarn, deliberate or for now (each keeps the protocol 
 - A drained worker that parks stays held but is not offered work; RemoveDrain makes it
   eligible again and hints it only if work is queued (else it sees work at its next poll).
 - Operation names are "<P>.<32 hex>", not bare UUIDs, so that they route (DESIGN rule 2).
-- The correlated_invocations_id level is off by default (SchedulerConfig); with it on,
-  every operation sits two levels down ("/c<id>/t<id>").
+- The invocation tree's levels follow SchedulerConfig.invocation_keys (--action-router's
+  invocation key extractors); by default, as in Buildbarn's example deployment, every
+  operation sits two levels down ("/c<id>/t<id>").
 
 Ids: a task id is `t<n>` (per domain counter); an operation id is 32 hex digits and
 its public name is `<P>.<opid>`, so any frontend routes a name with no lookup. A

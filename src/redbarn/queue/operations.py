@@ -139,9 +139,7 @@ class Operations:
             w3c_trace_context=dict(w3c_trace_context or {}),
         )
         path = codec.invocation_path(
-            codec.request_metadata_path(
-                request_metadata, correlated_level=config.correlated_invocations_level
-            )
+            codec.request_metadata_path(request_metadata, levels=config.invocation_keys)
         )
         dedup = (
             ""
