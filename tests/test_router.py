@@ -131,3 +131,10 @@ def test_the_frontend_flag_sets_levels_timeouts_and_the_extractor() -> None:
     assert config.router.platform_key_extractor == "actionAndCommand"
     assert config.scheduler.invocation_keys == ("c", "t")
     assert config.scheduler.default_action_timeout == 300.0
+
+
+def test_the_frontend_refuses_feedback_driven_until_it_learns() -> None:
+    learned = json.loads(BUILDBARN_EXAMPLE)
+    learned["simple"]["initialSizeClassAnalyzer"]["feedbackDriven"] = {"historySize": 32}
+    with pytest.raises(ConfigError, match="feedbackDriven .* is not supported yet"):
+        cli.config_from_args(_frontend_args("--action-router", json.dumps(learned)))
