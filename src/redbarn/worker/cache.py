@@ -47,6 +47,7 @@ from redbarn.worker.cas import CasClient, Scope
 
 log = logging.getLogger(__name__)
 WRITE_THREADS = 4
+SLICE = 20_000  # index entries handled per event loop turn
 # What an entry looked like when the worker wrote or last verified it:
 # (inode, size, mtime_ns, mode, uid, ctime_ns or 0 when inputs are hardlinked).
 Seal = tuple[int, int, int, int, int, int]
@@ -139,6 +140,13 @@ class LocalCache:
             else:
                 del self._pins[p]
 
+    async def unpin_slowly(self, paths: Sequence[str]) -> None:
+        """`unpin`, a slice per event loop turn."""
+        for start in range(0, len(paths), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            self.unpin(paths[start : start + SLICE])
+
     def _insert(self, path: str, size: int, seal: Seal) -> None:
         if path not in self._index:
             self._index[path] = size
@@ -192,24 +200,26 @@ class LocalCache:
     async def _check_hits(self, scope: Scope, hits: dict[str, Want]) -> list[str]:
         """Check cached entries before reuse; drop and return the altered ones."""
         seals = self._seals
-        items = [(p, w, seals.get(p)) for p, w in hits.items()]
         fn = scope.digest_function
 
         def check(part: list[tuple[str, Want, Seal | None]]) -> list[tuple[str, Seal | None]]:
             return [(p, self._intact(p, w, s, fn)) for p, w, s in part]
 
-        n = max(1, min(WRITE_THREADS, len(items) // 512))
-        parts = await asyncio.gather(*(asyncio.to_thread(check, items[i::n]) for i in range(n)))
         bad: list[str] = []
-        for part in parts:
-            for p, seal in part:
-                if seal is None:
-                    if p in self._index:
-                        log.warning("cache entry %s was altered on disk; fetching it again", p)
-                        self._drop(p)
-                    bad.append(p)
-                else:
-                    seals[p] = seal
+        pending = list(hits.items())
+        for start in range(0, len(pending), SLICE):  # a slice per event loop turn
+            items = [(p, w, seals.get(p)) for p, w in pending[start : start + SLICE]]
+            n = max(1, min(WRITE_THREADS, len(items) // 512))
+            parts = await asyncio.gather(*(asyncio.to_thread(check, items[i::n]) for i in range(n)))
+            for part in parts:
+                for p, seal in part:
+                    if seal is None:
+                        if p in self._index:
+                            log.warning("cache entry %s was altered on disk; fetching it again", p)
+                            self._drop(p)
+                        bad.append(p)
+                    else:
+                        seals[p] = seal
         return bad
 
     def _evict(self) -> None:
@@ -235,18 +245,23 @@ class LocalCache:
         The caller must `unpin` the returned paths when done with them. Missing blobs
         are fetched concurrently: small ones together by BatchReadBlobs, large ones by
         ByteStream. An executable copy is made from a cached plain one if possible."""
-        paths = [self.path(scope, w) for w in wants]
-        self.pin(paths)
+        paths: list[str] = []
         try:
             index = self._index
             absent: dict[str, Want] = {}
             hits: dict[str, Want] = {}
-            for p, w in zip(paths, wants, strict=True):
-                if p in index:
-                    index.move_to_end(p)
-                    hits[p] = w
-                else:
-                    absent[p] = w
+            for start in range(0, len(wants), SLICE):  # never hold the loop for long
+                if start:
+                    await asyncio.sleep(0)
+                part = [self.path(scope, w) for w in wants[start : start + SLICE]]
+                self.pin(part)
+                paths.extend(part)
+                for p, w in zip(part, wants[start : start + SLICE], strict=True):
+                    if p in index:
+                        index.move_to_end(p)
+                        hits[p] = w
+                    else:
+                        absent[p] = w
             if hits:
                 for p in await self._check_hits(scope, hits):
                     absent[p] = hits[p]

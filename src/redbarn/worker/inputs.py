@@ -50,6 +50,8 @@ MAX_SYMLINK_HOPS = 40
 # Counts saturate here: a bomb's true size needs no more digits to be refused.
 _CAP = 1 << 63
 COPY_THREADS = 4
+# Parse about this many bytes of Directory messages between event loop turns.
+PARSE_SLICE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,17 @@ async def _fetch_directories(
             if d.size_bytes > cas.batch_blob_limit:
                 blobs[digests.key(d)] = await cas.read_blob(scope, d)
         read += len(need)
-        for i, (k, data) in enumerate(blobs.items()):
+        since_yield = 0
+        for k, data in blobs.items():
             try:
                 parsed[k] = re_pb2.Directory.FromString(data)
             except Exception as err:  # DecodeError
                 raise InvalidArgument(f"Failed to parse directory {k}: {err}") from None
             if cache is not None:
                 cache.put(prefix + k, len(data), parsed[k])
-            if i % 1000 == 999:
+            since_yield += len(data) + 1000
+            if since_yield > PARSE_SLICE:
+                since_yield = 0
                 await asyncio.sleep(0)  # a wide level parses in slices
         following: list[re_pb2.Digest] = []
         for d in level:
@@ -362,8 +367,10 @@ async def materialise(
             sources = await cache.ensure(cas, scope, [w for _, w in tree.files])
             try:
                 await _in_thread(link_tree, tree, root, sources, cache.link_inputs)
-            finally:
+            except BaseException:
                 cache.unpin(sources)
+                raise
+            await cache.unpin_slowly(sources)
     except TimeoutError:
         raise DeadlineExceeded(
             "Input root not fetched within --input-fetch-timeout "
