@@ -385,13 +385,19 @@ function L.requeue(tid, t)
   end
 end
 
+-- Tasks lost by their workers in this call, for the caller's metrics: "r<sc>" requeued,
+-- "f<sc>" failed (attempt budget spent), "q<sc>" failed while queued (queue removed).
+local LOST = {}
+
 -- A worker lost its task (lease expired, or it came back without it): requeue it with
 -- its original queued time until the attempt budget is spent, then fail it UNAVAILABLE
 -- naming the worker and the action.
 function L.lose(tid, t, wk)
   if t.n < CFG.max_attempts then
+    LOST[#LOST + 1] = 'r' .. t.sc
     L.requeue(tid, t)
   else
+    LOST[#LOST + 1] = 'f' .. t.sc
     L.complete(tid, t, 'E14' .. S .. 'Worker ' .. L.json_of(wk) ..
       ' disappeared while task was executing (attempt ' .. L.int(t.n) .. ' of ' ..
       L.int(CFG.max_attempts) .. ', action ' .. t.dg .. ')')

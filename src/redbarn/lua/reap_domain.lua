@@ -7,7 +7,9 @@
 -- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] batch size (entries of each kind handled per call)
--- Returns: {workers_expired, operations_detached, queued_failed, more(0|1), gone(0|1)}
+-- Returns: {workers_expired, operations_detached, queued_failed, more(0|1), gone(0|1), lost}
+--   lost: the tasks of lost workers, "r<sc>" requeued | "f<sc>" failed | "q<sc>" failed
+--   while queued (its size class queue was removed), joined by spaces (metrics)
 local batch = tonumber(ARGV[2])
 local nw, no, nq, more = 0, 0, 0, 0
 for _, wk in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 0, batch)) do
@@ -38,6 +40,7 @@ for _, sc in ipairs(classes) do
       if nq >= batch then left = true; more = 1; break end
       local opid = string.match(m[1], ' (%S+)$')
       local tid = L.op_get(opid).tid
+      LOST[#LOST + 1] = 'q' .. sc
       L.complete(tid, L.task_get(tid), 'E14' .. S ..
         'Workers for this instance name, platform and size class disappeared while task was queued')
       nq = nq + 1
@@ -56,4 +59,4 @@ if #keep == 0 and redis.call('HLEN', K_OPS) == 0 and redis.call('HLEN', K_TASKS)
   redis.call('DEL', K_META, K_INV, K_PICK, K_DRAINS)
   gone = 1
 end
-return {nw, no, nq, more, gone}
+return {nw, no, nq, more, gone, table.concat(LOST, ' ')}

@@ -10,9 +10,15 @@
 -- ARGV[6] result "R"+ExecuteResponse bytes (completed)  ARGV[7] '1' if the completion failed
 -- ARGV[8] '1' if prefer_being_idle
 -- ARGV[9] the id of a frontend known to be gone ('' if none): a Synchronize it held is over
--- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes} | {'c', next_ms}
---   | {'i', next_ms} | {'p', park_deadline_ms, now_us}
+-- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes, report, lost}
+--   | {'c', next_ms, report, lost} | {'i', next_ms, report, lost}
+--   | {'p', park_deadline_ms, now_us, report, lost}
 --   | {'b', holder_fid} (same worker already synchronizing, held by that frontend)
+--   report: what became of a completion report: 'd' the task completed, 'f' it failed on
+--   a smaller size class and was requeued on the largest, 'l' late (the worker no longer
+--   held the assignment: discarded), '' no completion reported. lost: tasks this worker
+--   lost by coming back without them ("r<sc>" requeued, "f<sc>" failed; see L.lose).
+--   report and lost feed the caller's metrics.
 local wk, fid, kind, dg, failed, prefer = ARGV[2], CFG.fid, string.sub(ARGV[4], 1, 1), ARGV[5], ARGV[7], ARGV[8]
 local gone = ARGV[9] or ''
 local substage = string.sub(ARGV[4], 2, 2)
@@ -99,14 +105,21 @@ local function current_or_next(block)
   return next_task(block)
 end
 
+local report = ''
+local function finish(reply)
+  reply[#reply + 1] = report
+  reply[#reply + 1] = table.concat(LOST, ' ')
+  return reply
+end
+
 if kind == 'p' then
   if tid and t.dg == dg then
     if t.r ~= STARTED then t.r = STARTED; L.task_put(tid, t) end  -- see current_or_next
     if substage ~= '' then L.worker_stage(tid, t, substage) end
     if dirty then L.worker_put(wk, w) end
-    return {'c', L.int(NOW + CFG.busy)}
+    return finish({'c', L.int(NOW + CFG.busy)})
   end
-  return current_or_next(false)
+  return finish(current_or_next(false))
 elseif kind == 'c' then
   if tid and t.dg == dg then
     local classes = (failed == '1' and t.fb == '0') and L.scs() or {}
@@ -119,13 +132,16 @@ elseif kind == 'c' then
       t.st = 'q'
       t.n = 0
       L.requeue(tid, t)
+      report = 'f'
     else
       L.complete(tid, t, ARGV[6])
+      report = 'd'
     end
     w.t = ''
     tid = nil
-    return next_task(true)
+    return finish(next_task(true))
   end
-  return current_or_next(true)
+  report = 'l'
+  return finish(current_or_next(true))
 end
-return current_or_next(true)
+return finish(current_or_next(true))

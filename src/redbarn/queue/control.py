@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.rpc import status_pb2
@@ -18,6 +18,7 @@ from redbarn import digests
 from redbarn.errors import FailedPrecondition, NotFound
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import codec, keys
+from redbarn.queue import events as ev
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.registry import Registry
 from redbarn.queue.scripts import Scripts
@@ -33,6 +34,18 @@ class Control:
     registry: Registry
     scripts: Scripts
     config: SchedulerConfig
+    events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
+
+    async def _killed(self, domain: str, count: int, size_class: int | None) -> None:
+        """Count `count` killed tasks of `domain` (size class unknown: labelled -1)."""
+        q = (await self.registry.queues()).get(domain)
+        if q is None or count == 0:
+            return
+        queue = ev.QueueName(q.prefix, q.platform_json, -1 if size_class is None else size_class)
+        for _ in range(count):
+            self.events.task_completed(
+                queue, outcome=ev.KILLED, grpc_code="", executing_seconds=None
+            )
 
     async def kill_operation(self, name: str, status: status_pb2.Status) -> None:
         """Complete the operation's task (every operation deduplicated onto it) with
@@ -46,6 +59,7 @@ class Control:
                 opid=opid,
                 result=_killed(status),
             ):
+                await self._killed(domain, 1, None)
                 return
         raise NotFound(f'Operation "{name}" not found')
 
@@ -76,6 +90,7 @@ class Control:
                     "Cannot kill operations, as size class queue still has workers"
                 )
             killed += r.killed
+            await self._killed(domain, r.killed, size_class)
             if not r.more:
                 return killed
 

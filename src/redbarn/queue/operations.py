@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, duration_pb2
 
@@ -22,6 +22,7 @@ from redbarn.errors import NotFound, ResourceExhausted, Unavailable
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue import codec, keys, replies, validate
+from redbarn.queue import events as ev
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.hints import Hints
 from redbarn.queue.registry import Registry, instance_suffix
@@ -97,6 +98,7 @@ class Operations:
     scripts: Scripts
     hints: Hints
     config: SchedulerConfig
+    events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
 
     async def execute(
         self,
@@ -146,10 +148,11 @@ class Operations:
             if action.do_not_cache
             else codec.dedup_key(digest_function, action_digest, instance_name)
         )
+        opid = uuid.uuid4().hex
         reply = await self.scripts.enqueue_operation(
             domain=queue.domain,
             config=self.registry.script_config(queue.domain),
-            opid=uuid.uuid4().hex,
+            opid=opid,
             dedup_key=dedup,
             path=path,
             priority=codec.priority_field(priority),
@@ -167,6 +170,14 @@ class Operations:
                     f"{pjson} has {config.max_queued_per_platform} queued operations"
                 )
             raise await self.registry.no_workers(instance_name, pjson)
+        # The script answers with the existing operation when the same invocation asked
+        # for the same action before (in-flight dedup, Buildbarn's SameInvocation).
+        dedup = ev.SAME_INVOCATION if reply.opid != opid else ev.NEW
+        self.events.operation_created(
+            ev.QueueName(queue.prefix, pjson, reply.size_class),
+            dedup=dedup,
+            to_worker=dedup == ev.NEW and reply.stage == Stage.EXECUTING,
+        )
         return OperationView(
             name=keys.operation_name(queue.domain, reply.opid),
             stage=reply.stage,

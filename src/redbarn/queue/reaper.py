@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from redbarn.queue import events as ev
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.registry import Registry
+from redbarn.queue.replies import lost_tasks
 from redbarn.queue.scripts import Scripts
+from redbarn.queue.synchronize import lost_events
 from redbarn.runtime.outage import UNREACHABLE, OutageLog
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,13 @@ class Reaper:
     registry: Registry
     scripts: Scripts
     config: SchedulerConfig
+    events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
 
     async def reap(self) -> ReapTotals:
         """Run the reaper over every domain (idempotent; any frontend, any time)."""
         totals = ReapTotals()
-        for domain in list(await self.registry.queues(fresh=True)):
+        queues = await self.registry.queues(fresh=True)
+        for domain in list(queues):
             while True:
                 r = await self.scripts.reap_domain(
                     domain=domain,
@@ -51,6 +56,9 @@ class Reaper:
                 totals.workers += r.workers
                 totals.operations += r.operations
                 totals.queued += r.queued
+                if r.lost:
+                    q = queues[domain]
+                    lost_events(self.events, q.prefix, q.platform_json, lost_tasks(r.lost))
                 if r.gone:
                     await self.registry.unregister(domain)
                     totals.domains_removed += 1

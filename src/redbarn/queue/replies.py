@@ -194,6 +194,8 @@ class Assignment:
     queued_ms: int
     next_ms: int
     executing: bytes  # DesiredState.Executing, as the enqueue stored it
+    report: str = ""  # synchronize only: what became of a completion report (see Report)
+    lost: str = ""  # synchronize only: tasks the worker lost by coming back without them
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,8 @@ class Continue:
     """{'c', next_ms}: a progress report was recorded; keep executing."""
 
     next_ms: int
+    report: str = ""
+    lost: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,8 @@ class Idle:
     """{'i', next_ms}: nothing to do (or prefer_being_idle); stay idle."""
 
     next_ms: int
+    report: str = ""
+    lost: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,8 @@ class Parked:
 
     deadline_ms: int
     now_us: int
+    report: str = ""
+    lost: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,20 +239,36 @@ WorkerReply = Assignment | Continue | Idle
 SynchronizeReply = Assignment | Continue | Idle | Parked | Busy
 
 
-def _assignment(tid: Any, epoch: Any, queued: Any, nxt: Any, executing: Any) -> Assignment:
-    return Assignment(_s(tid), int(epoch), int(queued), int(nxt), bytes(executing))
+def _assignment(
+    tid: Any, epoch: Any, queued: Any, nxt: Any, executing: Any, report: str = "", lost: str = ""
+) -> Assignment:
+    return Assignment(_s(tid), int(epoch), int(queued), int(nxt), bytes(executing), report, lost)
+
+
+# What became of a completion report (`report` of a synchronize reply).
+REPORT_DONE = "d"  # the task completed with the reported result
+REPORT_FALLBACK = "f"  # failed on a smaller size class: requeued on the largest
+REPORT_LATE = "l"  # the worker no longer held the assignment: discarded (fenced)
+
+
+def _tail(reply: Sequence[Any], at: int) -> tuple[str, str]:
+    """The (report, lost) pair synchronize_worker.lua appends at position `at`; unpark
+    replies have none."""
+    if len(reply) < at + 2:
+        return "", ""
+    return _s(reply[at]), _s(reply[at + 1])
 
 
 def synchronize_worker(reply: Sequence[Any]) -> SynchronizeReply:
     kind = _s(reply[0])
     if kind == "x":
-        return _assignment(*reply[1:6])
+        return _assignment(*reply[1:6], *_tail(reply, 6))
     if kind == "c":
-        return Continue(int(reply[1]))
+        return Continue(int(reply[1]), *_tail(reply, 2))
     if kind == "i":
-        return Idle(int(reply[1]))
+        return Idle(int(reply[1]), *_tail(reply, 2))
     if kind == "p":
-        return Parked(int(reply[1]), int(reply[2]))
+        return Parked(int(reply[1]), int(reply[2]), *_tail(reply, 3))
     if kind == "b":
         return Busy(_s(reply[1]) if len(reply) > 1 else "")
     raise ValueError(f"synchronize_worker replied {kind!r}")
@@ -275,18 +299,27 @@ def worker_hint(payload: bytes | None, parked_us: int) -> Assignment | None:
 
 @dataclass(frozen=True, slots=True)
 class Reaped:
-    """{workers_expired, operations_detached, queued_failed, more, gone}."""
+    """{workers_expired, operations_detached, queued_failed, more, gone, lost}."""
 
     workers: int
     operations: int
     queued: int
     more: bool  # a batch was full: call again
     gone: bool  # the domain had no size class queues left: it was removed
+    # Tasks of lost workers: "r<sc>" requeued, "f<sc>" failed, "q<sc>" failed while queued.
+    lost: tuple[str, ...] = ()
 
 
 def reap_domain(reply: Sequence[Any]) -> Reaped:
-    nw, no, nq, more, gone = (int(v) for v in reply)
-    return Reaped(nw, no, nq, bool(more), bool(gone))
+    nw, no, nq, more, gone = (int(v) for v in reply[:5])
+    lost = tuple(_s(reply[5]).split()) if len(reply) > 5 else ()
+    return Reaped(nw, no, nq, bool(more), bool(gone), lost)
+
+
+def lost_tasks(lost: str | Sequence[str]) -> list[tuple[str, int]]:
+    """("r"|"f"|"q", size class) of each entry of a `lost` list (see L.lose)."""
+    words = lost.split() if isinstance(lost, str) else lost
+    return [(w[0], int(w[1:])) for w in words if len(w) > 1]
 
 
 def found(reply: Sequence[Any]) -> bool:

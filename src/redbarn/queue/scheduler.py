@@ -9,7 +9,8 @@
 - `control`     BuildQueueState writes: kill, drains, terminate;
 - `admin`       BuildQueueState reads;
 - `reaper`      lost workers, abandoned operations, empty platform queues;
-- `hints`       how waiters are woken; `replies` the typed script replies.
+- `hints`       how waiters are woken; `replies` the typed script replies;
+- `events`      what an observer (the frontend's metrics) is told as replies are decoded.
 
 Every state change is one Lua script (`scripts`); the core raises the domain errors of
 `redbarn.errors` and never imports grpc. Frontend use: `Scheduler(redis, config,
@@ -26,6 +27,7 @@ from typing import Any
 from redbarn.queue.admin import AdminReads
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.control import Control
+from redbarn.queue.events import NoEvents, SchedulerEvents
 from redbarn.queue.hints import Hints, PollingHints
 from redbarn.queue.operations import MissingBlobs, Operations, OperationView
 from redbarn.queue.reaper import Reaper
@@ -55,16 +57,19 @@ class Scheduler:
         *,
         hints: Hints | None = None,
         fast: FastRedis | None = None,
+        events: SchedulerEvents | None = None,
     ) -> None:
         self.redis = redis
         self.config = config = config or SchedulerConfig()
         self.hints: Hints = hints or PollingHints()
+        events = events or NoEvents()
+        self.events = events
         self.scripts = scripts = Scripts(redis, fast, local_hints=self.hints.deliver)
         self.registry = registry = Registry(redis, config, self.hints.fid)
-        self.operations = Operations(registry, scripts, self.hints, config)
-        self.workers = Workers(redis, registry, scripts, self.hints, config)
-        self.control = Control(redis, registry, scripts, config)
-        self.reaper = Reaper(registry, scripts, config)
+        self.operations = Operations(registry, scripts, self.hints, config, events)
+        self.workers = Workers(redis, registry, scripts, self.hints, config, events)
+        self.control = Control(redis, registry, scripts, config, events)
+        self.reaper = Reaper(registry, scripts, config, events)
         self.admin = AdminReads(redis, config)
 
     @property

@@ -20,6 +20,7 @@ from redbarn import digests
 from redbarn.errors import ResourceExhausted
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import codec, keys, replies
+from redbarn.queue import events as ev
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.hints import Hints
 from redbarn.queue.registry import Registry, remember
@@ -76,6 +77,7 @@ class Workers:
     scripts: Scripts
     hints: Hints
     config: SchedulerConfig
+    events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
     _identities: dict[tuple[Any, ...], _Identity] = field(default_factory=dict, init=False)
 
     async def synchronize(self, report: WorkerReport) -> replies.WorkerReply:
@@ -122,9 +124,44 @@ class Workers:
         # Registry.register): registered first, a reaper pass in between would find
         # the platform queue empty and unregister it under the new worker.
         await self.registry.register(domain, prefix, pjson)
+        self._observe(report, prefix, pjson, reply)
         if isinstance(reply, replies.Parked):
-            return await self._park(domain, wk, reply.now_us)
+            reply = await self._park(domain, wk, reply.now_us)
+            if isinstance(reply, replies.Assignment):
+                self._assigned(ev.QueueName(prefix, pjson, report.size_class), reply)
         return reply
+
+    def _observe(
+        self,
+        report: WorkerReport,
+        prefix: str,
+        pjson: str,
+        reply: replies.Assignment | replies.Continue | replies.Idle | replies.Parked,
+    ) -> None:
+        """Tell `events` what the script did with this report."""
+        queue = ev.QueueName(prefix, pjson, report.size_class)
+        events = self.events
+        if reply.report == replies.REPORT_DONE and report.response is not None:
+            outcome, code = completion_outcome(report.response)
+            events.task_completed(
+                queue,
+                outcome=outcome,
+                grpc_code=code,
+                executing_seconds=executing_seconds(report.response),
+            )
+        elif reply.report == replies.REPORT_FALLBACK:
+            events.task_requeued(queue, reason=ev.REQUEUE_SIZE_CLASS)
+        elif reply.report == replies.REPORT_LATE:
+            events.late_report(queue)
+        if reply.lost:
+            lost_events(events, prefix, pjson, replies.lost_tasks(reply.lost))
+        if isinstance(reply, replies.Assignment):
+            self._assigned(queue, reply)
+
+    def _assigned(self, queue: ev.QueueName, reply: replies.Assignment) -> None:
+        # next_ms is the script's clock plus the busy interval (L.exec_reply).
+        now_ms = reply.next_ms - round(self.config.effective_busy_interval * 1000)
+        self.events.task_assigned(queue, queued_seconds=max(0, now_ms - reply.queued_ms) / 1000)
 
     def _identity(self, report: WorkerReport) -> _Identity:
         """Who is synchronizing, in the scripts' terms. A worker sends the same worker ID,
@@ -175,3 +212,65 @@ class Workers:
     async def _assigned(self, domain: str, wk: str) -> bool:
         raw = await self.redis.hget(keys.domain_key(domain, "workers"), wk)
         return raw is not None and bool(codec.WorkerRecord.parse(raw).tid)
+
+
+def completion_outcome(response: re_pb2.ExecuteResponse) -> tuple[str, str]:
+    """(outcome, gRPC code name) of a completed action, for `events.task_completed`."""
+    code = response.status.code
+    name = _CODE_NAMES.get(code, str(code))
+    if code == _DEADLINE_EXCEEDED:
+        return ev.TIMEOUT, name
+    if code != 0 or response.result.exit_code != 0:
+        return ev.ACTION_FAILURE, name
+    return ev.SUCCESS, name
+
+
+def executing_seconds(response: re_pb2.ExecuteResponse) -> float | None:
+    """How long the worker worked on it (worker_start to worker_completed), if it said."""
+    md = response.result.execution_metadata
+    if not (md.HasField("worker_start_timestamp") and md.HasField("worker_completed_timestamp")):
+        return None
+    start = md.worker_start_timestamp.ToNanoseconds()
+    return max(0, md.worker_completed_timestamp.ToNanoseconds() - start) / 1e9
+
+
+def lost_events(
+    events: ev.SchedulerEvents, prefix: str, pjson: str, lost: list[tuple[str, int]]
+) -> None:
+    """Requeues and failures of tasks whose workers were lost (`replies.lost_tasks`)."""
+    for kind, size_class in lost:
+        queue = ev.QueueName(prefix, pjson, size_class)
+        if kind == "r":
+            events.task_requeued(queue, reason=ev.REQUEUE_WORKER_LOST)
+        else:
+            events.task_completed(
+                queue, outcome=ev.WORKER_LOST, grpc_code="UNAVAILABLE", executing_seconds=None
+            )
+
+
+_DEADLINE_EXCEEDED = 4
+# google.rpc.Code numbers -> the names gRPC uses (grpc_code label values).
+_CODE_NAMES = {
+    i: n
+    for i, n in enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+}
