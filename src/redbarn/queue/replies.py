@@ -240,7 +240,13 @@ SynchronizeReply = Assignment | Continue | Idle | Parked | Busy
 
 
 def _assignment(
-    tid: Any, epoch: Any, queued: Any, nxt: Any, executing: Any, report: str = "", lost: str = ""
+    tid: Any,
+    epoch: Any,
+    queued: Any,
+    nxt: Any,
+    executing: Any,
+    report: str = "",
+    lost: str = "",
 ) -> Assignment:
     return Assignment(_s(tid), int(epoch), int(queued), int(nxt), bytes(executing), report, lost)
 
@@ -262,7 +268,9 @@ def _tail(reply: Sequence[Any], at: int) -> tuple[str, str]:
 def synchronize_worker(reply: Sequence[Any]) -> SynchronizeReply:
     kind = _s(reply[0])
     if kind == "x":
-        return _assignment(*reply[1:6], *_tail(reply, 6))
+        report, lost = _tail(reply, 6)
+        tid, epoch, queued, nxt, executing = reply[1:6]
+        return _assignment(tid, epoch, queued, nxt, executing, report, lost)
     if kind == "c":
         return Continue(int(reply[1]), *_tail(reply, 2))
     if kind == "i":
@@ -291,7 +299,8 @@ def worker_hint(payload: bytes | None, parked_us: int) -> Assignment | None:
     parts = payload.split(_SEP, 5)
     if len(parts) != 6 or not parts[0].isdigit() or int(parts[0]) <= parked_us:
         return None
-    return _assignment(*parts[1:])
+    tid, epoch, queued, nxt, executing = parts[1:]
+    return _assignment(tid, epoch, queued, nxt, executing)
 
 
 # Housekeeping and admin transitions -----------------------------------------------------

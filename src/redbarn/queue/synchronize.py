@@ -128,7 +128,7 @@ class Workers:
         if isinstance(reply, replies.Parked):
             reply = await self._park(domain, wk, reply.now_us)
             if isinstance(reply, replies.Assignment):
-                self._assigned(ev.QueueName(prefix, pjson, report.size_class), reply)
+                self._count_assignment(ev.QueueName(prefix, pjson, report.size_class), reply)
         return reply
 
     def _observe(
@@ -156,9 +156,9 @@ class Workers:
         if reply.lost:
             lost_events(events, prefix, pjson, replies.lost_tasks(reply.lost))
         if isinstance(reply, replies.Assignment):
-            self._assigned(queue, reply)
+            self._count_assignment(queue, reply)
 
-    def _assigned(self, queue: ev.QueueName, reply: replies.Assignment) -> None:
+    def _count_assignment(self, queue: ev.QueueName, reply: replies.Assignment) -> None:
         # next_ms is the script's clock plus the busy interval (L.exec_reply).
         now_ms = reply.next_ms - round(self.config.effective_busy_interval * 1000)
         self.events.task_assigned(queue, queued_seconds=max(0, now_ms - reply.queued_ms) / 1000)
