@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from redbarn.config import DAY, DEFAULT_PORT, HOUR, ConfigError, GiB, KiB, MiB
 from redbarn.queue.config import SchedulerConfig
 from redbarn.router import ActionRouter
+from redbarn.runtime.redisurl import parse_redis_url
 
 
 def redact_url(url: str) -> str:
@@ -144,10 +145,8 @@ class FrontendConfig:
             if (address or flag == "--listen") and (not sep or not port.isdigit()):
                 raise ConfigError(f'invalid {flag} "{address}": expected HOST:PORT')
         for flag, url in (("--redis", self.redis_url), ("--cas-redis", self.cas_redis_url)):
-            if url and not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(
-                    f'invalid {flag} "{redact_url(url)}": expected redis://host:port/db'
-                )
+            if url:  # one server, redis+cluster:// or redis+sentinel://
+                parse_redis_url(url, flag)
         self._check_security()
         if min(self.max_batch_total_size, self.max_blob_size, self.max_action_size) <= 0:
             raise ConfigError(

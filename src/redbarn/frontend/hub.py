@@ -25,11 +25,12 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from redbarn.queue import keys
 from redbarn.runtime.outage import UNREACHABLE, OutageLog
+from redbarn.runtime.redisurl import AnyRedis
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Hub:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AnyRedis,
         fid: str,
         *,
         retry_delay: float = 0.5,
@@ -132,9 +133,12 @@ class Hub:
 
     async def run(self) -> None:
         """Subscribe and dispatch until cancelled, resubscribing after errors."""
+        attempt = 0
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub: Any = None
             try:
+                pubsub = await self._pubsub(attempt)
+                attempt += 1
                 await pubsub.subscribe(self.channel)
                 self.connected.set()
                 self._outage.ok()
@@ -154,8 +158,20 @@ class Hub:
                     self._refused.failed(err, "subscribing failed")
                 await asyncio.sleep(self._retry_delay)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+
+    async def _pubsub(self, attempt: int) -> Any:
+        """A PubSub for this attempt. On a Redis Cluster every node delivers every
+        PUBLISH, so any node will do: attempts go round the nodes, and a subscription
+        lost with its node moves on to the next one at once instead of waiting for the
+        slot map to name the dead master's successor."""
+        if not isinstance(self._redis, RedisCluster):
+            return self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._redis.initialize()
+        nodes = self._redis.get_nodes()
+        return self._redis.pubsub(node=nodes[attempt % len(nodes)], ignore_subscribe_messages=True)
 
     async def _read(self, connection: Any) -> None:
         """Read the subscription's replies off its connection directly: each hint is one
@@ -175,8 +191,15 @@ class Hub:
     async def alive(self, fid: str) -> bool:
         """Whether frontend `fid` still listens on its channel (PUBSUB NUMSUB: a killed
         frontend's subscription ends with its connection). Only asked when a worker's
-        Synchronize is refused as a duplicate, never on the hot path."""
-        counts = await self._redis.pubsub_numsub(keys.channel(fid))
+        Synchronize is refused as a duplicate, never on the hot path.
+
+        On a Redis Cluster a subscription lives on one node and NUMSUB counts only that
+        node's, so every node is asked and the counts are summed (redis-py sums them)."""
+        channel = keys.channel(fid)
+        if isinstance(self._redis, RedisCluster):
+            counts = await self._redis.pubsub_numsub(channel, target_nodes=RedisCluster.ALL_NODES)
+        else:
+            counts = await self._redis.pubsub_numsub(channel)
         return any(int(n) > 0 for _, n in counts)
 
     def _dispatch(self, data: object) -> None:

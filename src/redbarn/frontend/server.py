@@ -45,7 +45,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import redis.asyncio as aioredis
@@ -74,9 +74,10 @@ from redbarn.frontend.storage.redis import RedisActionCache, RedisBlobStore
 from redbarn.proto import bytestream_pb2, remote_execution_pb2, remoteworker_pb2
 from redbarn.proto import bytestream_pb2_grpc as bs_grpc
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc
-from redbarn.runtime import grpcenv
+from redbarn.runtime import grpcenv, redisurl
 from redbarn.runtime.fastredis import FastRedis
 from redbarn.runtime.outage import OutageLog
+from redbarn.runtime.redisurl import AnyRedis
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Frontend:
 
     config: FrontendConfig
     server: grpc.aio.Server  # the client listener's server
-    redis: aioredis.Redis  # the scheduler's Redis
+    redis: AnyRedis  # the scheduler's Redis (one server, a Cluster or a Sentinel master)
     blobs: BlobStore  # CAS (Redis or proxy)
     action_cache: ActionCacheStore  # completeness-checking
     health: HealthReporter
@@ -208,7 +209,7 @@ async def _as_coro(run: Callable[[], Awaitable[None]]) -> None:
 
 
 def build_storage(
-    config: FrontendConfig, scheduler_redis: aioredis.Redis, fast: FastRedis | None = None
+    config: FrontendConfig, scheduler_redis: AnyRedis, fast: FastRedis | None = None
 ) -> tuple[BlobStore, ActionCacheStore, list[Callable[[], Awaitable[None]]]]:
     """The CAS and (completeness-checking) Action Cache `config` asks for, and their closers.
     `fast` (a pipelined client of the scheduler's Redis) serves small CAS reads when the
@@ -225,14 +226,17 @@ def build_storage(
     else:
         client = scheduler_redis
         if config.cas_redis_url and config.cas_redis_url != config.redis_url:
-            client = redis_client(config.cas_redis_url)
+            client = redis_client(config.cas_redis_url, "--cas-redis")
             closers.append(client.aclose)
             fast = None
+        # The stores take a RedisCluster as well (they use pipelines, not multi-key
+        # scripts, on one); their annotations still say Redis.
+        store_client = cast(aioredis.Redis, client)
         blobs = RedisBlobStore(
-            client, ttl=config.cas_ttl, upload_ttl=config.upload_ttl, chunk_size=config.chunk_size,
+            store_client, ttl=config.cas_ttl, upload_ttl=config.upload_ttl, chunk_size=config.chunk_size,
             fast=fast,
         )  # fmt: skip
-        base_ac = RedisActionCache(client, ttl=config.ac_ttl)
+        base_ac = RedisActionCache(store_client, ttl=config.ac_ttl)
     ac = CompletenessCheckingActionCache(
         base_ac,
         blobs,
@@ -247,20 +251,26 @@ def storage_outage(config: FrontendConfig, redis_outage: OutageLog) -> OutageLog
     if config.proxied:
         return OutageLog(f"Storage at {config.storage}")
     if config.cas_redis_url and config.cas_redis_url != config.redis_url:
-        return OutageLog(f"CAS Redis at {redact_url(config.cas_redis_url)}")
+        return redis_outage_log(config.cas_redis_url, "CAS Redis")
     return redis_outage
 
 
-REDIS_MAX_CONNECTIONS = 256
+# A failover leaves a cluster or a Sentinel setup partly up for a few seconds; one
+# outage line covers it (`OutageLog`'s settle).
+FAILOVER_SETTLE = 5.0
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of failing: redis-py's
-    default asyncio pool raises MaxConnectionsError once 100 commands are in flight."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=10, socket_connect_timeout=2.0
-    )
-    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+def redis_outage_log(url: str, what: str = "Redis") -> OutageLog:
+    """The outage log of the Redis at `url` (password masked)."""
+    several = redisurl.parse_redis_url(url).kind != "single"
+    return OutageLog(f"{what} at {redact_url(url)}", settle=FAILOVER_SETTLE if several else 0.0)
+
+
+def redis_client(url: str, flag: str = "--redis") -> AnyRedis:
+    """The redis.asyncio client for a --redis or --cas-redis URL: one server (a pool that
+    waits for a free connection), a Redis Cluster or a Sentinel master
+    (`redbarn.runtime.redisurl`)."""
+    return redisurl.redis_client(url, flag)
 
 
 def server_credentials(config: FrontendConfig, *, listener: str) -> grpc.ServerCredentials | None:
@@ -349,7 +359,7 @@ async def create_server(
     config: FrontendConfig,
     *,
     hooks: Sequence[Hook] = (),
-    redis: aioredis.Redis | None = None,
+    redis: AnyRedis | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[FrontendServer, int]:
     """Build (not start) a frontend serving Capabilities, CAS, ByteStream, AC, health, reflection.
@@ -378,11 +388,11 @@ async def create_server(
     fast: FastRedis | None = None
     redis_outage = OutageLog("Redis")
     if redis is None:
-        redis_outage = OutageLog(f"Redis at {redact_url(config.redis_url)}")
+        redis_outage = redis_outage_log(config.redis_url)
         redis = redis_client(config.redis_url)
         closers.append(redis.aclose)
         # The hot path's script calls pipeline over one more connection (fastredis).
-        fast = FastRedis.from_url(config.redis_url)
+        fast = redisurl.fast_client(config.redis_url)
         if fast is not None:
             closers.append(fast.aclose)
     blobs, ac, storage_closers = build_storage(config, redis, fast)

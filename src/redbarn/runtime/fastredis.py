@@ -27,6 +27,16 @@ Failures look like redis-py's, so error mapping is unchanged:
   ConnectionErrors). Each carries the reply's code in `status_code`, as redis-py's do,
   and the whole reply as its message; `redbarn.frontend.errors` maps them to statuses.
 A cancelled call leaves its place in the queue; its reply is read and dropped.
+
+Failover (Sentinel): given `resolve`, an async function returning the master's
+(host, port), the client asks it before every new connection. A READONLY reply means
+the server it talks to has become a replica: that call fails with `ReadOnlyError`,
+the connection is closed (the calls queued behind it fail with ConnectionError) and
+the next call connects to whatever `resolve` names then. A script call that got
+READONLY is retried once, on the new connection: a replica refuses a script's first
+write, so the script changed nothing. Nothing else is retried here, since a call
+whose connection broke may or may not have run. FastRedis does not follow MOVED or
+ASK: it is never given a Redis Cluster (`redbarn.runtime.redisurl.fast_client`).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import asyncio
 import hashlib
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -109,7 +119,17 @@ class _Connection(asyncio.Protocol):
                 if waiter.done():
                     continue  # its caller was cancelled
                 if isinstance(reply, hiredis.ReplyError):
-                    waiter.set_exception(_error(reply))
+                    err = _error(reply)
+                    waiter.set_exception(err)
+                    if isinstance(err, exceptions.ReadOnlyError):
+                        # A replica now: this connection's remaining calls would fail
+                        # the same way, so it goes, and the next call reconnects.
+                        self.fail(
+                            exceptions.ConnectionError(
+                                f"Redis at {self.where} became a replica (READONLY)"
+                            )
+                        )
+                        return
                 else:
                     waiter.set_result(reply)
         except hiredis.ProtocolError as err:
@@ -167,11 +187,18 @@ class FastRedis:
         password: str | None = None,
         connect_timeout: float = 2.0,
         reply_timeout: float = 30.0,
+        resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        where: str = "",
+        close_resolver: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`resolve`, when given, names the server (host, port) before each connection
+        (Sentinel's current master); `where` then names it in errors."""
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
-        self.where = path or f"{host}:{port}"
+        self.resolve = resolve
+        self._close_resolver = close_resolver
+        self.where = where or path or f"{host}:{port}"
         self._conn: _Connection | None = None
         self._lock: asyncio.Lock | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -214,13 +241,20 @@ class FastRedis:
             conn: _Connection | None = None
             try:
                 async with asyncio.timeout(self.connect_timeout):
+                    if self.resolve is not None:
+                        # MasterNotFoundError (no sentinel knows a master) is a
+                        # ConnectionError, like a refused connection.
+                        self.host, self.port = await self.resolve()
                     if self.path:
                         _, conn = await loop.create_unix_connection(
                             lambda: _Connection(loop, self.where), self.path
                         )
                     else:
+                        where = self.where
+                        if self.resolve is not None:
+                            where = f"{self.where} {self.host}:{self.port}"
                         _, conn = await loop.create_connection(
-                            lambda: _Connection(loop, self.where), self.host, self.port
+                            lambda: _Connection(loop, where), self.host, self.port
                         )
                     if self.password is not None:
                         who = [self.username] if self.username else []
@@ -263,12 +297,15 @@ class FastRedis:
         if self._conn is not None:
             self._conn.fail(exceptions.ConnectionError("client closed"))
             self._conn = None
+        if self._close_resolver is not None:
+            await self._close_resolver()
 
 
 class FastScript:
     """A Lua script called as `await script(keys=[...], args=[...])`, like redis-py's
-    `AsyncScript`: EVALSHA, and on NOSCRIPT (Redis restarted, SCRIPT FLUSH) a load and
-    one retry."""
+    `AsyncScript`: EVALSHA, and on NOSCRIPT (Redis restarted, SCRIPT FLUSH, a replica
+    promoted) a load and one retry; on READONLY (the master became a replica) one
+    retry on a new connection."""
 
     def __init__(self, client: FastRedis, source: str) -> None:
         self.client = client
@@ -276,6 +313,12 @@ class FastScript:
         self.sha = hashlib.sha1(self.source).hexdigest()
 
     async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self._call(keys, args)
+        except exceptions.ReadOnlyError:
+            return await self._call(keys, args)
+
+    async def _call(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
             return await self.client.execute(*command)

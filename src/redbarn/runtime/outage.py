@@ -21,6 +21,14 @@ a traceback. Later failures log nothing but a reminder when one is due: the firs
 `max_reminder` (10 s, 30 s, 70 s, 150 s, 310 s, then every 5 min). The first success
 after that logs `... is reachable again after 42.0 s (17 failed attempts)` at INFO.
 Only the logging is throttled: callers still fail their requests (UNAVAILABLE) at once.
+
+A backend that is only partly down (a Redis Cluster or Sentinel failover, where the
+loops touching the dead master's slots fail while the others succeed) would make every
+success end the outage and the next failure start another. With `settle` seconds, a
+success only ends the outage once no failure has followed it for that long (the
+"reachable again" line comes with the first success after that, and counts the
+outage up to the success that ended it); a failure within it continues the outage,
+unlogged. The frontend sets it for `redis+cluster://` and `redis+sentinel://`.
 The clock is injected, so tests step through the schedule without sleeping.
 """
 
@@ -68,6 +76,7 @@ class OutageLog:
         max_reminder: float = 300.0,
         impact: str = "calls that need it fail with UNAVAILABLE until it is back",
         logger: logging.Logger = log,
+        settle: float = 0.0,
     ) -> None:
         self.what = what
         self.impact = impact
@@ -79,6 +88,8 @@ class OutageLog:
         self.failures = 0  # failed attempts in this outage
         self._gap = first_reminder  # seconds from the last line to the next reminder
         self._next_reminder = 0.0
+        self._settle = settle
+        self._recovered: float | None = None  # clock() at the success that may end it
 
     @property
     def down(self) -> bool:
@@ -88,6 +99,7 @@ class OutageLog:
         """An attempt failed with `err`; `where` says which ("health check redis failed")."""
         now = self._clock()
         self.failures += 1
+        self._recovered = None
         cause = f"{where}: {describe(err)}" if where else describe(err)
         if self.since is None:
             self.since = now
@@ -110,11 +122,19 @@ class OutageLog:
         """An attempt succeeded: ends the outage, if there was one."""
         if self.since is None:
             return
+        now = self._clock()
+        if self._settle > 0:
+            if self._recovered is None:
+                self._recovered = now
+            if now - self._recovered < self._settle:
+                return
+            now = self._recovered
         self._log.info(
             "%s is reachable again after %.1f s (%d failed attempts)",
             self.what,
-            self._clock() - self.since,
+            now - self.since,
             self.failures,
         )
         self.since = None
         self.failures = 0
+        self._recovered = None
