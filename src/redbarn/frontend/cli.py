@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "second listener for workers (OperationQueue, CAS, AC, ByteStream); "
         "when set, --listen no longer serves Synchronize",
     )
+    add_flag(
+        parser,
+        "--metrics-listen",
+        _D.metrics_listen,
+        'HTTP address for /metrics and the web page of the queue, HOST:PORT ("" = off)',
+    )
     add_flag(parser, "--redis", _D.redis_url, "scheduler Redis URL")
     add_flag(
         parser,
@@ -224,6 +230,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
     return FrontendConfig(
         listen=args.listen,
         worker_listen=args.worker_listen or "",
+        metrics_listen=args.metrics_listen or "",
         redis_url=args.redis,
         cas_redis_url=args.cas_redis or "",
         storage=args.storage,
@@ -258,7 +265,16 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from redbarn.frontend.metrics import Metrics
     from redbarn.frontend.scheduling import scheduling_hook
-    from redbarn.frontend.server import serve
+    from redbarn.frontend.server import Hook, serve
+    from redbarn.frontend.web import web_hook
 
-    return eventloop.run(serve(config, hooks=[scheduling_hook(config.scheduler)]))
+    scheduling = scheduling_hook(config.scheduler)
+    hooks: list[Hook] = [scheduling]
+    interceptors = []
+    if config.metrics_listen:
+        metrics = Metrics()
+        hooks.append(web_hook(config.metrics_listen, metrics, scheduling))
+        interceptors.append(metrics.interceptor())
+    return eventloop.run(serve(config, hooks=hooks, interceptors=interceptors))

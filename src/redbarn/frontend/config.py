@@ -50,6 +50,9 @@ MESSAGE_HEADROOM = 1 * MiB
 class FrontendConfig:
     # host:port to serve on; port 0 picks a free port (tests).
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    # HTTP listener for /metrics (Prometheus) and the web page of the queue, HOST:PORT;
+    # "" = none. Port 0 picks a free port (tests).
+    metrics_listen: str = ""
     # Second listener for workers (OperationQueue plus CAS, ByteStream, AC, Capabilities,
     # health); "" = none. When set, `listen` no longer serves Synchronize.
     worker_listen: str = ""
@@ -140,7 +143,11 @@ class FrontendConfig:
             raise ConfigError("--storage-tls-cert and --storage-tls-key must be given together")
         if self.storage_token_file and self.storage == "redis":
             raise ConfigError("--storage-token-file needs --storage grpc:// or grpcs://")
-        for flag, address in (("--listen", self.listen), ("--worker-listen", self.worker_listen)):
+        for flag, address in (
+            ("--listen", self.listen),
+            ("--worker-listen", self.worker_listen),
+            ("--metrics-listen", self.metrics_listen),
+        ):
             _, sep, port = address.rpartition(":")
             if (address or flag == "--listen") and (not sep or not port.isdigit()):
                 raise ConfigError(f'invalid {flag} "{address}": expected HOST:PORT')

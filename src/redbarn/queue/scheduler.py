@@ -72,6 +72,12 @@ class Scheduler:
         self.reaper = Reaper(registry, scripts, config, events)
         self.admin = AdminReads(redis, config)
 
+    def observe(self, events: SchedulerEvents) -> None:
+        """Tell `events` from now on (the frontend's metrics, added after construction)."""
+        self.events = events
+        for part in (self.operations, self.workers, self.control, self.reaper):
+            part.events = events
+
     @property
     def fid(self) -> str:
         return self.hints.fid
