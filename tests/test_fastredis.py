@@ -191,3 +191,58 @@ async def test_refusals_raise_what_redis_py_raises() -> None:
         await slow.aclose()
         primary.cleanup()
         server.cleanup()
+
+
+async def test_follows_the_resolved_master_after_it_turns_replica() -> None:
+    """Sentinel failover, reduced to its two facts: the server the client talks to
+    becomes a replica (READONLY), and `resolve` now names another. The script that hit
+    READONLY ran nowhere and is retried once on the new master; later calls stay there."""
+    old, new = RedisServer().start(), RedisServer().start()
+    master = {"port": old.port}
+
+    async def resolve() -> tuple[str, int]:
+        return "127.0.0.1", master["port"]
+
+    fast = FastRedis(resolve=resolve, where="the master of m (sentinel)")
+    incr = fast.script("return redis.call('INCR', KEYS[1])")
+    try:
+        assert await incr(keys=["n"]) == 1
+        assert fast.port == old.port
+        # The old master follows the new one (as Sentinel reconfigures it) ...
+        with redis.Redis(port=old.port) as r:
+            r.replicaof("127.0.0.1", new.port)
+        master["port"] = new.port
+        # ... and our connection to it still stands: the call gets READONLY there.
+        assert await incr(keys=["n"]) == 1  # the new master had no "n": written there
+        assert fast.port == new.port
+        assert await fast.execute("GET", "n") == b"1"
+        with redis.Redis(port=new.port) as r:
+            assert r.get("n") == b"1"
+        # A plain command is not retried: READONLY reaches the caller, and the
+        # connection is dropped so the next call resolves again.
+        with redis.Redis(port=new.port) as r:
+            r.replicaof("127.0.0.1", old.port)
+        master["port"] = old.port
+        with pytest.raises(exceptions.ReadOnlyError):
+            await fast.execute("SET", "k", "v")
+        with redis.Redis(port=old.port) as r:
+            r.replicaof("no", "one")
+        assert await fast.execute("SET", "k", "v") == b"OK"
+        assert fast.port == old.port
+    finally:
+        await fast.aclose()
+        old.cleanup()
+        new.cleanup()
+
+
+async def test_resolver_failure_is_a_connection_error() -> None:
+    """No sentinel knows a master: the call fails like a refused connection
+    (UNAVAILABLE), naming where it tried."""
+
+    async def resolve() -> tuple[str, int]:
+        raise exceptions.ConnectionError("No master found for 'm'")
+
+    fast = FastRedis(resolve=resolve, where="the master of m (sentinel)")
+    with pytest.raises(exceptions.ConnectionError, match="No master found for 'm'"):
+        await fast.execute("PING")
+    await fast.aclose()

@@ -186,3 +186,39 @@ async def test_plain_client_is_not_required(redis_url: str) -> None:
         assert is_idle(await synchronize(s, request("1")))
     finally:
         await r.aclose()
+
+
+async def test_hub_on_redis_cluster(cluster: list[int]) -> None:
+    """The frontend's hint channel on a cluster (issue 19): it subscribes on one node,
+    hints published through any node reach it (PUBLISH is broadcast), and PUBSUB
+    NUMSUB, counted on every node, finds it alive."""
+    from redbarn.frontend.hub import Hub
+    from redbarn.runtime.redisurl import redis_client
+
+    rc = redis_client(f"redis+cluster://127.0.0.1:{cluster[-1]}")
+    assert isinstance(rc, RedisCluster)
+    hub = Hub(rc, "fe-cluster-test")
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 10)
+        for port in cluster:
+            node = aioredis.Redis(port=port)
+            try:
+                waiting = asyncio.create_task(hub.wait(f"topic-{port}", 10))
+                await asyncio.sleep(0)
+                await node.publish(keys.channel(hub.fid), f"topic-{port}\x1fpayload".encode())
+                assert await waiting == b"payload"
+                # Asked through any node, the hub counts as alive; an unknown one does not.
+                assert await Hub(node, "asker").alive(hub.fid) is (port == hub_port(rc, hub))
+            finally:
+                await node.aclose()
+        assert await hub.alive(hub.fid)
+        assert not await hub.alive("no-such-frontend")
+    finally:
+        await hub.stop()
+        await rc.aclose()
+
+
+def hub_port(rc: RedisCluster, hub: object) -> int:
+    """The port of the node the hub's subscription lives on (its first attempt's)."""
+    return int(rc.get_nodes()[0].port)
