@@ -106,6 +106,7 @@ class Setup:
     shared: Path
     private: Path
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    last: str = ""  # what `out` saw last, for assertion messages
 
     async def start_worker(self, *flags: str) -> asyncio.subprocess.Process:
         with open(self.private / "worker.log", "ab") as log:  # noqa: ASYNC230
@@ -141,11 +142,19 @@ class Setup:
 
         return await asyncio.wait_for(done(), 60)
 
+    def _log(self, digest: re_pb2.Digest) -> str:
+        return self.storage.get(digest).decode() if digest.size_bytes else ""
+
     def out(self, response: re_pb2.ExecuteResponse) -> str:
-        return self.storage.get(response.result.stdout_digest).decode()
+        """stdout; the whole result and the worker's log when a test fails on it."""
+        text = self._log(response.result.stdout_digest)
+        self.last = f"{response}\nstderr: {self.err(response)}\nworker log:\n" + (
+            (self.private / "worker.log").read_text(errors="replace")
+        )
+        return text
 
     def err(self, response: re_pb2.ExecuteResponse) -> str:
-        return self.storage.get(response.result.stderr_digest).decode()
+        return self._log(response.result.stderr_digest)
 
 
 @pytest.fixture
@@ -204,10 +213,14 @@ async def test_action_runs_as_the_user_and_cannot_read_the_token(
     resp = await setup.run(["sh", "-c", f"id -u; id -g; id -G; cat {token}"])
     assert resp.status.code == code_pb2.OK, resp.status
     uid, gid = str(action_user.pw_uid), str(action_user.pw_gid)
-    assert setup.out(resp).split() == [uid, gid, gid]  # no supplementary groups
+    assert setup.out(resp).split() == [uid, gid, gid], setup.last  # no supplementary groups
     assert resp.result.exit_code != 0
     assert "Permission denied" in setup.err(resp)
     assert b"s3cret-worker-token" not in b"".join(setup.storage.blobs.values())
+    # A missing program is refused as it is without --run-as (not setpriv's exit 127).
+    resp = await setup.run(["no-such-program-here"])
+    assert resp.status.code == code_pb2.INVALID_ARGUMENT, resp.status
+    assert "Failed to start process 'no-such-program-here'" in resp.status.message
 
 
 async def test_action_cannot_rewrite_its_input_for_the_next(
@@ -227,10 +240,10 @@ async def test_action_cannot_rewrite_its_input_for_the_next(
     assert setup.out(resp).split() == [
         "chmod-refused", "write-refused", "data-write-refused", "data-chmod-refused",
         "own-copy-replaced",
-    ]  # fmt: skip
+    ], setup.last  # fmt: skip
     resp = await setup.run(["sh", "-c", "cat tool d/data"], tree=tree)
     assert resp.status.code == code_pb2.OK, resp.status
-    assert setup.out(resp) == "original\noriginal data\n"
+    assert setup.out(resp) == "original\noriginal data\n", setup.last
 
 
 async def test_setsid_grandchild_is_gone_when_the_next_action_starts(

@@ -15,9 +15,11 @@ or cannot reach the build directory. docs/security.md describes the trust model.
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +120,23 @@ def check_privileges() -> None:
             "--run-as needs root (or these capabilities, which this process lacks): "
             + ", ".join(missing)
         )
+    if not os.access(setpriv(), os.X_OK):
+        raise ConfigError("--run-as needs setpriv (util-linux) to start actions; not found")
+
+
+@functools.cache
+def setpriv() -> str:
+    """The path of util-linux's setpriv, which starts every command as the user.
+
+    Not Popen's `user=`: that needs a full fork() of the worker, whose child runs
+    gRPC's fork handlers (see redbarn.worker.runner)."""
+    return shutil.which("setpriv") or "/usr/bin/setpriv"
+
+
+def as_user(user: ActionUser, argv: Sequence[str]) -> list[str]:
+    """`argv` run as `user` (uid, gid, no supplementary groups) through setpriv."""
+    return [setpriv(), f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+            "--", *argv]  # fmt: skip
 
 
 # For each path: "r" if the user may read it, "x" if it may search/execute it.
@@ -130,10 +149,7 @@ def probe(user: ActionUser, paths: Sequence[str]) -> list[str]:
     if not paths:
         return []
     out = subprocess.run(
-        ["/bin/sh", "-c", _PROBE, "probe", *paths],
-        user=user.uid,
-        group=user.gid,
-        extra_groups=[],
+        as_user(user, ["/bin/sh", "-c", _PROBE, "probe", *paths]),
         env={"PATH": "/usr/bin:/bin"},
         cwd="/",
         stdin=subprocess.DEVNULL,

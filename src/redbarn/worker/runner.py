@@ -5,6 +5,13 @@ at the deadline, on cancellation, and after it exits, the whole group gets SIGKI
 A grandchild that made its own session escapes the group; `redbarn.worker.sweep`
 finds it afterwards. With a `user` the child runs with that uid and gid and no
 supplementary groups; its environment is exactly the one given.
+
+Changing the uid goes through util-linux's `setpriv`, not Popen's `user=`: Popen
+can switch users only in a full fork() of the worker, and in that child gRPC's fork
+handlers restart its pollers, which then write into the action's stderr and can kill
+it before exec (seen here as an intermittent exit -1). Without `user=` Popen uses
+vfork+exec, which runs no handlers. An argv[0] that cannot be found is refused here as
+it is without a user ("Failed to start process"), not left to setpriv's exit 127.
 The child is reaped with `os.wait4`, driven by a pidfd on the event loop (no thread
 per action); without pidfd support, wait4 runs in a thread.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -22,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from redbarn.errors import InvalidArgument
-from redbarn.worker.runas import ActionUser
+from redbarn.worker.runas import ActionUser, as_user
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,18 @@ async def _wait4(pid: int) -> tuple[int, resource.struct_rusage]:
         os.close(fd)
 
 
+def _check_found(program: str, environment: Mapping[str, str], cwd: str) -> None:
+    """Refuse, as a failed exec would, a program that is not there (execvp's lookup:
+    a name with a slash is relative to `cwd`, one without is searched in PATH)."""
+    if "/" in program:
+        found = os.path.exists(os.path.join(cwd, program))
+    else:  # an empty entry is the working directory; absolute entries ignore `cwd`
+        dirs = environment.get("PATH", os.defpath).split(":")
+        found = any(os.path.exists(os.path.join(cwd, d or ".", program)) for d in dirs)
+    if not found:
+        raise InvalidArgument(f"Failed to start process {program!r}: {os.strerror(errno.ENOENT)}")
+
+
 async def run(
     arguments: Sequence[str],
     environment: Mapping[str, str],
@@ -113,11 +133,15 @@ async def run(
     the coroutine kills the process group, reaps the child, then re-raises."""
     if not arguments:
         raise InvalidArgument("Insufficient number of command arguments")
+    argv = list(arguments)
+    if user is not None:
+        _check_found(argv[0], environment, working_directory)
+        argv = as_user(user, argv)
     # Opening two local files and vfork+exec are quick enough for the event loop.
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:  # noqa: ASYNC230
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220
-                list(arguments),
+                argv,
                 env=dict(environment),
                 cwd=working_directory,
                 stdin=subprocess.DEVNULL,
@@ -125,9 +149,6 @@ async def run(
                 stderr=err,
                 close_fds=True,
                 start_new_session=True,
-                user=None if user is None else user.uid,
-                group=None if user is None else user.gid,
-                extra_groups=None if user is None else [],
             )
         except OSError as e:
             raise InvalidArgument(
