@@ -1,12 +1,13 @@
 """LocalBuildExecutor: fetch inputs, run the command, upload outputs (Buildbarn LBE).
 
 Steps, each failure going into `status` with Buildbarn's message prefix:
-validate the action; create a build directory; fetch the Command and the input
-root (hardlinked from the local cache); create output parents; with --run-as, hand
-the directories to the action user; run with the action's timeout (directly, or as
-`job.launch` wraps it); kill what it left running (`sweep`); upload stdout, stderr and
-outputs (also after a timeout or a failed start). The build directory is removed
-afterwards, also on cancellation, after another sweep.
+validate the action; create a build directory; fetch the Command and the input root
+(copies of the local cache's files, hardlinks under --run-as; within the input limits);
+create output parents; with --run-as, hand the directories to the action user; run
+with the action's timeout (directly, or as `job.launch` wraps it); kill what it left
+running (`sweep`); upload stdout, stderr and outputs within the output limits (also
+after a timeout or a failed start). The build directory is removed afterwards, also on
+cancellation, after another sweep.
 
 The command's environment is exactly the Command's environment_variables over the
 worker's --env, plus TMPDIR and HOME (directories of its own build directory, which
