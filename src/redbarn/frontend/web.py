@@ -520,12 +520,12 @@ class WebServer:
         if resp.queued_operations and info.start_index + len(rows) < info.total_entries:
             last = resp.queued_operations[-1]
             last_ms = last.queued_timestamp.seconds * 1000 + last.queued_timestamp.nanos // 10**6
-            params: dict[str, str | int] = {
-                "q": q.domain,
-                "sc": sc,
-                "queued_after": f"{last.priority}:{last_ms}",
-            }
-            more = link("/queue", "next queued operations", **params)
+            invs = "".join(f"&inv={quote(i, safe='')}" for i in request.query.get("inv", []))
+            href = (
+                f"/queue?q={quote(q.domain)}&sc={sc}{invs}"
+                f"&queued_after={quote(f'{last.priority}:{last_ms}')}"
+            )
+            more = f"<a href='{e(href)}'>next queued operations</a>"
         return (
             f"<h2>Queued operations here ({e(info.total_entries)}, from "
             f"{e(info.start_index + 1 if rows else 0)})</h2>"
