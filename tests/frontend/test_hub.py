@@ -73,3 +73,29 @@ async def test_a_hint_that_lands_before_the_wait_is_not_lost(real_redis: aioredi
         assert await hub.wait("o early", 0.2) is None
     finally:
         await hub.stop()
+
+
+async def test_a_hint_right_behind_the_one_that_woke_the_waiter_is_not_lost(
+    real_redis: aioredis.Redis,
+) -> None:
+    """Two hints for one topic in one read (an operation going EXECUTING then COMPLETED on
+    another frontend): the first wakes the waiter; the second lands before the woken
+    coroutine has run, while its finished future is still registered. It must be kept
+    for the next wait, not dropped (it was: the stream then sat until its 5 s poll)."""
+    hub = Hub(real_redis, new_frontend_id())
+    await hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        first = asyncio.create_task(hub.wait("o op", 5))
+        await asyncio.sleep(0.05)  # the waiter is registered
+        async with real_redis.pipeline(transaction=False) as pipe:
+            pipe.publish(hub.channel, "o op\x1fexecuting")
+            pipe.publish(hub.channel, "o op\x1fcompleted")
+            await pipe.execute()
+        assert await first == b"executing"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await hub.wait("o op", 5) == b"completed"
+        assert loop.time() - t0 < 0.5
+    finally:
+        await hub.stop()

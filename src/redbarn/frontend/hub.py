@@ -111,12 +111,16 @@ class Hub:
                 self._waiters.pop(topic, None)
 
     def notify(self, topic: str, payload: bytes = b"") -> None:
-        """Wake every local waiter of `topic`; with none, remember it for a moment."""
-        waiters = self._waiters.get(topic)
-        if waiters:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(payload)
+        """Wake every local waiter of `topic`; with none still waiting, remember it for a
+        moment. A waiter woken by an earlier hint (or its timer) stays registered until
+        its coroutine runs; a hint landing in between, say the COMPLETED right behind an
+        EXECUTING in one read, is kept for that coroutine's next wait, not dropped."""
+        woken = False
+        for waiter in self._waiters.get(topic, ()):
+            if not waiter.done():
+                waiter.set_result(payload)
+                woken = True
+        if woken:
             return
         now = time.monotonic()
         if len(self._pending) >= PENDING_MAX:
