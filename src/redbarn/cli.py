@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "frontend": ("redbarn.frontend.cli", "serve REAPI to clients and Synchronize to workers"),
     "worker": ("redbarn.worker.cli", "run actions for the cluster"),
     "up": ("redbarn.up", "run a whole cluster on this machine: Redis, a frontend and a worker"),
+    "state": (
+        "redbarn.state",
+        "print the build queue: platform queues, workers, operations, drains",
+    ),
 }
 
 
