@@ -9,7 +9,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 
 from redbarn.config import ConfigError
 from redbarn.frontend.config import FrontendConfig
-from redbarn.runtime.fastredis import FastRedis
+from redbarn.runtime.fastredis import FastCluster, FastRedis
 from redbarn.runtime.redisurl import RedisTarget, fast_client, parse_redis_url, redis_client
 
 
@@ -140,7 +140,9 @@ async def test_fast_client_only_where_it_applies() -> None:
     single = fast_client("redis://127.0.0.1:1/2")
     assert isinstance(single, FastRedis) and single.db == 2
     assert fast_client("rediss://127.0.0.1:1/0") is None
-    assert fast_client("redis+cluster://127.0.0.1:1") is None  # no MOVED/ASK in FastRedis
+    cluster = fast_client("redis+cluster://:pw@127.0.0.1:1,127.0.0.1:2")
+    assert isinstance(cluster, FastCluster) and cluster.password == "pw"
+    assert fast_client("rediss+cluster://127.0.0.1:1") is None  # no TLS in FastRedis
     assert fast_client("rediss+sentinel://127.0.0.1:1/m") is None  # no TLS in FastRedis
     sentinel = fast_client("redis+sentinel://u:pw@127.0.0.1:1/m/3")
     assert isinstance(sentinel, FastRedis)

@@ -222,3 +222,92 @@ async def test_hub_on_redis_cluster(cluster: list[int]) -> None:
 def hub_port(rc: RedisCluster, hub: object) -> int:
     """The port of the node the hub's subscription lives on (its first attempt's)."""
     return int(rc.get_nodes()[0].port)
+
+
+async def test_scheduler_on_fast_cluster(cluster: list[int]) -> None:
+    """The scheduler's script calls over FastCluster (the frontend's pipelined client
+    on a redis+cluster:// URL): two platform queues in two slots, on two masters."""
+    from redbarn.runtime.fastredis import FastCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=cluster[0])
+    fast = FastCluster([("127.0.0.1", cluster[1])])
+    try:
+        s = Scheduler(rc, FAST, hints=PollingHints(), fast=fast)
+        await s.start()
+        linux = re_pb2.Platform(properties=[re_pb2.Platform.Property(name="os", value="fast")])
+        for prefix in ("c", "d"):
+            assert is_idle(await synchronize(s, request("1", prefix=prefix, platform=linux)))
+            digest, a = action(7, platform=linux)
+            v = await s.operations.execute(
+                instance_name=prefix, action_digest=digest, action=a, digest_function=1
+            )
+            assert v.stage == Stage.QUEUED
+            got = assigned(await synchronize(s, request("1", prefix=prefix, platform=linux)))
+            assert got == digest
+        assert len(fast._clients) >= 2  # the two queues' masters, at least
+    finally:
+        await fast.aclose()
+        await rc.aclose()
+
+
+def _slot_owner(port: int, slot: int) -> tuple[int, bytes]:
+    """(port, node id) of the master holding `slot`."""
+    import redis as sync_redis
+
+    with sync_redis.Redis(port=port) as r:
+        for first, last, master, *_ in r.execute_command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return int(master[1]), master[2]
+    raise AssertionError(f"slot {slot} has no master")
+
+
+async def test_fast_cluster_follows_moved_and_ask(cluster: list[int]) -> None:
+    """MOVED: a slot map that names the wrong master (as after a failover) is corrected
+    and the call goes through once, at the right master. ASK: while a slot migrates,
+    a key the old master no longer holds is asked for at the new one, after ASKING."""
+    import redis as sync_redis
+    from redis.crc import key_slot
+
+    from redbarn.runtime.fastredis import FastCluster
+
+    fast = FastCluster([("127.0.0.1", cluster[0])])
+    incr = fast.script("return redis.call('INCR', KEYS[1])")
+    key = "fast:{moved}:n"
+    slot = key_slot(key.encode())
+    owner, _ = _slot_owner(cluster[0], slot)
+    wrong = next(p for p in cluster if p != owner)
+    try:
+        assert await incr(keys=[key]) == 1
+        refreshes = fast.refreshes
+        fast._slots[slot] = ("127.0.0.1", wrong)  # a stale map
+        assert await incr(keys=[key]) == 2  # MOVED, then run once where it belongs
+        assert fast._slots[slot] == ("127.0.0.1", owner)
+        with sync_redis.Redis(port=owner) as r:
+            assert r.get(key) == b"2"
+        await fast.execute_keyed(key, "PING")
+        assert fast.refreshes == refreshes + 1  # the map was read again after MOVED
+
+        # ASK: migrate an empty slot from its owner to another master, half way.
+        ask_key = "fast:{asked}:n"
+        ask_slot = key_slot(ask_key.encode())
+        source, source_id = _slot_owner(cluster[0], ask_slot)
+        target = next(p for p in cluster if p != source)
+        with sync_redis.Redis(port=target) as t, sync_redis.Redis(port=source) as s:
+            target_id = t.execute_command("CLUSTER", "MYID")
+            t.execute_command("CLUSTER", "SETSLOT", ask_slot, "IMPORTING", source_id)
+            s.execute_command("CLUSTER", "SETSLOT", ask_slot, "MIGRATING", target_id)
+            try:
+                assert await incr(keys=[ask_key]) == 1  # ASK -> ASKING + EVALSHA on target
+                with sync_redis.Redis(port=target) as t2:
+                    t2.execute_command("ASKING")
+                    assert t2.get(ask_key) == b"1"  # written on the importing master
+                assert s.execute_command("CLUSTER", "COUNTKEYSINSLOT", ask_slot) == 0
+                assert fast._slots[ask_slot] == ("127.0.0.1", source)  # ASK leaves the map
+            finally:
+                with sync_redis.Redis(port=target) as t2:
+                    t2.execute_command("ASKING")
+                    t2.delete(ask_key)
+                t.execute_command("CLUSTER", "SETSLOT", ask_slot, "STABLE")
+                s.execute_command("CLUSTER", "SETSLOT", ask_slot, "STABLE")
+    finally:
+        await fast.aclose()

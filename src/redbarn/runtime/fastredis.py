@@ -35,8 +35,16 @@ the connection is closed (the calls queued behind it fail with ConnectionError) 
 the next call connects to whatever `resolve` names then. A script call that got
 READONLY is retried once, on the new connection: a replica refuses a script's first
 write, so the script changed nothing. Nothing else is retried here, since a call
-whose connection broke may or may not have run. FastRedis does not follow MOVED or
-ASK: it is never given a Redis Cluster (`redbarn.runtime.redisurl.fast_client`).
+whose connection broke may or may not have run.
+
+Redis Cluster: `FastCluster` keeps one FastRedis per master and sends each script
+call to the master of its first key's hash slot (the scheduler's scripts keep all
+their keys in one slot), from a slot map read with CLUSTER SLOTS. A MOVED reply (the
+slot has moved, or a replica was promoted) updates the map and sends the call again
+where it names, an ASK reply (the slot is being migrated) sends ASKING and the call
+there once; neither ran the call, so both are safe to repeat, up to
+`MAX_REDIRECTIONS`. A lost connection or a timeout marks the map stale (the next
+call reads it again) and fails the call, unrepeated, as above.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from typing import Any, cast
 import hiredis
 from redis import exceptions
 from redis.asyncio.connection import parse_url
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 _ERRORS: dict[str, type[exceptions.RedisError]] = {
     "NOSCRIPT": exceptions.NoScriptError,
@@ -228,6 +237,17 @@ class FastRedis:
             conn = await self._connect()
         return await conn.send(pack(args))
 
+    async def execute_asking(self, *args: Arg) -> Any:
+        """ASKING, then the command, back to back on this connection (a cluster's
+        answer to ASK: the next command may touch the slot being imported)."""
+        conn = self._conn
+        if conn is None or conn.failure is not None:
+            conn = await self._connect()
+        asking = conn.send(pack(["ASKING"]))
+        reply = conn.send(pack(args))
+        _, out = await asyncio.gather(asking, reply)
+        return out
+
     def script(self, source: str) -> FastScript:
         return FastScript(self, source)
 
@@ -325,3 +345,143 @@ class FastScript:
         except exceptions.NoScriptError:
             await self.client.execute("SCRIPT", "LOAD", self.source)
             return await self.client.execute(*command)
+
+
+MAX_REDIRECTIONS = 5
+Address = tuple[str, int]
+
+
+class FastCluster(FastRedis):
+    """Pipelined script calls on a Redis Cluster (see the module docstring): one
+    FastRedis per master, each call routed by the hash slot of its first key."""
+
+    def __init__(
+        self,
+        nodes: Sequence[Address],
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 2.0,
+        reply_timeout: float = 30.0,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a Redis Cluster needs at least one node")
+        seeds = ",".join(f"{host}:{port}" for host, port in nodes)
+        super().__init__(
+            host=nodes[0][0], port=nodes[0][1], username=username, password=password,
+            connect_timeout=connect_timeout, reply_timeout=reply_timeout,
+            where=f"Redis Cluster {seeds}",
+        )  # fmt: skip
+        self._seeds = list(nodes)
+        self._clients: dict[Address, FastRedis] = {}
+        self._slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        self._stale = True
+        self._refreshing: asyncio.Lock | None = None
+        self.refreshes = 0  # slot map reads (for tests and the docs' numbers)
+
+    def client(self, address: Address) -> FastRedis:
+        """The pipelined connection to one node (made on first use)."""
+        node = self._clients.get(address)
+        if node is None:
+            node = self._clients[address] = FastRedis(
+                host=address[0], port=address[1], username=self.username,
+                password=self.password, connect_timeout=self.connect_timeout,
+                reply_timeout=self.reply_timeout,
+            )  # fmt: skip
+        return node
+
+    async def refresh(self) -> None:
+        """Read the slot map from the first node that answers (known masters first,
+        then the URL's nodes)."""
+        candidates = list(dict.fromkeys([*(a for a in self._slots if a), *self._seeds]))
+        last: BaseException | None = None
+        for address in candidates:
+            try:
+                reply = await self.client(address).execute("CLUSTER", "SLOTS")
+            except (exceptions.RedisError, OSError) as err:
+                last = err
+                continue
+            slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+            for first, last_slot, master, *_replicas in reply:
+                host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+                target = (host or address[0], int(master[1]))
+                slots[int(first) : int(last_slot) + 1] = [target] * (
+                    int(last_slot) - int(first) + 1
+                )
+            self._slots = slots
+            self._stale = False
+            self.refreshes += 1
+            return
+        raise exceptions.ConnectionError(
+            f"No node of {self.where} answered CLUSTER SLOTS (last: {last})"
+        )
+
+    async def _master_of(self, key: Arg) -> Address:
+        if self._stale:
+            if self._refreshing is None:
+                self._refreshing = asyncio.Lock()
+            async with self._refreshing:
+                if self._stale:
+                    await self.refresh()
+        slot = key_slot(key if isinstance(key, bytes) else str(key).encode())
+        address = self._slots[slot]
+        if address is None:
+            self._stale = True
+            raise exceptions.ClusterDownError(f"Hash slot {slot} of {self.where} has no master")
+        return address
+
+    async def execute_keyed(self, key: Arg, *args: Arg) -> Any:
+        """Send a command to the master of `key`'s slot, following MOVED and ASK."""
+        address = await self._master_of(key)
+        asking = False
+        for _ in range(MAX_REDIRECTIONS):
+            node = self.client(address)
+            try:
+                if asking:
+                    return await node.execute_asking(*args)
+                return await node.execute(*args)
+            except exceptions.ResponseError as err:
+                code = getattr(err, "status_code", None)
+                if code not in ("MOVED", "ASK"):
+                    raise
+                # "MOVED 3999 127.0.0.1:6381": the call did not run; go where it says.
+                _, slot, where = str(err).split(" ", 2)
+                host, _, port = where.rpartition(":")
+                target = (host or address[0], int(port))
+                if code == "MOVED":
+                    self._slots[int(slot)] = target
+                    self._stale = True  # one slot moved: others may have too
+                address, asking = target, code == "ASK"
+            except (exceptions.ConnectionError, exceptions.TimeoutError):
+                self._stale = True  # a failover may be under way: read the map again
+                raise
+        raise exceptions.ClusterError(f"Too many redirections from {self.where} ({args[0]!r})")
+
+    async def execute(self, *args: Arg) -> Any:
+        """A command without keys: sent to the master of slot 0."""
+        return await self.execute_keyed(b"", *args)
+
+    def script(self, source: str) -> FastScript:
+        return _ClusterScript(self, source)
+
+    async def aclose(self) -> None:
+        for node in self._clients.values():
+            await node.aclose()
+        self._clients.clear()
+
+
+class _ClusterScript(FastScript):
+    """A FastScript whose calls (and NOSCRIPT loads) go to the master of KEYS[1]."""
+
+    def __init__(self, client: FastCluster, source: str) -> None:
+        super().__init__(client, source)
+        self.cluster = client
+
+    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        key = keys[0] if keys else b""
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await self.cluster.execute_keyed(key, *command)
+        except exceptions.NoScriptError:
+            await self.cluster.execute_keyed(key, "SCRIPT", "LOAD", self.source)
+            return await self.cluster.execute_keyed(key, *command)

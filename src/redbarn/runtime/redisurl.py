@@ -23,9 +23,8 @@ refused, naming it.
 
 `parse_redis_url` checks a URL and raises `ConfigError` naming the flag and what is
 wrong; `redis_client` builds the redis.asyncio client for it; `fast_client` the
-pipelined `FastRedis` where one applies (one server over TCP or a Unix socket, or the
-current Sentinel master without TLS; None for a cluster, where redis-py's client
-carries everything, see docs/scaling.md).
+pipelined `FastRedis` where one applies (without TLS: one server over TCP or a Unix
+socket, the current Sentinel master, or a cluster's masters as a `FastCluster`).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from redbarn.config import ConfigError
-from redbarn.runtime.fastredis import FastRedis
+from redbarn.runtime.fastredis import FastCluster, FastRedis
 
 AnyRedis = aioredis.Redis | RedisCluster
 
@@ -227,14 +226,16 @@ def sentinel_of(target: RedisTarget) -> Sentinel:
 
 def fast_client(url: str | RedisTarget, flag: str = "--redis") -> FastRedis | None:
     """The pipelined client for the scheduler's hot script calls, or None where redis-py
-    carries them: TLS, and a cluster (FastRedis speaks to one server; it does not follow
-    MOVED/ASK). On Sentinel it connects to the master the sentinels name, asking again
-    whenever it reconnects."""
+    carries them (TLS). On a cluster it is a `FastCluster` (one connection per master,
+    MOVED/ASK followed); on Sentinel it connects to the master the sentinels name,
+    asking again whenever it reconnects."""
     target = url if isinstance(url, RedisTarget) else parse_redis_url(url, flag)
     if target.kind == "single":
         return FastRedis.from_url(target.url)
-    if target.kind == "cluster" or target.tls:
+    if target.tls:
         return None
+    if target.kind == "cluster":
+        return FastCluster(target.nodes, username=target.username, password=target.password)
     sentinel = sentinel_of(target)
     service = target.service
 
