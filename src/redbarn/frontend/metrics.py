@@ -94,7 +94,8 @@ class QueueGauges(Collector):
 class Metrics:
     """The frontend's metrics: a registry, the scheduler's events, the gRPC interceptor."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.ttl = ttl  # how long one rendering of /metrics (and a queue reading) serves
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.deduplications = Counter(
             BB + "in_flight_deduplications_total",
@@ -170,24 +171,32 @@ class Metrics:
         )
         self.scrape_seconds = Histogram(
             "redbarn_metrics_scrape_duration_seconds",
-            "Time to answer one /metrics request (queue read included when due).",
+            "Time to read the queue gauges for /metrics (once per second at most).",
             buckets=FAST_BUCKETS,
             registry=r,
         )
         self.gauges: QueueGauges | None = None
+        self._rendered = b""
+        self._rendered_at = -1e9
 
     def add_queue_gauges(self, stats: QueueStats) -> None:
         self.gauges = QueueGauges(stats)
         self.registry.register(self.gauges)
 
     async def exposition(self) -> bytes:
-        """The Prometheus text of every metric, queue gauges read first when due."""
+        """The Prometheus text of every metric, queue gauges read first when due. The
+        text is kept for `ttl` seconds (as long as the queue gauges are): scrapers in
+        that second share one rendering, so counters may lag by up to `ttl`."""
+        now = time.monotonic()
+        if now - self._rendered_at < self.ttl:
+            return self._rendered
         start = time.perf_counter()
         if self.gauges is not None:
             await self.gauges.stats.refresh()
-        body = generate_latest(self.registry)
         self.scrape_seconds.observe(time.perf_counter() - start)
-        return body
+        self._rendered = generate_latest(self.registry)
+        self._rendered_at = time.monotonic()
+        return self._rendered
 
     # SchedulerEvents -------------------------------------------------------------------
 

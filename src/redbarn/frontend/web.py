@@ -671,7 +671,9 @@ def web_hook(address: str, metrics: Metrics, scheduling: Hook | None = None) -> 
         scheduler: Scheduler | None = getattr(scheduling, "scheduler", None)
         if scheduler is not None:
             scheduler.observe(metrics)
-            metrics.add_queue_gauges(QueueStats(frontend.redis, scheduler.registry))
+            metrics.add_queue_gauges(
+                QueueStats(frontend.redis, scheduler.registry, ttl=metrics.ttl)
+            )
         config = frontend.config
         tokens = TokenTable.from_files(
             clients=config.client_tokens, workers=config.worker_tokens, admins=config.admin_tokens
