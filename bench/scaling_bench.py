@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from frontend_bench import start_frontend, wait_serving, worker_process
+from frontend_bench import (
+    cpu_seconds,
+    run_load,
+    start_frontend,
+    upload_actions,
+    wait_serving,
+    worker_process,
+)
 
 from redbarn.queue import keys
 from redbarn.runtime.redisserver import RedisServer
@@ -182,6 +189,81 @@ def clients(args: argparse.Namespace) -> None:
         server.cleanup()
 
 
+def throughput(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO / "tests"))  # the failover tests' cluster helper
+    import grpc
+    from failover_helpers import RedisNodes, start_cluster
+
+    from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+
+    tmp = Path(tempfile.mkdtemp(prefix="redbarn-scaling-bench-"))
+    server: RedisServer | None = None
+    nodes = RedisNodes(tmp / "cluster")
+    frontends = []
+    try:
+        if args.redis == "cluster":
+            ports = start_cluster(nodes, masters=3, replicas=0)
+            url = f"redis+cluster://127.0.0.1:{ports[0]}"
+            redis_pids = [p.pid for p in nodes.procs.values()]
+        else:
+            server = RedisServer().start()
+            url = server.url
+            assert server.proc is not None
+            redis_pids = [server.proc.pid]
+        for i in range(2):
+            frontends.append(start_frontend(url, tmp, i, args.frontend_arg))
+        for fe in frontends:
+            wait_serving(fe)
+        ctx = mp.get_context("spawn")
+        counters = ctx.Array("q", 4, lock=False)
+        workers = ctx.Process(
+            target=worker_process,
+            args=([fe.target for fe in frontends], args.workers, counters),
+            daemon=True,
+        )
+        workers.start()
+
+        def cpu(pids: list[int]) -> float:
+            return sum(sum(cpu_seconds(pid)) for pid in pids)
+
+        async def run() -> None:
+            channels = [grpc.aio.insecure_channel(fe.target) for fe in frontends]
+            cas = re_grpc.ContentAddressableStorageStub(channels[0])
+            stubs = [re_grpc.ExecutionStub(c) for c in channels]
+            total = int((args.warmup + args.seconds) * 2500)
+            digests = iter(await upload_actions(cas, total, f"scaling-{time.time()}"))
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_load(stubs, digests, args.inflight, [], stop))
+            await asyncio.sleep(args.warmup)
+            fe_pids = [fe.proc.pid for fe in frontends]
+            fe0, rd0, t0 = cpu(fe_pids), cpu(redis_pids), time.perf_counter()
+            await asyncio.sleep(args.seconds)
+            fe1, rd1, t1 = cpu(fe_pids), cpu(redis_pids), time.perf_counter()
+            stop.set()
+            load = await asyncio.wait_for(task, 30)
+            done = sum(1 for t in load.finished if t0 <= t <= t1)
+            print(
+                f"throughput on {args.redis} ({url}): {args.inflight} in flight, "
+                f"{args.workers} synthetic workers, {args.seconds:.0f} s window"
+            )
+            print(f"  actions/s {done / (t1 - t0):.0f}; errors {dict(load.errors) or 'none'}")
+            print(
+                f"  frontend CPU {(fe1 - fe0) / done * 1000:.2f} ms/action (both), "
+                f"Redis CPU {(rd1 - rd0) / done * 1000:.2f} ms/action (all nodes)"
+            )
+            for c in channels:
+                await c.close()
+
+        asyncio.run(run())
+        workers.terminate()
+    finally:
+        for fe in frontends:
+            fe.stop()
+        nodes.stop()
+        if server is not None:
+            server.cleanup()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -194,12 +276,16 @@ def main() -> int:
     b.add_argument("--calls", type=int, default=5000)
     b.add_argument("--inflight", type=int, default=100)
     b.add_argument("--rounds", type=int, default=3)
+    c = sub.add_parser("throughput")
+    c.add_argument("--redis", choices=("single", "cluster"), default="cluster")
+    c.add_argument("--workers", type=int, default=80)
+    c.add_argument("--inflight", type=int, default=100)
+    c.add_argument("--warmup", type=float, default=3)
+    c.add_argument("--seconds", type=float, default=10)
+    c.add_argument("--frontend-arg", action="append", default=[])
     args = ap.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if args.what == "idle":
-        idle(args)
-    else:
-        clients(args)
+    {"idle": idle, "clients": clients, "throughput": throughput}[args.what](args)
     return 0
 
 
