@@ -198,6 +198,7 @@ def throughput(args: argparse.Namespace) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="redbarn-scaling-bench-"))
     server: RedisServer | None = None
+    cas_server: RedisServer | None = None
     nodes = RedisNodes(tmp / "cluster")
     frontends = []
     try:
@@ -210,8 +211,14 @@ def throughput(args: argparse.Namespace) -> None:
             url = server.url
             assert server.proc is not None
             redis_pids = [server.proc.pid]
+        extra = list(args.frontend_arg)
+        if args.cas_server:
+            cas_server = RedisServer().start()
+            assert cas_server.proc is not None
+            redis_pids.append(cas_server.proc.pid)
+            extra += ["--cas-redis", cas_server.url]
         for i in range(2):
-            frontends.append(start_frontend(url, tmp, i, args.frontend_arg))
+            frontends.append(start_frontend(url, tmp, i, extra))
         for fe in frontends:
             wait_serving(fe)
         ctx = mp.get_context("spawn")
@@ -243,7 +250,9 @@ def throughput(args: argparse.Namespace) -> None:
             load = await asyncio.wait_for(task, 30)
             done = sum(1 for t in load.finished if t0 <= t <= t1)
             print(
-                f"throughput on {args.redis} ({url}): {args.inflight} in flight, "
+                f"throughput on {args.redis} ({url}), CAS "
+                f"{'in its own redis-server' if args.cas_server else 'in the same Redis'}: "
+                f"{args.inflight} in flight, "
                 f"{args.workers} synthetic workers, {args.seconds:.0f} s window"
             )
             print(f"  actions/s {done / (t1 - t0):.0f}; errors {dict(load.errors) or 'none'}")
@@ -260,8 +269,9 @@ def throughput(args: argparse.Namespace) -> None:
         for fe in frontends:
             fe.stop()
         nodes.stop()
-        if server is not None:
-            server.cleanup()
+        for s in (server, cas_server):
+            if s is not None:
+                s.cleanup()
 
 
 def main() -> int:
@@ -283,6 +293,7 @@ def main() -> int:
     c.add_argument("--warmup", type=float, default=3)
     c.add_argument("--seconds", type=float, default=10)
     c.add_argument("--frontend-arg", action="append", default=[])
+    c.add_argument("--cas-server", action="store_true", help="the CAS in its own redis-server")
     args = ap.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     {"idle": idle, "clients": clients, "throughput": throughput}[args.what](args)
