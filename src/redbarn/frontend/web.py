@@ -387,10 +387,12 @@ class WebServer:
         for child in children.children:
             md = re_pb2.RequestMetadata()
             child.id.Unpack(md)
-            kind, value = (
-                (codec.CORRELATED, md.correlated_invocations_id)
-                if md.correlated_invocations_id and not md.tool_invocation_id
-                else (codec.TOOL, md.tool_invocation_id)
+            # The level's kind comes from the configured invocation keys (an empty id
+            # does not say which of the two fields it was).
+            levels = scheduler.config.invocation_keys
+            kind = levels[len(inv)] if len(inv) < len(levels) else codec.TOOL
+            value = (
+                md.correlated_invocations_id if kind == codec.CORRELATED else md.tool_invocation_id
             )
             path = "&".join(f"inv={quote(i, safe='')}" for i in [*inv, f"{kind}:{value}"])
             href = f"/queue?q={quote(q.domain)}&sc={sc}&{path}"
