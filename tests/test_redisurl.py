@@ -10,7 +10,13 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redbarn.config import ConfigError
 from redbarn.frontend.config import FrontendConfig
 from redbarn.runtime.fastredis import FastCluster, FastRedis
-from redbarn.runtime.redisurl import RedisTarget, fast_client, parse_redis_url, redis_client
+from redbarn.runtime.redisurl import (
+    RedisTarget,
+    SentinelMaster,
+    fast_client,
+    parse_redis_url,
+    redis_client,
+)
 
 
 def test_one_server_urls_are_left_to_redis_py() -> None:
@@ -128,7 +134,10 @@ async def test_clients_for_each_kind() -> None:
     cluster = redis_client("redis+cluster://:pw@127.0.0.1:1")
     assert isinstance(cluster, RedisCluster)
     sentinel = redis_client("redis+sentinel://127.0.0.1:1,127.0.0.1:2/m/4")
-    assert isinstance(sentinel, aioredis.Redis)
+    assert isinstance(sentinel, SentinelMaster)
+    manager = sentinel.sentinel_manager
+    assert manager is not None
+    assert [c.connection_pool.connection_kwargs["port"] for c in manager.sentinels] == [1, 2]
     pool = sentinel.connection_pool
     assert isinstance(pool, SentinelConnectionPool)
     assert (pool.service_name, pool.connection_kwargs["db"]) == ("m", 4)

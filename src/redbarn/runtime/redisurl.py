@@ -202,12 +202,26 @@ def redis_client(url: str | RedisTarget, flag: str = "--redis") -> AnyRedis:
             max_connections=MAX_CONNECTIONS, socket_connect_timeout=CONNECT_TIMEOUT,
             **_tls_kwargs(target),
         )  # fmt: skip
-    master: aioredis.Redis = sentinel_of(target).master_for(
-        target.service, redis_class=aioredis.Redis, db=target.db,
+    sentinel = sentinel_of(target)
+    master: SentinelMaster = sentinel.master_for(
+        target.service, redis_class=SentinelMaster, db=target.db,
         username=target.username, password=target.password,
         socket_connect_timeout=CONNECT_TIMEOUT, **_tls_kwargs(target),
     )  # fmt: skip
+    master.sentinel_manager = sentinel
     return master
+
+
+class SentinelMaster(aioredis.Redis):
+    """The client of a Sentinel master; closing it also closes its sentinel clients."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel_manager is not None:
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
 
 
 def sentinel_of(target: RedisTarget) -> Sentinel:
