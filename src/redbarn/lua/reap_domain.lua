@@ -1,5 +1,6 @@
 -- reap_domain.lua: expire lost workers (requeue or fail their task), detach operations whose
--- waiters left, and remove size class queues that had no workers for the platform timeout.
+-- waiters left, and remove size class queues that had no workers for the platform timeout
+-- (never a predeclared one: meta field pre, see declare_queue.lua).
 -- Idempotent: every frontend runs it on a jittered tick.
 -- KEYS[1..13] the domain keys in the fixed layout of redbarn.queue.keys.DOMAIN_KEYS:
 -- KEYS[1] meta  KEYS[2] workers  KEYS[3] leases  KEYS[4] parked  KEYS[5] tasks
@@ -30,9 +31,12 @@ end
 if nw >= batch or no >= batch then more = 1 end
 local keep = {}
 local classes = L.scs()
+-- Predeclared size classes (declare_queue.lua) are never removed.
+local pre = {}
+for _, c in ipairs(L.words(redis.call('HGET', K_META, 'pre') or '')) do pre[c] = true end
 for _, sc in ipairs(classes) do
   local z = redis.call('HGET', K_META, 'z' .. sc)
-  if z and tonumber(z) <= NOW and L.worker_count(sc) == 0 then
+  if z and tonumber(z) <= NOW and L.worker_count(sc) == 0 and not pre[sc] then
     local left = false
     while true do
       local m = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)

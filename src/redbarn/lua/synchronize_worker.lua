@@ -14,6 +14,7 @@
 --   | {'c', next_ms, report, lost} | {'i', next_ms, report, lost}
 --   | {'p', park_deadline_ms, now_us, report, lost}
 --   | {'b', holder_fid} (same worker already synchronizing, held by that frontend)
+--   | {'e', message} (refused: a size class its predeclared platform queue cannot have)
 --   report: what became of a completion report: 'd' the task completed, 'f' it failed on
 --   a smaller size class and was requeued on the largest, 'l' late (the worker no longer
 --   held the assignment: discarded), '' no completion reported. lost: tasks this worker
@@ -26,6 +27,20 @@ local sc = L.sc_of(wk)
 local w = L.worker_get(wk)
 local dirty = false -- the worker record must be written back
 if not w then
+  -- A predeclared platform queue (meta pre, see declare_queue.lua) takes workers of its
+  -- size classes and of smaller ones, never of a larger one: its largest size class
+  -- retries what fails on the others (Buildbarn's R18).
+  local pre = L.words(redis.call('HGET', K_META, 'pre') or '')
+  if #pre > 0 then
+    local max = pre[#pre]
+    if sc > max then
+      return {'e', 'Worker provided size class ' .. L.int(tonumber(sc)) ..
+        ', which exceeds the predeclared maximum of ' .. L.int(tonumber(max))}
+    end
+    if tonumber(max) > 0 and tonumber(sc) < 1 then
+      return {'e', 'Worker did not provide a size class, even though this platform queue uses them'}
+    end
+  end
   dirty = true
   w = {t = '', ep = 0, h = '', term = '0', pairs = ARGV[3]}
   local classes = L.scs()

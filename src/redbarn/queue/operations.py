@@ -172,7 +172,9 @@ class Operations:
             raise await self.registry.no_workers(instance_name, pjson)
         # The script answers with the existing operation when the same invocation asked
         # for the same action before (in-flight dedup, Buildbarn's SameInvocation).
-        dedup = ev.SAME_INVOCATION if reply.opid != opid else ev.NEW
+        dedup = {"s": ev.SAME_INVOCATION, "o": ev.OTHER_INVOCATION}.get(reply.dedup, ev.NEW)
+        if reply.opid != opid:  # the same invocation's operation came back
+            dedup = ev.SAME_INVOCATION
         self.events.operation_created(
             ev.QueueName(queue.prefix, pjson, reply.size_class),
             dedup=dedup,

@@ -66,6 +66,9 @@ class Enqueued:
     gc_deadline_ms: int
     now_us: int
     worker_stages: str
+    # How in-flight dedup went: "" a new task, "s" the same invocation's operation was
+    # returned, "o" a new operation joined another invocation's task.
+    dedup: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,7 @@ def enqueue_operation(reply: Sequence[Any]) -> Enqueued | EnqueueRefused | Blobs
         return BlobsMissing(tuple(int(_s(i)) - 1 for i in reply[1:]))
     if kind != "op":
         return EnqueueRefused(kind)
-    _, opid, stage, queued, sc, qm, wk, now, gc, now_us, stages = reply
+    _, opid, stage, queued, sc, qm, wk, now, gc, now_us, stages, *rest = reply
     return Enqueued(
         opid=_s(opid),
         stage=STAGES[_s(stage)],
@@ -100,6 +103,7 @@ def enqueue_operation(reply: Sequence[Any]) -> Enqueued | EnqueueRefused | Blobs
         gc_deadline_ms=int(gc),
         now_us=int(now_us),
         worker_stages=_s(stages),
+        dedup=_s(rest[0]) if rest else "",
     )
 
 
@@ -235,8 +239,16 @@ class Busy:
     holder: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """{'e', message}: the worker may not join its platform queue (a size class its
+    predeclared queue cannot have); the caller answers INVALID_ARGUMENT with `message`."""
+
+    message: str
+
+
 WorkerReply = Assignment | Continue | Idle
-SynchronizeReply = Assignment | Continue | Idle | Parked | Busy
+SynchronizeReply = Assignment | Continue | Idle | Parked | Busy | Refused
 
 
 def _assignment(
@@ -279,6 +291,8 @@ def synchronize_worker(reply: Sequence[Any]) -> SynchronizeReply:
         return Parked(int(reply[1]), int(reply[2]), *_tail(reply, 3))
     if kind == "b":
         return Busy(_s(reply[1]) if len(reply) > 1 else "")
+    if kind == "e":
+        return Refused(_s(reply[1]))
     raise ValueError(f"synchronize_worker replied {kind!r}")
 
 
@@ -362,3 +376,11 @@ class Terminated:
 
 def terminate_workers(reply: Sequence[Any]) -> Terminated:
     return Terminated(int(reply[0]), tuple(_s(t) for t in reply[1:]))
+
+
+# declare_queue.lua -----------------------------------------------------------------------
+
+
+def declare_queue(reply: Sequence[Any]) -> int:
+    """{'ok', added}: how many predeclared size classes did not exist before."""
+    return int(_s(reply[1]))

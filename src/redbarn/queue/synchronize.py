@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from redbarn import digests
-from redbarn.errors import ResourceExhausted
+from redbarn.errors import InvalidArgument, ResourceExhausted
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import codec, keys, replies
 from redbarn.queue import events as ev
@@ -106,6 +106,8 @@ class Workers:
                 prefer_idle=report.prefer_being_idle,
                 gone_holder=gone,
             )
+            if isinstance(reply, replies.Refused):
+                raise InvalidArgument(reply.message)
             if not isinstance(reply, replies.Busy):
                 break
             # R38, unless the frontend holding the other call is gone (killed while
