@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reapi_client import ReapiClient  # type: ignore[import-not-found]
+
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.proto import remote_execution_pb2_grpc as re_grpc
 
 from .observe_cluster import observed, run
 
@@ -91,7 +96,24 @@ def test_metrics_parse_and_queue_gauge_and_counters_move_by_ten(tmp_path: Path) 
             "the queue gauge back to 0",
             lambda: obs.total("redbarn_queue_operations_queued", **pq) == 0,
         )
-        # gRPC latency by method and code: the ten Executes ended OK.
+        # gRPC latency by method and code: a WaitExecution of an unknown name is NOT_FOUND.
+        stub = re_grpc.ExecutionStub(grpc.insecure_channel(obs.target))
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.WaitExecution(re_pb2.WaitExecutionRequest(name="nope"), timeout=10))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        obs.wait_for(
+            "the NOT_FOUND counted",
+            lambda: (
+                obs.total(
+                    "grpc_server_handling_seconds_count",
+                    grpc_method="WaitExecution",
+                    grpc_code="NOT_FOUND",
+                    grpc_type="server_stream",
+                )
+                == 1
+            ),
+        )
+        # ... and the ten Executes ended OK.
         assert (
             obs.total(
                 "grpc_server_handled_total",
