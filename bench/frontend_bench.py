@@ -39,7 +39,9 @@ Printed:
   called it, often asyncio's Handle._run.
 
 Options: `--workers N`, `--frontend-arg=--idle-sync-timeout=5s` (repeatable) passes
-flags to both frontends; see --help.
+flags to both frontends, `--topology split` sends every Execute through the first
+frontend while every worker waits on the second (the load-balanced shape, where lost
+wake-ups show), `--topology one` runs a single frontend; see --help.
 
 Every process started here is stopped at the end (also on errors and Ctrl-C); child
 processes also get SIGTERM if this process dies (PR_SET_PDEATHSIG).
@@ -766,6 +768,8 @@ async def bench(
     channels = [grpc.aio.insecure_channel(fe.target) for fe in frontends]
     try:
         stubs = [re_grpc.ExecutionStub(c) for c in channels]
+        if args.topology == "split":
+            stubs = stubs[:1]  # every Execute through the first; the workers are on the second
         cas = re_grpc.ContentAddressableStorageStub(channels[0])
         pids = {f"frontend{i}": fe.proc.pid for i, fe in enumerate(frontends)}
         assert redis_server.proc is not None
@@ -824,7 +828,8 @@ async def bench(
         await redis.slowlog_reset()
 
         out += [
-            f"redbarn frontend benchmark: 2 frontend processes, {args.workers} synthetic "
+            f"redbarn frontend benchmark: {len(frontends)} frontend process(es), topology "
+            f"{args.topology}, {args.workers} synthetic "
             f"workers, {os.cpu_count()} CPUs, skip_cache_lookup=true, distinct no-op actions, "
             f"event loop {'uvloop' if eventloop.loop_factory() else 'asyncio'} "
             f"(${eventloop.ENV} sets it, here and in the frontends)",
@@ -987,6 +992,14 @@ def main() -> int:
     ap.add_argument(
         "--frontend-arg", action="append", default=[], help="extra `redbarn frontend` flag"
     )
+    ap.add_argument(
+        "--topology",
+        choices=("spread", "split", "one"),
+        default="spread",
+        help="spread: two frontends, workers and Executes alternate between them; split: "
+        "every Execute through the first, every worker on the second (what a load "
+        "balancer does to a build); one: a single frontend",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="redbarn-frontend-bench-"))
@@ -996,7 +1009,7 @@ def main() -> int:
         stack.callback(redis_server.stop)
         frontends: list[Frontend] = []
         stack.callback(lambda: [fe.stop() for fe in frontends])
-        for i in range(2):
+        for i in range(1 if args.topology == "one" else 2):
             frontends.append(start_frontend(redis_server.url, tmp, i, args.frontend_arg))
         for fe in frontends:
             wait_serving(fe)
@@ -1004,7 +1017,13 @@ def main() -> int:
         counters = ctx.Array("q", 4, lock=False)
         workers = ctx.Process(
             target=worker_process,
-            args=([fe.target for fe in frontends], args.workers, counters),
+            args=(
+                [fe.target for fe in frontends[1:]]
+                if args.topology == "split"
+                else [fe.target for fe in frontends],
+                args.workers,
+                counters,
+            ),
             daemon=True,
         )
         workers.start()
