@@ -292,3 +292,24 @@ async def test_forms_are_refused_without_admin_tokens(frontend: InProcess) -> No
         frontend.request, "/kill", form={"name": "x", "form_token": frontend.web.form_token}
     )
     assert status == 403 and "--admin-tokens" in body
+
+
+async def test_bad_requests_get_4xx_not_500(frontend: InProcess) -> None:
+    import socket
+
+    def raw(data: bytes) -> str:
+        with socket.create_connection(("127.0.0.1", frontend.web.port), timeout=10) as s:
+            s.sendall(data)
+            return s.recv(4096).decode(errors="replace")
+
+    too_many = "&".join(f"f{i}=1" for i in range(200))
+    assert (
+        await asyncio.to_thread(raw, f"GET /operations?{too_many} HTTP/1.1\r\n\r\n".encode())
+    ).startswith("HTTP/1.1 400")
+    assert (await asyncio.to_thread(raw, b"NONSENSE\r\n\r\n")).startswith("HTTP/1.1 400")
+    big = b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+    assert (await asyncio.to_thread(raw, big)).startswith("HTTP/1.1 413")
+    body = b"x" * 70000
+    head = f"POST /kill HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    assert (await asyncio.to_thread(raw, head)).startswith("HTTP/1.1 413")
+    assert (await asyncio.to_thread(raw, b"DELETE / HTTP/1.1\r\n\r\n")).startswith("HTTP/1.1 405")

@@ -150,6 +150,13 @@ def link(path: str, text: str, **params: str | int) -> str:
     return f"<a href='{e(path + ('?' + query if query else ''))}'>{e(text)}</a>"
 
 
+def _fields(text: str, what: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(text, max_num_fields=100)
+    except ValueError as err:
+        raise HttpError(400, f"The {what} has more than 100 fields") from err
+
+
 class WebServer:
     """`/metrics` and the queue pages, served from the frontend's event loop."""
 
@@ -231,8 +238,8 @@ class WebServer:
             if int(length) > MAX_BODY:
                 raise HttpError(413, f"Form body exceeds {MAX_BODY} bytes")
             body = await reader.readexactly(int(length))
-            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=100)
-        return Request(parts[0], url.path, parse_qs(url.query, max_num_fields=100), headers, form)
+            form = _fields(body.decode("utf-8", "replace"), "form")
+        return Request(parts[0], url.path, _fields(url.query, "query"), headers, form)
 
     def _role(self, request: Request) -> Role | None:
         """The caller's role (None: no valid token). Raises 401 without credentials."""
