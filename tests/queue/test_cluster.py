@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import shutil
 import subprocess
@@ -311,3 +312,67 @@ async def test_fast_cluster_follows_moved_and_ask(cluster: list[int]) -> None:
                 s.execute_command("CLUSTER", "SETSLOT", ask_slot, "STABLE")
     finally:
         await fast.aclose()
+
+
+async def test_frontend_with_cas_on_the_cluster(cluster: list[int], redis_url: str) -> None:
+    """`--cas-redis redis+cluster://…` through a real frontend and channel: blobs
+    written in one batch land on several masters, are found and read back, and an
+    Action Cache entry round-trips."""
+    import grpc
+    from redis.crc import key_slot
+
+    from redbarn.digests import Digest
+    from redbarn.frontend.config import FrontendConfig
+    from redbarn.frontend.server import create_server
+    from redbarn.frontend.storage.cas_keys import cas_key
+    from redbarn.proto import remote_execution_pb2_grpc as re_grpc
+
+    config = FrontendConfig(
+        listen="127.0.0.1:0",
+        redis_url=redis_url,
+        cas_redis_url=f"redis+cluster://127.0.0.1:{cluster[2]}",
+        health_interval=0.2,
+        grace_period=0.5,
+    )
+    server, port = await create_server(config)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        cas = re_grpc.ContentAddressableStorageStub(channel)
+        ac = re_grpc.ActionCacheStub(channel)
+        blobs = [b"cluster blob %d" % i for i in range(12)]
+        digests = [
+            re_pb2.Digest(hash=hashlib.sha256(b).hexdigest(), size_bytes=len(b)) for b in blobs
+        ]
+        Req = re_pb2.BatchUpdateBlobsRequest.Request
+        put = await cas.BatchUpdateBlobs(
+            re_pb2.BatchUpdateBlobsRequest(
+                requests=[Req(digest=d, data=b) for d, b in zip(digests, blobs, strict=True)]
+            )
+        )
+        assert [r.status.code for r in put.responses] == [0] * len(blobs)
+        absent = re_pb2.Digest(hash="0" * 64, size_bytes=5)
+        missing = await cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(blob_digests=[*digests, absent])
+        )
+        assert list(missing.missing_blob_digests) == [absent]
+        read = await cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digests=digests))
+        assert [r.data for r in read.responses] == blobs
+        # The blobs are spread over the masters, each stored where its slot lives.
+        holders = set()
+        for b in blobs:
+            key = cas_key(Digest.of(b))
+            slot_port, _ = _slot_owner(cluster[0], key_slot(key.encode()))
+            async with aioredis.Redis(port=slot_port) as node:
+                assert await node.get(key) == b
+            holders.add(slot_port)
+        assert len(holders) >= 2
+        result = re_pb2.ActionResult(exit_code=3, stdout_digest=digests[0])
+        await ac.UpdateActionResult(
+            re_pb2.UpdateActionResultRequest(action_digest=digests[1], action_result=result)
+        )
+        got = await ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=digests[1]))
+        assert got == result
+    finally:
+        await channel.close()
+        await server.stop(0)
