@@ -86,3 +86,25 @@ def test_the_frontend_settles_cluster_and_sentinel_outages_only() -> None:
     assert redis_outage_log("redis+cluster://r:7000", "CAS Redis").what == (
         "CAS Redis at redis+cluster://r:7000"
     )
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ("CLUSTERDOWN The cluster is down", "the Redis Cluster is down (a failover under way?); retry"),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", "a Redis Cluster slot is being migrated; retry"),
+    ],
+)  # fmt: skip
+def test_cluster_refusals_are_unavailable(reply: str, message: str) -> None:
+    """A cluster mid-failover or mid-migration answers CLUSTERDOWN or TRYAGAIN: clients
+    get UNAVAILABLE (retry), not INTERNAL, whichever client read the reply."""
+    import hiredis
+
+    from redbarn import errors
+    from redbarn.runtime import fastredis, redis_refusals
+
+    err = fastredis._error(hiredis.ReplyError(reply))
+    for exc in (err, redis.exceptions.ResponseError(reply)):
+        got = redis_refusals.refusal(exc)
+        assert isinstance(got, errors.Unavailable), exc
+        assert str(got) == message

@@ -23,7 +23,7 @@ Failures look like redis-py's, so error mapping is unchanged:
   every call in flight fails with `redis.exceptions.TimeoutError`;
 - error replies raise what redis-py raises for them: `ResponseError` and its
   `NoScriptError`, `NoPermissionError`, `ReadOnlyError`, `OutOfMemoryError`,
-  `MasterDownError`; `BusyLoadingError` and `AuthenticationError` (both
+  `MasterDownError`, `ClusterDownError`, `TryAgainError`; `BusyLoadingError` and `AuthenticationError` (both
   ConnectionErrors). Each carries the reply's code in `status_code`, as redis-py's do,
   and the whole reply as its message; `redbarn.frontend.errors` maps them to statuses.
 A cancelled call leaves its place in the queue; its reply is read and dropped.
@@ -70,6 +70,8 @@ _ERRORS: dict[str, type[exceptions.RedisError]] = {
     "READONLY": exceptions.ReadOnlyError,
     "OOM": exceptions.OutOfMemoryError,
     "MASTERDOWN": exceptions.MasterDownError,
+    "CLUSTERDOWN": exceptions.ClusterDownError,
+    "TRYAGAIN": exceptions.TryAgainError,
 }
 _CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 

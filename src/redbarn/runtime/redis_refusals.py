@@ -3,8 +3,9 @@
 Redis answers some commands with an error that says nothing about the command and
 everything about the server: out of memory under `noeviction` (OOM), a read-only
 replica after a failover (READONLY), loading its dataset after a restart (LOADING), a
-replica without its primary (MASTERDOWN), a script running too long (BUSY), or failing
-to persist (MISCONF). The same command works once that passes, so clients get
+replica without its primary (MASTERDOWN), a script running too long (BUSY), failing
+to persist (MISCONF), or on a Redis Cluster, a failover leaving slots without a master
+(CLUSTERDOWN) or a slot being migrated (TRYAGAIN). The same command works once that passes, so clients get
 RESOURCE_EXHAUSTED (OOM) or UNAVAILABLE (the rest) with a fixed message. Redis's own
 text names the script's SHA1 and line (`script: 8c09..., on @user_script:504`), which
 is for the operator's log, not for clients.
@@ -38,6 +39,12 @@ REFUSALS: dict[str, tuple[type[errors.RedbarnError], str]] = {
         "Redis is a replica that lost its link to the primary; retry",
     ),
     "BUSY": (errors.Unavailable, "Redis is busy running a script; retry"),
+    # Redis Cluster: a failover under way (slots without a master), a slot migrating.
+    "CLUSTERDOWN": (
+        errors.Unavailable,
+        "the Redis Cluster is down (a failover under way?); retry",
+    ),
+    "TRYAGAIN": (errors.Unavailable, "a Redis Cluster slot is being migrated; retry"),
     "MISCONF": (
         errors.Unavailable,
         "Redis refuses writes because it cannot persist to disk; retry",
@@ -48,6 +55,8 @@ _CLASSES: tuple[tuple[type[redis.exceptions.RedisError], str], ...] = (
     (redis.exceptions.ReadOnlyError, "READONLY"),
     (redis.exceptions.BusyLoadingError, "LOADING"),
     (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
 )
 # Redis 6 wraps an error raised inside a script: "ERR Error running script (call to
 # f_<sha>): @user_script:12: -OOM command not allowed ...".
