@@ -71,6 +71,7 @@ SAMPLES: dict[str, tuple[list[Any], Any]] = {
     "add_drain": ([b"ok"], True),
     "remove_drain": ([b"none"], False),
     "terminate_workers": ([2, b"t1"], replies.Terminated(2, ("t1",))),
+    "declare_queue": ([b"ok", b"2"], 2),
 }
 
 

@@ -27,7 +27,7 @@ from redbarn.config import (
     parse_size,
 )
 from redbarn.frontend.config import MESSAGE_HEADROOM, FrontendConfig
-from redbarn.queue.config import SchedulerConfig
+from redbarn.queue.config import SchedulerConfig, parse_predeclared
 from redbarn.runtime import eventloop, grpcenv
 
 _D = FrontendConfig()
@@ -177,6 +177,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_flag(sched, _flag(field), format_duration(getattr(_S, field)), meaning)
     for field, meaning in _SCHEDULER_COUNTS.items():
         add_flag(sched, _flag(field), str(getattr(_S, field)), meaning)
+    add_flag(
+        sched,
+        "--platform-queue",
+        None,
+        "a platform queue that always exists, never reaped: bb_scheduler's "
+        "PredeclaredPlatformQueueConfiguration as protobuf JSON, e.g. "
+        '\'{"instanceNamePrefix": "", "platform": {"properties": [{"name": "OSFamily", '
+        '"value": "linux"}]}, "sizeClasses": [4, 8]}\'',
+        repeat=True,
+    )
 
 
 def _bool(flag: str, text: str) -> bool:
@@ -221,6 +231,16 @@ def scheduler_from_args(args: argparse.Namespace) -> SchedulerConfig:
             f"--default-action-timeout {args.default_action_timeout} exceeds "
             f"--max-action-timeout {args.max_action_timeout}"
         )
+    predeclared = tuple(parse_predeclared(text) for text in args.platform_queue or ())
+    seen: set[str] = set()
+    for q in predeclared:
+        if q.domain in seen:
+            raise ConfigError(
+                f'--platform-queue declares instance name prefix "{q.instance_name_prefix}" '
+                f"platform {q.platform_json} twice"
+            )
+        seen.add(q.domain)
+    values["predeclared"] = predeclared
     return dataclasses.replace(_S, **values)
 
 

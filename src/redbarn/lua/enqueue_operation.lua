@@ -13,7 +13,8 @@
 --   Only a caller whose CAS lives in this same non-cluster Redis passes them; each is
 --   touched (TTL refreshed) and any missing one stops the enqueue.
 -- Returns: {'op', opid, stage('q'|'x'), queued_ms, sc, prio+seq, worker, now_ms, gc_deadline_ms, now_us,
---   worker_stages}
+--   worker_stages, dedup}  dedup: '' a new task, 's' joined the same invocation's
+--   operation, 'o' a new operation of another invocation's task (metrics)
 --   | {'nodomain'} | {'full'} | {'missing', i...} (1-based indices of the missing blobs)
 local opid, dk, path, prio = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local fid = CFG.fid  -- the caller's frontend: it watches the operation
@@ -42,7 +43,7 @@ if dk ~= '' then
         L.op_put(id, o)
         redis.call('ZADD', K_OPGC, NOW + CFG.retention, id)
         return {'op', id, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
-                L.stages_of(tid, t)}
+                L.stages_of(tid, t), 's'}
       end
     end
     local seq = stamp()
@@ -60,7 +61,7 @@ if dk ~= '' then
       L.add_exec(t.sc, path, 1)
     end
     return {'op', opid, t.st, t.qt, t.sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
-            L.stages_of(tid, t)}
+            L.stages_of(tid, t), 'o'}
   end
 end
 
@@ -88,8 +89,8 @@ if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
 -- quiet: the caller (the operation's only watcher so far) learns the stage from the reply.
 if L.offer(tid, t, true) then
   return {'op', opid, 'x', t.qt, sc, o.qm, t.w, L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US),
-          L.stages_of(tid, t)}
+          L.stages_of(tid, t), ''}
 end
 redis.call('ZADD', K_QUEUED, 0, L.qmember(sc, o, opid))
 L.refresh(sc, path)
-return {'op', opid, 'q', t.qt, sc, o.qm, '', L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US), ''}
+return {'op', opid, 'q', t.qt, sc, o.qm, '', L.int(NOW), L.int(NOW + CFG.retention), L.int(NOW_US), '', ''}

@@ -7,10 +7,62 @@ onto this; tests use short timeouts.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
-from redbarn.config import HOUR, MINUTE
-from redbarn.queue import keys
+from google.protobuf import json_format
+
+from redbarn.config import HOUR, MINUTE, ConfigError
+from redbarn.errors import InvalidArgument
+from redbarn.proto import bb_scheduler_pb2
+from redbarn.proto import remote_execution_pb2 as re_pb2
+from redbarn.queue import codec, keys, validate
+
+
+@dataclass(frozen=True)
+class PredeclaredQueue:
+    """A platform queue that always exists (bb_scheduler's predeclared_platform_queues):
+    never reaped, so Execute queues work on it with no worker present."""
+
+    instance_name_prefix: str
+    platform_json: str  # codec.platform_json of its (sorted) platform
+    size_classes: tuple[int, ...]  # increasing
+
+    @property
+    def domain(self) -> str:
+        return keys.domain_id(self.instance_name_prefix, self.platform_json)
+
+
+def parse_predeclared(text: str, flag: str = "--platform-queue") -> PredeclaredQueue:
+    """One PredeclaredPlatformQueueConfiguration in protobuf JSON (bb_scheduler's form),
+    checked as bb_scheduler checks it. Raises ConfigError naming what is wrong."""
+    msg = bb_scheduler_pb2.PredeclaredPlatformQueueConfiguration()
+    try:
+        json_format.Parse(text, msg)
+    except json_format.ParseError as err:
+        reason = str(err).splitlines()[0] if str(err) else "not protobuf JSON"
+        raise ConfigError(f"invalid {flag} {text!r}: {reason}") from None
+    classes = tuple(msg.size_classes)
+    if not classes:
+        raise ConfigError(f"invalid {flag} {text!r}: sizeClasses must list at least one size class")
+    if any(b <= a for a, b in itertools.pairwise(classes)):
+        raise ConfigError(
+            f"invalid {flag} {text!r}: sizeClasses must be in increasing order, got {list(classes)}"
+        )
+    if len(classes) > 1 and classes[0] == 0:
+        raise ConfigError(
+            f"invalid {flag} {text!r}: with more than one size class all must be positive"
+        )
+    pairs = sorted((p.name, p.value) for p in msg.platform.properties)
+    platform = re_pb2.Platform(
+        properties=[re_pb2.Platform.Property(name=n, value=v) for n, v in pairs]
+    )
+    try:
+        validate.instance_name(msg.instance_name_prefix)
+        validate.platform(platform)
+    except InvalidArgument as err:
+        raise ConfigError(f"invalid {flag} {text!r}: {err}") from None
+    return PredeclaredQueue(msg.instance_name_prefix, codec.platform_json(platform), classes)
 
 
 @dataclass(frozen=True)
@@ -41,6 +93,8 @@ class SchedulerConfig:
     # Levels of the invocation tree, outermost first ("c": correlated_invocations_id,
     # "t": tool_invocation_id): Buildbarn's invocation key extractors (--action-router).
     invocation_keys: tuple[str, ...] = ("c", "t")
+    # Platform queues that always exist (--platform-queue), never reaped.
+    predeclared: tuple[PredeclaredQueue, ...] = ()
     # How long the platform registry is cached in-process.
     platform_cache_ttl: float = 2.0
     # Entries of each kind one reaper call handles.

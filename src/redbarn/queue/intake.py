@@ -137,6 +137,7 @@ class Intake:
             except errors.NotFound:
                 pass
             else:
+                self.operations.events.action_cache_hit(instance_name)
                 return cached_view(action_digest, result)
         required = self.blobs.enqueue_check(self.scheduler_redis, needed)
         if required is None:

@@ -22,8 +22,9 @@ Other deviations from Buildbarn, deliberate or for now (each keeps the protocol 
 - Idle workers park per size class, not per invocation (no idle-worker utilisation heap,
   no stickiness, R34/R36): direct assignment takes the first parked worker in key order.
 - Within an invocation: priority, then FIFO (expected_duration is not a sort key, R24).
-- R18 (size classes only on predeclared queues) is not enforced: a worker may add any
-  size class to its platform queue; predeclared queues do not exist.
+- R18 holds for predeclared queues (`--platform-queue`): a worker of a size class above
+  the largest declared one, or without one when they are used, is refused. On a queue
+  that is not predeclared, a worker may still add any size class (Buildbarn refuses it).
 - A drained worker that parks stays held but is not offered work; RemoveDrain makes it
   eligible again and hints it only if work is queued (else it sees work at its next poll).
 - Operation names are "<P>.<32 hex>", not bare UUIDs, so that they route (DESIGN rule 2).
@@ -40,15 +41,17 @@ correlated_invocations_id or `t<id>` for a tool_invocation_id, percent-escaped.
 Global keys (no hash tag; touched by single small commands, never inside a script):
 
 redbarn:v1:platforms  HASH  P -> json {"instance_name_prefix": ..., "platform": <jsonpb>}
-    Written with HSETNX by a frontend the first time a worker synchronizes for a domain;
-    HDEL by the reaper when the domain is empty. Read (cached briefly) by Execute.
+    Written with HSETNX by a frontend the first time a worker synchronizes for a domain
+    (HSET on every reaper tick for a predeclared queue); HDEL by the reaper when the
+    domain is empty. Read (cached briefly) by Execute.
     redis-cli HGETALL redbarn:v1:platforms
 redbarn:v1:started  STRING  server time (ms) of the first start (SET NX): start-up grace.
     redis-cli GET redbarn:v1:started
 
 Domain keys (`redbarn:v1:{P}:<what>`; no TTL, bounded by the reaper; survive noeviction):
 
-meta      HASH  scs = "<sc> <sc>..." size classes; w<sc> = worker count; z<sc> = removal
+meta      HASH  scs = "<sc> <sc>..." size classes; pre = the predeclared ones (never
+          removed; declare_queue.lua); w<sc> = worker count; z<sc> = removal
           time (ms) of a worker-less size class; tseq = task counter; seq = the order
           stamp of queued operations (FIFO) and of invocation starts (ties, R33). Writers: synchronize,
           enqueue, reap. Lifetime: the domain's.

@@ -2,7 +2,8 @@
 
 It expires lost workers (requeueing their task with its original queued time, up to
 `max_attempts`, then failing it), detaches operations whose waiters left, and removes
-size class queues that had no workers for `platform_queue_timeout`. The script is
+size class queues that had no workers for `platform_queue_timeout` (never predeclared
+ones, which each tick declares again: `declare`). The script is
 idempotent, so every frontend runs it on a jittered tick with no coordination. A tick
 that cannot reach Redis is reported to the process's `OutageLog`
 (`redbarn.runtime.outage`), which logs the outage once; other failures are bugs and are
@@ -17,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 
 from redbarn.queue import events as ev
+from redbarn.queue import keys
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.registry import Registry
 from redbarn.queue.replies import lost_tasks
@@ -42,9 +44,22 @@ class Reaper:
     config: SchedulerConfig
     events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
 
+    async def declare(self) -> None:
+        """Make the predeclared platform queues exist (`SchedulerConfig.predeclared`):
+        their size classes (declare_queue.lua) and their registry entry. Idempotent; run
+        at start and on every tick, so a Redis that lost its data gets them back."""
+        for q in self.config.predeclared:
+            await self.scripts.declare_queue(
+                domain=q.domain,
+                config=self.registry.script_config(q.domain),
+                size_classes=" ".join(keys.size_class_field(c) for c in q.size_classes),
+            )
+            await self.registry.declare(q.domain, q.instance_name_prefix, q.platform_json)
+
     async def reap(self) -> ReapTotals:
         """Run the reaper over every domain (idempotent; any frontend, any time)."""
         totals = ReapTotals()
+        await self.declare()
         queues = await self.registry.queues(fresh=True)
         for domain in list(queues):
             while True:

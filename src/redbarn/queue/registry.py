@@ -3,7 +3,9 @@
 A platform queue (a scheduling domain, keys `redbarn:v1:{P}:*`) is created by its
 workers: a Synchronize records the worker in the domain, then registers its (instance
 name prefix, platform) in the global hash `keys.PLATFORMS`, and the reaper removes it
-once it has had no workers for `platform_queue_timeout`. Execute picks the queue with
+once it has had no workers for `platform_queue_timeout`. A predeclared queue
+(`--platform-queue`) is declared by every frontend configured with it and never
+removed: Execute queues work on it with no worker present. Execute picks the queue with
 the longest matching instance name prefix and an identical platform (Buildbarn's
 rule). Every frontend keeps a short cache of the registry; a miss reads it again before
 answering "No workers exist".
@@ -114,6 +116,12 @@ class Registry:
         value = json.dumps({"instance_name_prefix": prefix, "platform": platform_json})
         await self.redis.hsetnx(keys.PLATFORMS, domain, value)
         self._registered[domain] = now
+
+    async def declare(self, domain: str, prefix: str, platform_json: str) -> None:
+        """A predeclared platform queue: registered whether or not workers exist (its
+        size classes are made to exist first, by declare_queue.lua, so the reaper keeps it)."""
+        value = json.dumps({"instance_name_prefix": prefix, "platform": platform_json})
+        await self.redis.hset(keys.PLATFORMS, domain, value)
 
     async def unregister(self, domain: str) -> None:
         """The reaper found the platform queue gone (no size class queues left)."""

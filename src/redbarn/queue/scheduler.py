@@ -77,14 +77,17 @@ class Scheduler:
         self.events = events
         for part in (self.operations, self.workers, self.control, self.reaper):
             part.events = events
+        self.scripts.timer = events.script_called
 
     @property
     def fid(self) -> str:
         return self.hints.fid
 
     async def start(self) -> None:
-        """Record the first start time (drives the start-up grace period)."""
+        """Record the first start time (drives the start-up grace period) and declare
+        the predeclared platform queues."""
         await self.registry.start()
+        await self.reaper.declare()
 
     async def run_reaper(self, interval: float = 1.0, *, outage: OutageLog | None = None) -> None:
         await self.reaper.run(interval, outage=outage)

@@ -10,6 +10,7 @@ single server and through `RedisCluster` (all KEYS share the domain's hash tag).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +30,7 @@ SCRIPT_NAMES = (
     "add_drain",
     "remove_drain",
     "terminate_workers",
+    "declare_queue",
 )
 
 Reply = list[Any]  # a script's raw reply, for `replies` to decode
@@ -87,16 +89,20 @@ class Scripts:
             for name in SCRIPT_NAMES
         }
         self.calls = 0
+        # Told each call's name and round-trip seconds (the frontend's metrics).
+        self.timer: Callable[[str, float], None] | None = None
 
     async def _run(
         self, name: str, domain: str, args: list[str | bytes], extra_keys: Sequence[str] = ()
     ) -> Reply:
         self.calls += 1
-        out, local = replies.local_hints(
-            await self._s[name](
-                keys=[*keys.domain_keys(domain), *extra_keys], args=[_b(a) for a in args]
-            )
+        start = time.perf_counter()
+        raw = await self._s[name](
+            keys=[*keys.domain_keys(domain), *extra_keys], args=[_b(a) for a in args]
         )
+        if self.timer is not None:
+            self.timer(name, time.perf_counter() - start)
+        out, local = replies.local_hints(raw)
         if self._local_hints is not None:
             for message in local:
                 self._local_hints(message)
@@ -207,4 +213,9 @@ class Scripts:
     ) -> replies.Terminated:
         return replies.terminate_workers(
             await self._run("terminate_workers", domain, [config, tokens])
+        )
+
+    async def declare_queue(self, *, domain: str, config: str, size_classes: str) -> int:
+        return replies.declare_queue(
+            await self._run("declare_queue", domain, [config, size_classes])
         )
