@@ -417,15 +417,27 @@ class AdminReads:
                 keys.domain_key(d.id, "queued"), f"[{pre}", f"[{pre}{HI}"
             )
         ]
+        # Paged before the full state is read: one HMGET of the operation records and
+        # one of their task records give each entry's (priority, queued time), in
+        # scheduling order; only the page's operations are read whole.
         ops = keys.domain_key(d.id, "ops")
-        states = []
-        for m in members:
-            opid = m.rsplit(" ", 1)[1]
-            raw = await self.redis.hget(ops, opid)
-            st = raw is not None and await self._operation_state(d, opid, raw)
-            if st:
-                st.ClearField("invocation_name")
-                states.append(st)
+        opids = [m.rsplit(" ", 1)[1] for m in members]
+        op_raws = await self.redis.hmget(ops, opids) if opids else []
+        entries = [
+            (opid, raw, codec.OpRecord.parse(raw))
+            for opid, raw in zip(opids, op_raws, strict=True)
+            if raw is not None
+        ]
+        task_raws = (
+            await self.redis.hmget(keys.domain_key(d.id, "tasks"), [e[2].tid for e in entries])
+            if entries
+            else []
+        )
+        listed = [
+            (opid, raw, (op.priority, codec.TaskRecord.parse(task).queued_ms))
+            for (opid, raw, op), task in zip(entries, task_raws, strict=True)
+            if task is not None
+        ]
         start = 0
         if request.HasField("start_after"):
             sa = request.start_after
@@ -433,22 +445,16 @@ class AdminReads:
                 sa.priority,
                 sa.queued_timestamp.seconds * 1000 + sa.queued_timestamp.nanos // 1_000_000,
             )
-            start = next(
-                (
-                    i
-                    for i, s in enumerate(states)
-                    if (
-                        s.priority,
-                        s.queued_timestamp.seconds * 1000 + s.queued_timestamp.nanos // 1_000_000,
-                    )
-                    > key
-                ),
-                len(states),
-            )
-        page = states[start : start + request.page_size]
+            start = next((i for i, e in enumerate(listed) if e[2] > key), len(listed))
+        states = []
+        for opid, raw, _ in listed[start : start + request.page_size]:
+            st = await self._operation_state(d, opid, raw)
+            if st:
+                st.ClearField("invocation_name")
+                states.append(st)
         return bq_pb2.ListQueuedOperationsResponse(
-            queued_operations=page,
-            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(states)),
+            queued_operations=states,
+            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(listed)),
         )
 
     async def list_workers(self, request: bq_pb2.ListWorkersRequest) -> bq_pb2.ListWorkersResponse:
