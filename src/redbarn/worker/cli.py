@@ -125,6 +125,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--cache-dir", d.cache_dir, "local content-addressed input cache")
     add_flag(
         parser,
+        "--metrics-listen",
+        d.metrics_listen,
+        'HTTP address serving Prometheus /metrics, HOST:PORT ("" = off)',
+    )
+    add_flag(
+        parser,
         "--cache-size",
         format_size(d.cache_size),
         "largest size of the input cache (LRU eviction)",
@@ -214,6 +220,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         size_class=_int(args.size_class, "--size-class", 0),
         build_dir=os.path.abspath(args.build_dir),
         cache_dir=os.path.abspath(args.cache_dir),
+        metrics_listen=args.metrics_listen or "",
         cache_size=parse_size(args.cache_size),
         hostname=args.hostname or None,
         sync_timeout=parse_duration(args.sync_timeout),
@@ -413,10 +420,21 @@ async def serve(config: WorkerConfig, shutdown: asyncio.Event | None = None) -> 
         )
     tasks.extend(asyncio.create_task(t.run(), name=t.name) for t in threads)
     reporter = asyncio.create_task(_report_metrics(metrics, config.metrics_interval))
+    metrics_server = None
+    if config.metrics_listen:
+        from prometheus_client import CollectorRegistry
+
+        from redbarn.worker.prometheus import WorkerCollector, serve_metrics
+
+        registry = CollectorRegistry()
+        registry.register(WorkerCollector(metrics, cache))
+        metrics_server = await serve_metrics(config.metrics_listen, registry)
     try:
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         reporter.cancel()
+        if metrics_server is not None:
+            metrics_server.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
         await channel.close()

@@ -71,5 +71,7 @@ class WorkerConfig:
     sync_timeout: float = 300.0
     # Log the action counters this often (0: only at exit).
     metrics_interval: float = 60.0
+    # HTTP HOST:PORT serving Prometheus /metrics ("" = none).
+    metrics_listen: str = ""
     # Longest backoff between failed Synchronize calls.
     backoff_max: float = 5.0
