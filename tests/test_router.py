@@ -136,5 +136,5 @@ def test_the_frontend_flag_sets_levels_timeouts_and_the_extractor() -> None:
 def test_the_frontend_refuses_feedback_driven_until_it_learns() -> None:
     learned = json.loads(BUILDBARN_EXAMPLE)
     learned["simple"]["initialSizeClassAnalyzer"]["feedbackDriven"] = {"historySize": 32}
-    with pytest.raises(ConfigError, match="feedbackDriven .* is not supported yet"):
+    with pytest.raises(ConfigError, match=r"feedbackDriven .* is not supported yet"):
         cli.config_from_args(_frontend_args("--action-router", json.dumps(learned)))
