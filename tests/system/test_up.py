@@ -381,7 +381,7 @@ def test_up_passes_flags_and_log_level_to_its_children(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["frontend", "--platform-queue", "1s"],  # --platform-queue-timeout
+        ["frontend", "--platform-queue-time", "1s"],  # --platform-queue-timeout
         ["worker", "--front", "127.0.0.1:1"],  # --frontend
         ["up", "--work", "2"],  # --workers
     ],
