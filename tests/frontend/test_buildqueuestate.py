@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 import grpc
 import pytest
@@ -10,6 +12,7 @@ import redis.asyncio as aioredis
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
+from redbarn.frontend.config import FrontendConfig
 from redbarn.proto import buildqueuestate_pb2 as bq_pb2
 from redbarn.proto import buildqueuestate_pb2_grpc as bq_grpc
 from redbarn.proto import remote_execution_pb2 as re_pb2
@@ -225,3 +228,49 @@ async def test_a_worker_matched_by_a_drain_is_listed_as_drained(
         )
     )
     assert await drained() == [False]
+
+
+async def test_operation_state_target_id_and_timeout_follow_the_waiters(redis_url: str) -> None:
+    """Buildbarn's rules (OperationState): target_id is the request's
+    RequestMetadata.target_id; timeout is unset while any client waits on the operation
+    and is the operation's removal time once the last one has gone."""
+    sched = dataclasses.replace(SCHED, operation_retention=10.0, waiter_poll_interval=1.0)
+    c = Cluster(
+        FrontendConfig(listen="127.0.0.1:0", redis_url=redis_url, health_interval=0.2), sched
+    )
+    try:
+        a, b = await c.add(), await c.add()
+        admin = bq_grpc.BuildQueueStateStub(b.channel)
+        await SimWorker(a).register()  # idle, never synchronizing again: the op stays queued
+        digest = await upload_action(a, ["sleep"])
+        md = re_pb2.RequestMetadata(tool_invocation_id="inv-1", target_id="//pkg:target")
+        stream = a.execution.Execute(
+            re_pb2.ExecuteRequest(action_digest=digest),
+            metadata=[("build.bazel.remote.execution.v2.requestmetadata-bin",
+                       md.SerializeToString())],
+        )  # fmt: skip
+        first = await stream.read()
+
+        async def state() -> bq_pb2.OperationState:
+            got = await admin.GetOperation(bq_pb2.GetOperationRequest(operation_name=first.name))
+            return got.operation
+
+        st = await state()
+        assert st.target_id == "//pkg:target"
+        assert not st.HasField("timeout")
+        await asyncio.sleep(2.5)  # the waiter renews its lease meanwhile
+        assert not (await state()).HasField("timeout")
+
+        stream.cancel()
+        left = time.time()
+        deadline = left + 8
+        while not (st := await state()).HasField("timeout"):
+            assert time.time() < deadline, "timeout never set after the last waiter left"
+            await asyncio.sleep(0.2)
+        # Set within 1.5 renewal intervals of the client leaving, to the removal time:
+        # at most operation_retention after the client left.
+        assert time.time() - left < 1.5 * sched.touch_interval + 1
+        removal = st.timeout.ToMilliseconds() / 1000
+        assert left < removal <= left + sched.operation_retention + 0.5
+    finally:
+        await c.close()

@@ -66,7 +66,7 @@ SAMPLES: dict[str, tuple[list[Any], Any]] = {
     ),
     "unpark_worker": ([b"i", b"7"], replies.Idle(7)),
     "reap_domain": ([1, 2, 3, 1, 0], replies.Reaped(1, 2, 3, True, False)),
-    "kill_operation": ([b"none"], False),
+    "kill_operation": ([b"ok", b"0000000002"], 2),
     "kill_queued": ([b"ok", 4, 0], replies.QueuedKilled("ok", 4, False)),
     "add_drain": ([b"ok"], True),
     "remove_drain": ([b"none"], False),

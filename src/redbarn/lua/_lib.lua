@@ -88,7 +88,8 @@ local STARTED = -1
 -- string.match (a C call): a Lua split loop costs several times more per record.
 local F = '([^\31]*)'
 local TASK_RE = '^' .. F .. string.rep('\31' .. F, 11) .. '$'
-local OP_RE = '^' .. F .. string.rep('\31' .. F, 3) .. '$'
+local OP_RE = '^' .. F .. string.rep('\31' .. F, 4) .. '$'
+local OP_RE4 = '^' .. F .. string.rep('\31' .. F, 3) .. '$'  -- written before tg existed
 local WORKER_RE = '^' .. F .. string.rep('\31' .. F, 4) .. '$'
 
 function L.ids(s)
@@ -110,22 +111,23 @@ function L.task_put(tid, t)
     t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S))
 end
 
--- Operation record: tid qm path fids (memoised for the duration of one script call)
+-- Operation record: tid qm path fids tg (tg: the request's target_id; memoised for the duration of one script call)
 local OPS = {}
 function L.op_get(opid)
   local o = OPS[opid]
   if o then return o end
   local v = redis.call('HGET', K_OPS, opid)
   if not v then return nil end
-  local tid, qm, path, fids = string.match(v, OP_RE)
-  o = {tid = tid, qm = qm, path = path, fids = fids}
+  local tid, qm, path, fids, tg = string.match(v, OP_RE)
+  if not tid then tid, qm, path, fids = string.match(v, OP_RE4) end
+  o = {tid = tid, qm = qm, path = path, fids = fids, tg = tg}
   OPS[opid] = o
   return o
 end
 
 function L.op_put(opid, o)
   OPS[opid] = o
-  redis.call('HSET', K_OPS, opid, table.concat({o.tid, o.qm, o.path, o.fids}, S))
+  redis.call('HSET', K_OPS, opid, table.concat({o.tid, o.qm, o.path, o.fids, o.tg or ''}, S))
 end
 
 -- Worker record: tid ep holder term pairs

@@ -7,8 +7,12 @@
 -- ARGV[1] config  ARGV[2] new operation id  ARGV[3] dedup key ('' = do_not_cache)
 -- ARGV[4] invocation path  ARGV[5] priority (10-digit, +2^31)  ARGV[6] Executing bytes
 -- ARGV[7] digest "hash-size"  ARGV[8] digest function number
--- ARGV[9] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
--- ARGV[10..] per such blob, how many of KEYS[14..] are its keys (the Redis CAS gives one: its
+-- ARGV[9] the request's RequestMetadata.target_id (kept on the operation for OperationState)
+-- ARGV[10] initial size class (10-digit) chosen by the caller's size class analyzer; '' =
+--   the smallest size class that has workers, else the smallest one. A class the platform
+--   queue does not have is taken as the smallest one it has that is at least as large.
+-- ARGV[11] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
+-- ARGV[12..] per such blob, how many of KEYS[14..] are its keys (the Redis CAS gives one: its
 --   CAS key, a STRING or a HASH of chunks that LRU evicts whole).
 --   Only a caller whose CAS lives in this same non-cluster Redis passes them; each is
 --   touched (TTL refreshed) and any missing one stops the enqueue.
@@ -16,17 +20,17 @@
 --   worker_stages, dedup}  dedup: '' a new task, 's' joined the same invocation's
 --   operation, 'o' a new operation of another invocation's task (metrics)
 --   | {'nodomain'} | {'full'} | {'missing', i...} (1-based indices of the missing blobs)
-local opid, dk, path, prio = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local opid, dk, path, prio, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[9]
 local fid = CFG.fid  -- the caller's frontend: it watches the operation
 
-if ARGV[9] ~= '' then
+if ARGV[11] ~= '' then
   local missing, k = {'missing'}, N_DOMAIN_KEYS + 1
-  for b = 10, #ARGV do
+  for b = 12, #ARGV do
     local present = true
     for i = k, k + tonumber(ARGV[b]) - 1 do
-      if redis.call('PEXPIRE', KEYS[i], ARGV[9]) == 0 then present = false end
+      if redis.call('PEXPIRE', KEYS[i], ARGV[11]) == 0 then present = false end
     end
-    if not present then missing[#missing + 1] = L.int(b - 9) end
+    if not present then missing[#missing + 1] = L.int(b - 11) end
     k = k + tonumber(ARGV[b])
   end
   if #missing > 1 then return missing end
@@ -47,7 +51,7 @@ if dk ~= '' then
       end
     end
     local seq = stamp()
-    local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}
+    local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = '', tg = target}
     L.watch(o, fid)
     L.op_put(opid, o)
     redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
@@ -65,12 +69,20 @@ if dk ~= '' then
   end
 end
 
--- New work goes to the smallest size class that has workers, else the smallest one.
+-- New work goes to the analyzer's size class, else to the smallest size class that has
+-- workers, else to the smallest one.
 local classes = L.scs()
 if #classes == 0 then return {'nodomain'} end
 local sc = classes[1]
-for _, c in ipairs(classes) do
-  if L.worker_count(c) > 0 then sc = c; break end
+if ARGV[10] ~= '' then
+  sc = classes[#classes]
+  for _, c in ipairs(classes) do
+    if c >= ARGV[10] then sc = c; break end
+  end
+else
+  for _, c in ipairs(classes) do
+    if L.worker_count(c) > 0 then sc = c; break end
+  end
 end
 if redis.call('ZCARD', K_QUEUED) >= CFG.max_queued then return {'full'} end
 
@@ -78,7 +90,7 @@ local tid = 't' .. redis.call('HINCRBY', K_META, 'tseq', 1)
 local seq = stamp()
 local t = {st = 'q', sc = sc, ep = 0, n = 0, r = 0, qt = L.int(NOW), dg = ARGV[7], fn = ARGV[8],
            dk = dk, w = '', fb = '0', ops = {opid}}
-local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = ''}
+local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = '', tg = target}
 L.watch(o, fid)
 L.op_put(opid, o)
 redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)

@@ -6,10 +6,11 @@
 -- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] operation id  ARGV[3] result ("R" + ExecuteResponse bytes)
--- Returns: {'ok'} | {'none'}
+-- Returns: {'ok', size class} (killed) | {'done'} (already completed) | {'none'}
 local o = L.op_get(ARGV[2])
 if not o then return {'none'} end
 local t = L.task_get(o.tid)
 if not t then return {'none'} end
-if t.st ~= 'd' then L.complete(o.tid, t, ARGV[3]) end
-return {'ok'}
+if t.st == 'd' then return {'done'} end
+L.complete(o.tid, t, ARGV[3])
+return {'ok', t.sc}

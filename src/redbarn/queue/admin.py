@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -129,8 +130,9 @@ class AdminReads:
             action_digest=codec.digest_from_field(t.digest),
             priority=op.priority,
             digest_function=cast(Any, t.digest_function),
+            target_id=op.target_id,
         )
-        if gc is not None:
+        if gc is not None and not self._waited_on(float(gc)):
             st.timeout.CopyFrom(_ts(int(gc)))
         if ex_raw is not None:
             ex = rw_pb2.DesiredState.Executing.FromString(ex_raw)
@@ -143,6 +145,19 @@ class AdminReads:
         else:
             st.completed.CopyFrom(codec.decode_result(res_raw or b""))
         return st
+
+    def _waited_on(self, gc_ms: float) -> bool:
+        """Whether a client still waits on an operation whose removal is due at `gc_ms`.
+
+        Buildbarn leaves OperationState.timeout unset while any client waits and sets it
+        to the removal time once the last one has gone. A waiter (on any frontend) renews
+        the removal time to now + operation_retention every touch_interval, so the
+        operation is waited on while that time is within 1.5 touch intervals of a fresh
+        renewal; a client that has just left still shows as waiting for at most that long.
+        """
+        c = self.config
+        fresh = time.time() * 1000 + c.operation_retention * 1000
+        return gc_ms > fresh - 1.5 * c.touch_interval * 1000
 
     async def get_operation(self, name: str) -> bq_pb2.GetOperationResponse:
         parsed = keys.parse_operation_name(name)

@@ -192,6 +192,7 @@ class OpRecord:
     seq: int
     path: str
     fids: tuple[str, ...]
+    target_id: str = ""  # the request's RequestMetadata.target_id
 
     @classmethod
     def parse(cls, raw: bytes) -> OpRecord:
@@ -202,6 +203,7 @@ class OpRecord:
             seq=int(f[1][10:]),
             path=f[2],
             fids=tuple(f[3].split()) if len(f) > 3 else (),
+            target_id=f[4] if len(f) > 4 else "",
         )
 
 

@@ -36,12 +36,12 @@ class Control:
     config: SchedulerConfig
     events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
 
-    async def _killed(self, domain: str, count: int, size_class: int | None) -> None:
-        """Count `count` killed tasks of `domain` (size class unknown: labelled -1)."""
+    async def _killed(self, domain: str, count: int, size_class: int) -> None:
+        """Count `count` killed tasks of `domain`'s size class queue."""
         q = (await self.registry.queues()).get(domain)
         if q is None or count == 0:
             return
-        queue = ev.QueueName(q.prefix, q.platform_json, -1 if size_class is None else size_class)
+        queue = ev.QueueName(q.prefix, q.platform_json, size_class)
         for _ in range(count):
             self.events.task_completed(
                 queue, outcome=ev.KILLED, grpc_code="", executing_seconds=None
@@ -53,13 +53,15 @@ class Control:
         parsed = keys.parse_operation_name(name)
         if parsed is not None:
             domain, opid = parsed
-            if await self.scripts.kill_operation(
+            size_class = await self.scripts.kill_operation(
                 domain=domain,
                 config=self.registry.script_config(domain),
                 opid=opid,
                 result=_killed(status),
-            ):
-                await self._killed(domain, 1, None)
+            )
+            if size_class is not None:
+                if size_class >= 0:  # not completed before: one killed task
+                    await self._killed(domain, 1, size_class)
                 return
         raise NotFound(f'Operation "{name}" not found')
 

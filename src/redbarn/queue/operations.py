@@ -159,6 +159,7 @@ class Operations:
             executing=executing.SerializeToString(),
             digest=digests.key(action_digest),
             digest_function=digest_function,
+            target_id=request_metadata.target_id if request_metadata is not None else "",
             required=required,
         )
         if isinstance(reply, replies.BlobsMissing):

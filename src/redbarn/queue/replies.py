@@ -346,8 +346,17 @@ def lost_tasks(lost: str | Sequence[str]) -> list[tuple[str, int]]:
 
 
 def found(reply: Sequence[Any]) -> bool:
-    """{'ok'} | {'none'}: kill_operation, add_drain, remove_drain."""
+    """{'ok'} | {'none'}: add_drain, remove_drain."""
     return _s(reply[0]) == "ok"
+
+
+def killed(reply: Sequence[Any]) -> int | None:
+    """kill_operation: {'ok', size class} -> the killed task's size class; {'done'} (it
+    had completed already) -> -1; {'none'} (no such operation) -> None."""
+    outcome = _s(reply[0])
+    if outcome == "ok":
+        return int(reply[1])
+    return -1 if outcome == "done" else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,11 +120,17 @@ class Scripts:
         executing: bytes,
         digest: str,
         digest_function: int,
+        target_id: str = "",
+        initial_size_class: int | None = None,
         required: RequiredBlobs | None = None,
     ) -> replies.Enqueued | replies.EnqueueRefused | replies.BlobsMissing:
+        """`initial_size_class`: the size class analyzer's choice (None: the smallest
+        size class that has workers)."""
         # The caller's frontend id (it watches the operation) is the config's last word.
+        sc = "" if initial_size_class is None else keys.size_class_field(initial_size_class)
         args: list[str | bytes] = [
-            config, opid, dedup_key, path, priority, executing, digest, str(digest_function)
+            config, opid, dedup_key, path, priority, executing, digest, str(digest_function),
+            target_id, sc,
         ]  # fmt: skip
         if required is None:
             return replies.enqueue_operation(
@@ -184,8 +190,10 @@ class Scripts:
     async def reap_domain(self, *, domain: str, config: str, batch: int) -> replies.Reaped:
         return replies.reap_domain(await self._run("reap_domain", domain, [config, str(batch)]))
 
-    async def kill_operation(self, *, domain: str, config: str, opid: str, result: bytes) -> bool:
-        return replies.found(await self._run("kill_operation", domain, [config, opid, result]))
+    async def kill_operation(
+        self, *, domain: str, config: str, opid: str, result: bytes
+    ) -> int | None:
+        return replies.killed(await self._run("kill_operation", domain, [config, opid, result]))
 
     async def kill_queued(
         self, *, domain: str, config: str, size_class: str, result: bytes, batch: int

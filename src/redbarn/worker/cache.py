@@ -88,6 +88,11 @@ class LocalCache:
         self._bases: dict[tuple[bool, int], str] = {}
         self.total_bytes = 0
         self.evictions = 0
+        # Per wanted file of each `ensure`: found in the cache, or not (then fetched, copied
+        # from the other mode's entry, or waited for while another action fetched it).
+        self.hits = 0
+        self.misses = 0
+        self.fetched_bytes = 0  # bytes read from the CAS into the cache
         self.rejected = 0  # entries found altered on disk, dropped and fetched again
         self._rebuild()
 
@@ -265,6 +270,8 @@ class LocalCache:
             if hits:
                 for p in await self._check_hits(scope, hits):
                     absent[p] = hits[p]
+            self.hits += len(hits) - len(absent.keys() & hits.keys())
+            self.misses += len(absent)
             if absent:
                 await self._fill(cas, scope, absent)
         except BaseException:
@@ -346,6 +353,7 @@ class LocalCache:
 
     async def _fetch_small(self, cas: CasClient, scope: Scope, wants: dict[str, Want]) -> None:
         blobs = await cas.read_small(scope, [w.digest for w in wants.values()])
+        self.fetched_bytes += sum(w.digest.size_bytes for w in wants.values())
 
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -376,6 +384,7 @@ class LocalCache:
         tmp = self._tmp_name()
         try:
             await cas.read_to_file(scope, want.digest, tmp)
+            self.fetched_bytes += want.digest.size_bytes
             seal = self._publish(tmp, path, want)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -14,16 +14,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from redbarn.worker.executors.metrics import WorkerMetrics
+from redbarn.worker.executors.metrics import STAGE_BUCKETS, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# WorkerMetrics stage names -> the stage label (fetch, run, upload).
-STAGES = {"FetchingInputs": "fetch", "Running": "run", "UploadingOutputs": "upload"}
 
 
 class WorkerCollector(Collector):
@@ -41,14 +44,19 @@ class WorkerCollector(Collector):
         )
         for (result, code), n in sorted(m.actions.items()):
             actions.add_metric([result, code], n)
-        stages = CounterMetricFamily(
-            "redbarn_worker_stage_duration_seconds",
-            "Time spent in each stage of the actions finished (fetch inputs, run, upload "
-            "outputs); divide its rate by the actions' rate for the mean.",
-            labels=("stage",),
+        stages = HistogramMetricFamily(
+            "buildbarn_builder_build_executor_duration_seconds",
+            "Time spent per build execution stage (FetchingInputs, Running, "
+            "UploadingOutputs), in seconds.",
+            labels=("result", "grpc_code", "stage"),
         )
-        for name, label in STAGES.items():
-            stages.add_metric([label], m.duration_seconds.get(name, 0.0))
+        bounds = [*(f"{b:g}" for b in STAGE_BUCKETS), "+Inf"]
+        for (result, code, stage), h in sorted(m.stage_histograms.items()):
+            cumulative, running = [], 0
+            for bound, n in zip(bounds, h.counts, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            stages.add_metric([result, code, stage], cumulative, h.total)
         yield actions
         yield stages
         c = self.cache
@@ -65,16 +73,16 @@ class WorkerCollector(Collector):
         )
         evictions.add_metric([], float(c.evictions))
         yield from (size, limit, evictions)
-        for attr, name, help_text in (
-            ("hits", "redbarn_worker_input_cache_hits", "Input blobs found in the cache."),
-            ("misses", "redbarn_worker_input_cache_misses", "Input blobs fetched from the CAS."),
-            ("fetched_bytes", "redbarn_worker_input_cache_fetched_bytes",
-             "Bytes of input blobs fetched from the CAS."),
+        for value, name, help_text in (
+            (c.hits, "redbarn_worker_input_cache_hits", "Input files found in the cache."),
+            (c.misses, "redbarn_worker_input_cache_misses",
+             "Input files not in the cache (fetched, or copied from the other mode's entry)."),
+            (c.fetched_bytes, "redbarn_worker_input_cache_fetched_bytes",
+             "Bytes of input blobs read from the CAS into the cache."),
         ):  # fmt: skip
-            if hasattr(c, attr):
-                fam = CounterMetricFamily(name, help_text)
-                fam.add_metric([], float(getattr(c, attr)))
-                yield fam
+            fam = CounterMetricFamily(name, help_text)
+            fam.add_metric([], float(value))
+            yield fam
 
 
 async def serve_metrics(address: str, registry: CollectorRegistry) -> asyncio.Server:

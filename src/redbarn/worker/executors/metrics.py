@@ -1,12 +1,13 @@
-"""MetricsBuildExecutor: count actions and sum stage durations and resource usage.
+"""MetricsBuildExecutor: count actions, and histogram stage durations and resource usage.
 
-Counters are labelled like Buildbarn's (`result`, `grpc_code`); redbarn has no
-Prometheus dependency, so they live in a `WorkerMetrics` object that the CLI logs
-periodically and at exit, and tests and benchmarks read directly.
+Labelled like Buildbarn's (`result`, `grpc_code`, `stage`). They live in a plain
+`WorkerMetrics` object that the CLI logs periodically and at exit, that tests and
+benchmarks read directly, and that `redbarn.worker.prometheus` exports at scrape time.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,20 +24,42 @@ _STAGES = {
 }
 
 
+# Buildbarn's stage buckets: 1 ms to 1000 s, two per decade (DecimalExponentialBuckets(-3, 6, 2)).
+STAGE_BUCKETS = tuple(10 ** (k / 2) for k in range(-6, 7))
+
+
+@dataclass
+class Histogram:
+    """Cumulative-free bucket counts over STAGE_BUCKETS (+Inf last) and the sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(STAGE_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(STAGE_BUCKETS, value)] += 1
+        self.total += value
+
+
 @dataclass
 class WorkerMetrics:
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)
     duration_seconds: dict[str, float] = field(default_factory=dict)
+    # (result, grpc_code, stage) -> that stage's durations
+    stage_histograms: dict[tuple[str, str, str], Histogram] = field(default_factory=dict)
     posix: dict[str, float] = field(default_factory=dict)
 
     def record(self, response: re_pb2.ExecuteResponse) -> None:
         """Count one finished action: its result and code, stage times, resource usage."""
-        self.actions[(result_label(response), code_pb2.Code.Name(response.status.code))] += 1
+        result, code = result_label(response), code_pb2.Code.Name(response.status.code)
+        self.actions[(result, code)] += 1
         meta = response.result.execution_metadata
         for stage, (start, end) in _STAGES.items():
             if meta.HasField(start) and meta.HasField(end):
                 ns = getattr(meta, end).ToNanoseconds() - getattr(meta, start).ToNanoseconds()
-                self.duration_seconds[stage] = self.duration_seconds.get(stage, 0.0) + ns / 1e9
+                seconds = max(0, ns) / 1e9
+                self.duration_seconds[stage] = self.duration_seconds.get(stage, 0.0) + seconds
+                h = self.stage_histograms.setdefault((result, code, stage), Histogram())
+                h.observe(seconds)
         for aux in meta.auxiliary_metadata:
             usage = resourceusage_pb2.POSIXResourceUsage()
             if aux.Unpack(usage):
