@@ -90,7 +90,8 @@ local F = '([^\31]*)'
 local TASK_RE = '^' .. F .. string.rep('\31' .. F, 11) .. '$'
 local OP_RE = '^' .. F .. string.rep('\31' .. F, 4) .. '$'
 local OP_RE4 = '^' .. F .. string.rep('\31' .. F, 3) .. '$'  -- written before tg existed
-local WORKER_RE = '^' .. F .. string.rep('\31' .. F, 4) .. '$'
+local WORKER_RE = '^' .. F .. string.rep('\31' .. F, 6) .. '$'
+local WORKER_RE5 = '^' .. F .. string.rep('\31' .. F, 4) .. '$'  -- written before li, ss
 
 function L.ids(s)
   if s == '' then return {} end
@@ -130,16 +131,51 @@ function L.op_put(opid, o)
   redis.call('HSET', K_OPS, opid, table.concat({o.tid, o.qm, o.path, o.fids, o.tg or ''}, S))
 end
 
--- Worker record: tid ep holder term pairs
+-- Worker record: tid ep holder term pairs li ss. li: the invocation path of the task it
+-- last completed itself (Buildbarn's lastInvocation, R35: the lowest common ancestor of
+-- that task's operations' invocations; the root '' after any other end of a task, and
+-- while it executes). ss: per level of worker invocation stickiness, the ms at which it
+-- started executing tasks of its current invocation at that level (R34).
 function L.worker_get(wk)
   local v = redis.call('HGET', K_WORKERS, wk)
   if not v then return nil end
-  local t, ep, h, term, pairs = string.match(v, WORKER_RE)
-  return {t = t, ep = tonumber(ep), h = h, term = term, pairs = pairs}
+  local t, ep, h, term, pairs, li, ss = string.match(v, WORKER_RE)
+  if not t then t, ep, h, term, pairs = string.match(v, WORKER_RE5) end
+  return {t = t, ep = tonumber(ep), h = h, term = term, pairs = pairs, li = li or '', ss = ss or ''}
 end
 
 function L.worker_put(wk, w)
-  redis.call('HSET', K_WORKERS, wk, table.concat({w.t, L.int(w.ep), w.h, w.term, w.pairs}, S))
+  redis.call('HSET', K_WORKERS, wk, table.concat({w.t, L.int(w.ep), w.h, w.term, w.pairs, w.li, w.ss}, S))
+end
+
+-- Parked (idle, synchronizing, undrained) workers are members "<sc> <li>/\31<worker-json>"
+-- of K_PARKED: the workers attached to invocation N or below it are one lex range,
+-- "<sc> N/", with N's own workers first (\31 sorts before any path character).
+function L.park_member(wk, w) return string.sub(wk, 1, 11) .. w.li .. '/' .. S .. string.sub(wk, 12) end
+function L.park(wk, w) redis.call('ZADD', K_PARKED, 0, L.park_member(wk, w)) end
+function L.unpark(wk, w) redis.call('ZREM', K_PARKED, L.park_member(wk, w)) end
+function L.is_parked(wk, w) return redis.call('ZSCORE', K_PARKED, L.park_member(wk, w)) ~= false end
+function L.parked_wk(member)
+  local sep = string.find(member, S, 12, true)
+  return string.sub(member, 1, 11) .. string.sub(member, sep + 1)
+end
+
+-- The lowest common ancestor of the invocations of a task's operations.
+function L.lca(t)
+  local lca = nil
+  for _, opid in ipairs(t.ops) do
+    local o = L.op_get(opid)
+    if o then
+      if lca == nil then
+        lca = o.path
+      else
+        while lca ~= '' and o.path ~= lca and string.sub(o.path, 1, #lca + 1) ~= lca .. '/' do
+          lca = L.parent(lca)
+        end
+      end
+    end
+  end
+  return lca or ''
 end
 
 function L.sc_of(wk) return string.sub(wk, 1, 10) end
@@ -270,21 +306,45 @@ end
 -- The next queued operation of a size class: walk from the root to the best leaf. A
 -- node's own queued operations come before its children's; only with no invocation key
 -- extractors (a flat queue) do operations sit at the root itself.
-function L.pick(sc)
+-- With worker w and worker invocation stickiness limits (meta 'stk', ms per level; a
+-- predeclared queue's worker_invocation_stickiness_limits), Buildbarn's R34: at each
+-- level the child on w's last invocation wins a tie in score while its stickiness has
+-- not run out. Returns the operation id and how many levels kept stickiness.
+function L.pick(sc, w)
   local path = ''
+  local sticky = w and w.li ~= '' and redis.call('HGET', K_META, 'stk')
+  local limits, starts, retained = {}, {}, 0
+  if sticky then
+    limits = L.words(sticky)
+    starts = L.words(w.ss)
+  end
   while true do
     local pre = sc .. ' ' .. path .. S
     local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-    if head[1] then return string.sub(head[1], #pre + 28) end
+    if head[1] then return string.sub(head[1], #pre + 28), retained end
     local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-    if not best[1] then return nil end
-    path = string.sub(best[1], #pre + 31)
+    if not best[1] then return nil, retained end
+    local child = string.sub(best[1], #pre + 31)
+    local level = retained + 1
+    if sticky and limits[level] then
+      local rest = string.sub(w.li, #path + 2)
+      local sticky_child = rest ~= '' and path .. '/' .. (string.match(rest, '^[^/]*'))
+      if sticky_child and sticky_child ~= child and
+         tonumber(starts[level] or '0') + tonumber(limits[level]) > NOW then
+        local k = L.node_get(sc, sticky_child).k
+        if k ~= '' and string.sub(k, #pre + 1, #pre + 15) == string.sub(best[1], #pre + 1, #pre + 15) then
+          child = sticky_child
+        end
+      end
+      if sticky_child == child then retained = level else sticky = nil end
+    end
+    path = child
   end
 end
 
 -- Hand task tid (queued) to worker wk. quiet: its watchers learn the new stage from
 -- this call's own reply (a new task offered by enqueue_operation), so no hint is sent.
-function L.assign(tid, t, wk, w, quiet)
+function L.assign(tid, t, wk, w, quiet, retained)
   -- Leave the queue and count as executing in one walk per operation.
   for _, opid in ipairs(t.ops) do
     redis.call('ZREM', K_QUEUED, L.qmember(t.sc, L.op_get(opid), opid))
@@ -300,6 +360,17 @@ function L.assign(tid, t, wk, w, quiet)
   redis.call('HSET', K_TASKS, tid .. '|s', stages)
   w.t = tid
   w.ep = t.ep
+  -- Executing: no last invocation (R35). Stickiness restarts now at every level below
+  -- the ones the pick retained (R34); kept only when the queue has stickiness limits.
+  w.li = ''
+  local stk = redis.call('HGET', K_META, 'stk')
+  if stk then
+    local starts = L.words(w.ss)
+    for i = 1, #L.words(stk) do
+      if i > (retained or 0) or not starts[i] then starts[i] = L.int(NOW) end
+    end
+    w.ss = table.concat(starts, ' ')
+  end
   L.worker_put(wk, w)
   if not quiet then L.notify_task(t, stages) end
 end
@@ -357,10 +428,36 @@ end
 -- \31<next_ms>\31<Executing bytes>".
 function L.offer(tid, t, quiet)
   local sc = t.sc
-  local pw = redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI, 'LIMIT', 0, 1)
-  if not pw[1] then return false end
-  local wk = pw[1]
-  redis.call('ZREM', K_PARKED, wk)
+  local function first(node)
+    local lo = sc .. ' ' .. node .. '/'
+    return redis.call('ZRANGEBYLEX', K_PARKED, '[' .. lo, '[' .. lo .. HI, 'LIMIT', 0, 1)[1]
+  end
+  -- Buildbarn's R36: walking up from each of the task's invocations, breadth first, the
+  -- first node with an idle synchronizing worker on itself or below it gets the task. The
+  -- root is reached last, so any parked worker is used; it is asked first, so a size
+  -- class with none costs one command.
+  local any = first('')
+  if not any then return false end
+  local member = nil
+  local level = {}
+  local seen = {}
+  for _, opid in ipairs(t.ops) do
+    local o = L.op_get(opid)
+    if o and o.path ~= '' and not seen[o.path] then seen[o.path] = true; level[#level + 1] = o.path end
+  end
+  while #level > 0 and not member do
+    local up, seen_up = {}, {}
+    for _, node in ipairs(level) do
+      member = first(node)
+      if member then break end
+      local p = L.parent(node)
+      if p ~= '' and not seen_up[p] then seen_up[p] = true; up[#up + 1] = p end
+    end
+    level = up
+  end
+  member = member or any
+  redis.call('ZREM', K_PARKED, member)
+  local wk = L.parked_wk(member)
   local w = L.worker_get(wk)
   if not w then return false end
   local holder = w.h
@@ -437,7 +534,7 @@ end
 
 function L.remove_worker(wk, w)
   redis.call('ZREM', K_LEASES, wk)
-  redis.call('ZREM', K_PARKED, wk)
+  L.unpark(wk, w)
   redis.call('HDEL', K_WORKERS, wk)
   local sc = L.sc_of(wk)
   local left = redis.call('HINCRBY', K_META, 'w' .. sc, -1)

@@ -12,8 +12,8 @@ for _, c in ipairs(L.scs()) do if c == sc then known = true end end
 if not known then return {'none'} end
 redis.call('HSET', K_DRAINS, sc .. ' ' .. ARGV[3], L.int(NOW) .. S .. tokens)
 -- Parked workers that are now drained stay parked but can no longer receive work.
-for _, wk in ipairs(redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI)) do
-  local w = L.worker_get(wk)
-  if w and L.matches(tokens, w.pairs) then redis.call('ZREM', K_PARKED, wk) end
+for _, member in ipairs(redis.call('ZRANGEBYLEX', K_PARKED, '[' .. sc .. ' ', '[' .. sc .. ' ' .. HI)) do
+  local w = L.worker_get(L.parked_wk(member))
+  if w and L.matches(tokens, w.pairs) then redis.call('ZREM', K_PARKED, member) end
 end
 return {'ok'}

@@ -7,9 +7,17 @@
 -- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames
 -- ARGV[1] config (see _lib.lua)
 -- ARGV[2] the predeclared size classes, 10 digits each, increasing, space separated
+-- ARGV[3] worker invocation stickiness limits in ms, outermost level first, space separated
+--   ('' = none); kept in meta field stk for L.pick (R34)
 -- Returns: {'ok', added} (added: how many of them did not exist before)
 local pre = ARGV[2]
 if redis.call('HGET', K_META, 'pre') ~= pre then redis.call('HSET', K_META, 'pre', pre) end
+local stk = ARGV[3] or ''
+if stk == '' then
+  redis.call('HDEL', K_META, 'stk')
+elseif redis.call('HGET', K_META, 'stk') ~= stk then
+  redis.call('HSET', K_META, 'stk', stk)
+end
 local classes = L.scs()
 local have = {}
 for _, c in ipairs(classes) do have[c] = true end

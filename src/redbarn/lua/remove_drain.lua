@@ -15,8 +15,8 @@ local queued = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. sc .. ' ', '[' .. sc .
 for _, wk in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
   if L.sc_of(wk) == sc then
     local w = L.worker_get(wk)
-    if w and w.h ~= '' and not L.drained(sc, w) and not redis.call('ZSCORE', K_PARKED, wk) then
-      redis.call('ZADD', K_PARKED, 0, wk)
+    if w and w.h ~= '' and not L.drained(sc, w) and not L.is_parked(wk, w) then
+      L.park(wk, w)
       if queued then L.publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk) end
     end
   end

@@ -42,7 +42,7 @@ if not w then
     end
   end
   dirty = true
-  w = {t = '', ep = 0, h = '', term = '0', pairs = ARGV[3]}
+  w = {t = '', ep = 0, h = '', term = '0', pairs = ARGV[3], li = '', ss = ''}
   local classes = L.scs()
   local known = false
   for _, c in ipairs(classes) do if c == sc then known = true end end
@@ -58,7 +58,7 @@ elseif w.h ~= '' then
   if dl and tonumber(dl) > NOW and (gone == '' or w.h ~= gone) then return {'b', w.h} end
   w.h = ''
   dirty = true
-  redis.call('ZREM', K_PARKED, wk)
+  L.unpark(wk, w)
 end
 redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
 local tid, t = L.current(wk, w)
@@ -71,18 +71,18 @@ local function next_task(block)
   if prefer == '1' then L.worker_put(wk, w); return {'i', L.int(NOW)} end
   local is_drained = L.drained(sc, w)
   if not is_drained then
-    local opid = L.pick(sc)
+    local opid, retained = L.pick(sc, w)
     if opid then
       local ntid = L.op_get(opid).tid
       local nt = L.task_get(ntid)
-      L.assign(ntid, nt, wk, w)
+      L.assign(ntid, nt, wk, w, false, retained)
       return L.exec_reply(ntid, nt, NOW + CFG.busy)
     end
   end
   if not block then L.worker_put(wk, w); return {'i', L.int(NOW)} end
   w.h = fid
   L.worker_put(wk, w)
-  if not is_drained then redis.call('ZADD', K_PARKED, 0, wk) end
+  if not is_drained then L.park(wk, w) end
   local dl = NOW + CFG.idle + CFG.worker_timeout
   redis.call('ZADD', K_LEASES, dl, wk)
   return {'p', L.int(dl), L.int(NOW_US)}
@@ -149,6 +149,9 @@ elseif kind == 'c' then
       L.requeue(tid, t)
       report = 'f'
     else
+      -- Completed by the worker itself: it stays attached to the task's invocation
+      -- (the lowest common ancestor of its operations'), Buildbarn's R35.
+      w.li = L.lca(t)
       L.complete(tid, t, ARGV[6])
       report = 'd'
     end

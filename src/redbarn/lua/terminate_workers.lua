@@ -14,7 +14,7 @@ for _, wk in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
     out[1] = out[1] + 1
     w.term = '1'
     L.worker_put(wk, w)
-    redis.call('ZREM', K_PARKED, wk)
+    L.unpark(wk, w)
     L.publish(w.h, 'w ' .. CFG.domain .. ' ' .. wk)
     local tid = L.current(wk, w)
     if tid then out[#out + 1] = tid end

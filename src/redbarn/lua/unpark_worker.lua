@@ -11,7 +11,7 @@ local w = L.worker_get(wk)
 if not w then return {'i', L.int(NOW)} end
 if w.h == fid then
   w.h = ''
-  redis.call('ZREM', K_PARKED, wk)
+  L.unpark(wk, w)
   redis.call('ZADD', K_LEASES, NOW + CFG.worker_timeout, wk)
   L.worker_put(wk, w)
 end

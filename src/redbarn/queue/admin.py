@@ -74,6 +74,25 @@ def _id_value(a: any_pb2.Any) -> tuple[str, str]:
     return codec.TOOL, md.tool_invocation_id
 
 
+def _under(path: str, node: str) -> bool:
+    """Whether invocation `path` is `node` or below it."""
+    return not node or path == node or path.startswith(node + "/")
+
+
+def _children(
+    path: str, nodes: dict[str, tuple[int, int]], workers: list[tuple[str, Any, bool]], sc: str
+) -> list[str]:
+    """The child invocations of `path`: live nodes, and invocations that only idle workers
+    still hang on (Buildbarn keeps an invocation while idle workers are attached to it)."""
+    out = {p for p in nodes if p and p.rsplit("/", 1)[0] == path}
+    depth = path.count("/") + 1
+    for wk, rec, _ in workers:
+        li = rec.last_invocation
+        if wk.startswith(sc + " ") and not rec.tid and li != path and _under(li, path):
+            out.add("/".join(li.split("/")[: depth + 1]))
+    return sorted(out)
+
+
 class AdminReads:
     """The read side of BuildQueueState over one Redis."""
 
@@ -309,22 +328,28 @@ class AdminReads:
         queued = keys.domain_key(domain.id, "queued")
         direct = await self.redis.zlexcount(queued, f"[{sc} {path}\x1f", f"[{sc} {path}\x1f{HI}")
         below = await self.redis.zlexcount(queued, f"[{sc} {path}/", f"[{sc} {path}/{HI}")
-        children = [p for p in nodes if p.rsplit("/", 1)[0] == path and p != path and p]
+        children = _children(path, nodes, workers, sc)
         active = queued_children = 0
         for c in children:
             n_q = await self.redis.zlexcount(queued, f"[{sc} {c}\x1f", f"[{sc} {c}/{HI}")
             queued_children += n_q > 0
-            active += n_q > 0 or nodes[c][0] > 0
-        idle = (
-            [w for w in workers if w[0].startswith(sc + " ") and not w[1].tid] if path == "" else []
-        )
+            active += n_q > 0 or nodes.get(c, (0, 0))[0] > 0
+        # Idle workers stay attached to the invocation of the task they last completed
+        # (R35): counted on it and on every invocation above it, as Buildbarn does.
+        idle = [
+            w
+            for w in workers
+            if w[0].startswith(sc + " ") and not w[1].tid and _under(w[1].last_invocation, path)
+        ]
         return bq_pb2.InvocationState(
             queued_operations_count=bq_pb2.InvocationState.InvocationObjectCount(
                 direct=direct, indirect=direct + below
             ),
             # The root keeps no record: its count is its children's.
             executing_workers_count=(
-                nodes.get(path, (0, 0))[0] if path else sum(nodes[c][0] for c in children)
+                nodes.get(path, (0, 0))[0]
+                if path
+                else sum(nodes.get(c, (0, 0))[0] for c in children)
             ),
             idle_workers_count=len(idle),
             idle_synchronizing_workers_count=sum(1 for w in idle if w[2]),
@@ -394,9 +419,15 @@ class AdminReads:
         d, sc, name = await self._invocation(request)
         path = self._path(name.ids)
         nodes = await self._nodes(d, sc)
-        if path and path not in nodes:
-            raise NotFound("Invocation not found")
         workers = await self._workers(d)
+        if (
+            path
+            and path not in nodes
+            and not any(
+                _under(w[1].last_invocation, path) for w in workers if w[0].startswith(sc + " ")
+            )
+        ):
+            raise NotFound("Invocation not found")
         F = bq_pb2.ListInvocationChildrenRequest.Filter
         children = []
         if request.filter == F.QUEUED:
@@ -405,7 +436,7 @@ class AdminReads:
             for m in await self.redis.zrangebylex(pick, f"[{pre}", f"[{pre}{HI}"):
                 children.append(_s(m)[len(pre) + 30 :])
         else:
-            for c in sorted(p for p in nodes if p and p.rsplit("/", 1)[0] == path):
+            for c in _children(path, nodes, workers, sc):
                 st = await self._invocation_state(d, sc, c, nodes, workers)
                 if request.filter == F.ACTIVE and not (
                     st.queued_operations_count.indirect or st.executing_workers_count
@@ -512,7 +543,9 @@ class AdminReads:
                                 continue
             if which == "executing" and op_state is None:
                 continue
-            if which == "idle_synchronizing" and (op_state is not None or not parked or path):
+            if which == "idle_synchronizing" and (
+                op_state is not None or not parked or rec.last_invocation != path
+            ):
                 continue
             worker_id = json.loads(keys.worker_json_of(wk))
             # Buildbarn: drained when terminating, or when any drain's pattern matches

@@ -213,8 +213,16 @@ class WorkerRecord:
     epoch: int
     holder: str
     terminating: bool
+    # The invocation path of the task it last completed itself ("" = the root; R35).
+    last_invocation: str = ""
 
     @classmethod
     def parse(cls, raw: bytes) -> WorkerRecord:
         f = raw.decode().split(SEP)
-        return cls(tid=f[0], epoch=int(f[1]), holder=f[2], terminating=f[3] == "1")
+        return cls(
+            tid=f[0],
+            epoch=int(f[1]),
+            holder=f[2],
+            terminating=f[3] == "1",
+            last_invocation=f[5] if len(f) > 5 else "",
+        )

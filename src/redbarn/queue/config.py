@@ -27,6 +27,11 @@ class PredeclaredQueue:
     instance_name_prefix: str
     platform_json: str  # codec.platform_json of its (sorted) platform
     size_classes: tuple[int, ...]  # increasing
+    # worker_invocation_stickiness_limits, in ms, outermost level first (R34).
+    stickiness_limits_ms: tuple[int, ...] = ()
+    # maximum_queued_background_learning_operations, background_learning_operation_priority
+    max_background_learning: int = 0
+    background_learning_priority: int = 0
 
     @property
     def domain(self) -> str:
@@ -62,7 +67,22 @@ def parse_predeclared(text: str, flag: str = "--platform-queue") -> PredeclaredQ
         validate.platform(platform)
     except InvalidArgument as err:
         raise ConfigError(f"invalid {flag} {text!r}: {err}") from None
-    return PredeclaredQueue(msg.instance_name_prefix, codec.platform_json(platform), classes)
+    limits = []
+    for d in msg.worker_invocation_stickiness_limits:
+        ms = d.seconds * 1000 + d.nanos // 1_000_000
+        if ms < 0:
+            raise ConfigError(
+                f"invalid {flag} {text!r}: workerInvocationStickinessLimits must not be negative"
+            )
+        limits.append(ms)
+    return PredeclaredQueue(
+        msg.instance_name_prefix,
+        codec.platform_json(platform),
+        classes,
+        stickiness_limits_ms=tuple(limits),
+        max_background_learning=msg.maximum_queued_background_learning_operations,
+        background_learning_priority=msg.background_learning_operation_priority,
+    )
 
 
 @dataclass(frozen=True)

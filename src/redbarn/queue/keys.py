@@ -19,8 +19,10 @@ Other deviations from Buildbarn, deliberate or for now (each keeps the protocol 
 - Executing counts per invocation node count executing *operations* in the subtree, not
   distinct workers; they differ only when one deduplicated task has operations in two
   sibling invocations.
-- Idle workers park per size class, not per invocation (no idle-worker utilisation heap,
-  no stickiness, R34/R36): direct assignment takes the first parked worker in key order.
+- Idle workers park on the invocation of the task they last completed (R35) and direct
+  assignment walks up from the task's invocations (R36); within the first subtree that
+  has parked workers it takes the invocation's own, else the first below it in key
+  order (not Buildbarn's lowest-utilisation child).
 - Within an invocation: priority, then FIFO (expected_duration is not a sort key, R24).
 - R18 holds for predeclared queues (`--platform-queue`): a worker of a size class above
   the largest declared one, or without one when they are used, is refused. On a queue
@@ -56,15 +58,18 @@ meta      HASH  scs = "<sc> <sc>..." size classes; pre = the predeclared ones (n
           stamp of queued operations (FIFO) and of invocation starts (ties, R33). Writers: synchronize,
           enqueue, reap. Lifetime: the domain's.
           redis-cli HGETALL 'redbarn:v1:{P}:meta'
-workers   HASH  <wk> -> "tid ep holder-fid terminating tokens". One per worker; removed by
+workers   HASH  <wk> -> "tid ep holder-fid terminating tokens last-invocation stickiness-starts"
+          (last-invocation: the path of the task it last completed itself, R35;
+          stickiness-starts: ms per stickiness level, R34). One per worker; removed by
           reap when its lease expires. Writers: synchronize, unpark, enqueue (direct
           assignment), reap, terminate. "who runs what":
           redis-cli HGETALL 'redbarn:v1:{P}:workers'
 leases    ZSET  <wk> scored by deadline ms (last sync end + worker_timeout; while parked,
           park start + idle timeout + worker_timeout). Reaped when due.
           redis-cli ZRANGE 'redbarn:v1:{P}:leases' 0 -1 WITHSCORES
-parked    ZSET(lex) <wk> of idle workers held in a Synchronize that may receive work
-          directly (drained ones are held but not here).
+parked    ZSET(lex) "<sc> <last-invocation>/\x1f<worker-json>" of idle workers held in a
+          Synchronize that may receive work directly (drained ones are held but not
+          here); "<sc> <path>/" is every parked worker at or below an invocation.
           redis-cli ZRANGE 'redbarn:v1:{P}:parked' 0 -1
 tasks     HASH  <tid> -> "stage sc epoch attempts rehands queued_ms digest fn dedup worker
           fallback ops"; <tid>|a = DesiredState.Executing bytes (dropped at completion);

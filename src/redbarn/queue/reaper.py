@@ -53,6 +53,7 @@ class Reaper:
                 domain=q.domain,
                 config=self.registry.script_config(q.domain),
                 size_classes=" ".join(keys.size_class_field(c) for c in q.size_classes),
+                stickiness_limits=" ".join(str(ms) for ms in q.stickiness_limits_ms),
             )
             await self.registry.declare(q.domain, q.instance_name_prefix, q.platform_json)
 

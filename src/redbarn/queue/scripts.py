@@ -223,7 +223,9 @@ class Scripts:
             await self._run("terminate_workers", domain, [config, tokens])
         )
 
-    async def declare_queue(self, *, domain: str, config: str, size_classes: str) -> int:
+    async def declare_queue(
+        self, *, domain: str, config: str, size_classes: str, stickiness_limits: str = ""
+    ) -> int:
         return replies.declare_queue(
-            await self._run("declare_queue", domain, [config, size_classes])
+            await self._run("declare_queue", domain, [config, size_classes, stickiness_limits])
         )

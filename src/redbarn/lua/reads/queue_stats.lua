@@ -54,7 +54,8 @@ for i = 1, #w, 2 do
   local wk = w[i]
   local sc = string.sub(wk, 1, 10)
   local e = entry(sc)
-  local tid, ep, _, term, pairs = string.match(w[i + 1], '^' .. F .. S .. F .. S .. F .. S .. F .. S .. F .. '$')
+  -- worker record fields: tid ep holder term pairs [li ss] (redbarn.queue.codec)
+  local tid, ep, _, term, pairs = string.match(w[i + 1], '^' .. F .. S .. F .. S .. F .. S .. F .. S .. F)
   e.workers = e.workers + 1
   local busy = false
   if tid and tid ~= '' then
