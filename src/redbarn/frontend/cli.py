@@ -172,6 +172,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "invocation key extractors, execution timeouts); its timeouts replace "
         "--default-action-timeout and --max-action-timeout",
     )
+    add_flag(
+        parser,
+        "--ignore-platform-property",
+        None,
+        "a platform property NAME routed on by no queue: left out of the platform queue "
+        "key, still given to the worker in the Action (e.g. container-image, so one "
+        "worker pool runs every image); workers leave it out of their platform",
+        repeat=True,
+    )
     sched = parser  # scheduling flags (redbarn.queue.config.SchedulerConfig)
     for field, meaning in _SCHEDULER_DURATIONS.items():
         add_flag(sched, _flag(field), format_duration(getattr(_S, field)), meaning)
@@ -269,6 +278,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         **_durations(args, _DURATIONS),
         scheduler=scheduler_from_args(args),
         router=router_from_args(args),
+        ignored_platform_properties=tuple(args.ignore_platform_property or ()),
         client_tokens=args.client_tokens or "",
         worker_tokens=args.worker_tokens or "",
         admin_tokens=args.admin_tokens or "",

@@ -125,6 +125,10 @@ class FrontendConfig:
     # bb_scheduler's action router (--action-router): platform key extractor here; its
     # invocation levels and timeouts are copied into `scheduler`.
     router: ActionRouter = field(default_factory=ActionRouter)
+    # Platform properties left out of the platform queue key but still given to the
+    # worker (--ignore-platform-property; NativeLink's "ignore" property type): one
+    # worker pool serves every value, e.g. every container-image.
+    ignored_platform_properties: tuple[str, ...] = ()
     # Scheduling timings and caps (Execution, OperationQueue, reaper).
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

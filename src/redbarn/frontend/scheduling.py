@@ -54,6 +54,7 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) ->
             max_blob_size=frontend.config.max_blob_size,
             platform_key_extractor=frontend.config.router.platform_key_extractor,
             static_platform=frontend.config.router.static_platform,
+            ignored_properties=frozenset(frontend.config.ignored_platform_properties),
         )  # fmt: skip
         execution = ExecutionServicer(intake, scheduler.operations)
         frontend.add_service(re_grpc.add_ExecutionServicer_to_server, execution, EXECUTION)

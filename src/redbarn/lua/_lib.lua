@@ -310,9 +310,16 @@ end
 -- predeclared queue's worker_invocation_stickiness_limits), Buildbarn's R34: at each
 -- level the child on w's last invocation wins a tie in score while its stickiness has
 -- not run out. Returns the operation id and how many levels kept stickiness.
+-- The platform queue's stickiness limits (meta stk), read at most once per call.
+local STK = nil
+function L.stk()
+  if STK == nil then STK = redis.call('HGET', K_META, 'stk') end
+  return STK
+end
+
 function L.pick(sc, w)
   local path = ''
-  local sticky = w and w.li ~= '' and redis.call('HGET', K_META, 'stk')
+  local sticky = w and w.li ~= '' and L.stk()
   local limits, starts, retained = {}, {}, 0
   if sticky then
     limits = L.words(sticky)
@@ -363,7 +370,7 @@ function L.assign(tid, t, wk, w, quiet, retained)
   -- Executing: no last invocation (R35). Stickiness restarts now at every level below
   -- the ones the pick retained (R34); kept only when the queue has stickiness limits.
   w.li = ''
-  local stk = redis.call('HGET', K_META, 'stk')
+  local stk = L.stk()
   if stk then
     local starts = L.words(w.ss)
     for i = 1, #L.words(stk) do

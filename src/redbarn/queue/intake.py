@@ -114,6 +114,8 @@ class Intake:
     # (`static_platform` for every request).
     platform_key_extractor: str = "actionAndCommand"
     static_platform: re_pb2.Platform | None = None
+    # Platform properties left out of the queue key (--ignore-platform-property).
+    ignored_properties: frozenset[str] = frozenset()
 
     async def execute(
         self,
@@ -130,7 +132,7 @@ class Intake:
         `instance_name`, `action_digest` and `digest_function` are validated by the
         caller; `request_metadata` is the parsed header and its bytes as sent (workers
         get them as auxiliary metadata)."""
-        action, needed = await self._read_action(instance_name, action_digest)
+        action, needed, key = await self._read_action(instance_name, action_digest)
         if not skip_cache_lookup and not action.do_not_cache:
             try:
                 result = await self.results.get(instance_name, action_digest)
@@ -160,6 +162,7 @@ class Intake:
                 request_metadata=metadata,
                 auxiliary_metadata=aux,
                 required=required,
+                queue_platform=key,
             )
         except MissingBlobs as err:
             assert required is not None
@@ -168,8 +171,10 @@ class Intake:
 
     async def _read_action(
         self, instance_name: str, digest: Digest
-    ) -> tuple[re_pb2.Action, list[Digest]]:
-        """The Action and the digests of its Command and input root, each within its limit."""
+    ) -> tuple[re_pb2.Action, list[Digest], re_pb2.Platform | None]:
+        """The Action (for the worker), the digests of its Command and input root, each
+        within its limit, and the platform that picks its queue when it is not the
+        Action's own (the static extractor's, or with properties ignored)."""
         check_size("Failed to obtain action: Action", digest, self.max_action_size,
                    "--max-action-size")  # fmt: skip
         try:
@@ -194,15 +199,24 @@ class Intake:
         if len(needed) > 1:
             check_size(f"Invalid action {digest}: input root", needed[1], self.max_blob_size,
                        "--max-blob-size")  # fmt: skip
-        if self.platform_key_extractor == "static" and self.static_platform is not None:
-            action = re_pb2.Action.FromString(action.SerializeToString())
-            action.platform.CopyFrom(self.static_platform)
-        elif self.platform_key_extractor == "actionAndCommand" and not action.platform.properties:
+        if self.platform_key_extractor == "actionAndCommand" and not action.platform.properties:
             command = await self._read_command(instance_name, digest, needed[0])
             if command.platform.properties:
+                # The worker gets it in the Action too (as a REAPI 2.2 client sends it).
                 action = re_pb2.Action.FromString(action.SerializeToString())
                 action.platform.CopyFrom(command.platform)
-        return action, needed
+        key = None
+        if self.platform_key_extractor == "static" and self.static_platform is not None:
+            key = self.static_platform  # the queue only: the worker gets the Action as sent
+        if self.ignored_properties:
+            source = action.platform if key is None else key
+            if any(p.name in self.ignored_properties for p in source.properties):
+                key = re_pb2.Platform(
+                    properties=[
+                        p for p in source.properties if p.name not in self.ignored_properties
+                    ]
+                )
+        return action, needed, key
 
     async def _read_command(
         self, instance_name: str, action: Digest, digest: Digest

@@ -112,6 +112,7 @@ class Operations:
         auxiliary_metadata: Sequence[any_pb2.Any] = (),
         w3c_trace_context: Mapping[str, str] | None = None,
         required: RequiredBlobs | None = None,
+        queue_platform: re_pb2.Platform | None = None,
     ) -> OperationView:
         """Create or join an operation; returns its first view (QUEUED or EXECUTING).
 
@@ -119,10 +120,13 @@ class Operations:
         fetched `action` from the CAS. Raises InvalidArgument (platform, timeout),
         Unavailable/FailedPrecondition (no workers), ResourceExhausted (full),
         MissingBlobs when `required` blobs (checked in the same script, so in the same
-        round trip) are gone.
+        round trip) are gone. `queue_platform`, when given, picks the platform queue
+        instead of the Action's platform (which the worker still gets whole).
         """
         config = self.config
         pjson = self.registry.platform_json(action.platform)
+        if queue_platform is not None:
+            pjson = self.registry.platform_json(queue_platform)
         timeout = validate.action_timeout(
             action, default=config.default_action_timeout, maximum=config.max_action_timeout
         )
