@@ -86,7 +86,7 @@ from redbarn.proto import remote_execution_pb2 as re_pb2  # noqa: E402
 from redbarn.proto import remote_execution_pb2_grpc as re_grpc  # noqa: E402
 from redbarn.proto import remoteworker_pb2 as rw_pb2  # noqa: E402
 from redbarn.proto import remoteworker_pb2_grpc as rw_grpc  # noqa: E402
-from redbarn.queue.scripts import SCRIPT_NAMES, script_source  # noqa: E402
+from redbarn.queue.scripts import SCRIPT_NAMES, function_name, script_source  # noqa: E402
 from redbarn.runtime import eventloop  # noqa: E402
 from redbarn.runtime.redisserver import RedisServer, free_port  # noqa: E402
 
@@ -462,14 +462,20 @@ class MonitorCapture:
 _MON_LINE = re.compile(rb'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"(?: "([^"]*)")?')
 
 
+SCRIPT_COMMANDS = ("evalsha", "eval", "fcall")
+
+
 def script_names() -> dict[str, str]:
-    """EVALSHA sha -> script name, for the scheduler's and the CAS's scripts."""
+    """EVALSHA sha (or FCALL function name) -> script name, for the scheduler's
+    transitions (functions, or scripts on Redis before 7) and the CAS's scripts."""
+    functions = {function_name(name): name for name in SCRIPT_NAMES}
     sources = {name: script_source(name) for name in SCRIPT_NAMES}
     storage = resources.files("redbarn.frontend.storage")
     for path in storage.iterdir():
         if path.name.endswith(".lua"):
             sources[path.name.removesuffix(".lua")] = path.read_text()
-    return {hashlib.sha1(src.encode()).hexdigest(): name for name, src in sources.items()}
+    shas = {hashlib.sha1(src.encode()).hexdigest(): name for name, src in sources.items()}
+    return {**shas, **functions}
 
 
 # Who sends each top-level command (a script by name, or a plain command).
@@ -509,8 +515,8 @@ def parse_monitor(raw: bytes, shas: dict[str, str]) -> MonitorReport:
             inner[current][cmd] += 1
             inner_total[cmd] += 1
             continue
-        if cmd in ("EVALSHA", "EVAL"):
-            name = shas.get((arg or b"").decode(), "EVAL (unknown script)")
+        if cmd in ("EVALSHA", "EVAL", "FCALL"):
+            name = shas.get((arg or b"").decode(), f"{cmd} (unknown script)")
             current = name
             top[name] += 1
         else:
@@ -536,7 +542,7 @@ async def read_slowlog(
         if not cmd:
             continue
         name = cmd[0].decode(errors="replace").upper()
-        if name in ("EVALSHA", "EVAL") and len(cmd) > 1:
+        if name in ("EVALSHA", "EVAL", "FCALL") and len(cmd) > 1:
             name = shas.get(cmd[1].decode(errors="replace"), name)
         if name in ("SLOWLOG", "CONFIG", "INFO", "TIME"):
             continue
@@ -691,13 +697,13 @@ def fmt_targets(p1: Phase, p100: Phase) -> list[str]:
 def fmt_commandstats(ph: Phase, mon: MonitorReport | None) -> list[str]:
     cmds = ph.commands()
     n = max(1, ph.actions)
-    evalsha = cmds.get("evalsha", (0, 0))[0]
+    evalsha = cmds.get("evalsha", (0, 0))[0] + cmds.get("fcall", (0, 0))[0]
     ev = cmds.get("eval", (0, 0))[0]
-    other = sum(c for k, (c, _) in cmds.items() if k not in ("evalsha", "eval"))
+    other = sum(c for k, (c, _) in cmds.items() if k not in SCRIPT_COMMANDS)
     out = [
         f"Redis INFO commandstats deltas, {ph.inflight} in flight ({ph.actions} actions, "
         f"{ph.syncs()} Synchronize replies):",
-        f"  per action: evalsha {evalsha / n:.2f}, eval {ev / n:.2f}, other {other / n:.2f} "
+        f"  per action: evalsha+fcall {evalsha / n:.2f}, eval {ev / n:.2f}, other {other / n:.2f} "
         "(other includes the commands scripts run inside Redis)",
         f"  {'command':<12} {'calls/action':>12} {'usec/call':>9} {'usec/action':>11} "
         f"{'from scripts':>12}",
@@ -713,7 +719,7 @@ def fmt_commandstats(ph: Phase, mon: MonitorReport | None) -> list[str]:
             f"{share:>12}"
         )
     total_usec = sum(u for _, u in cmds.values())
-    script_usec = sum(u for k, (_, u) in cmds.items() if k in ("evalsha", "eval"))
+    script_usec = sum(u for k, (_, u) in cmds.items() if k in SCRIPT_COMMANDS)
     out.append(
         f"  Redis busy per action: {script_usec / n:.1f} usec in scripts (their inner commands "
         f"included), {(total_usec - script_usec) / n:.1f} usec listed again as inner/other commands"

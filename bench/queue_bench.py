@@ -1,9 +1,12 @@
-"""Scheduler core benchmark (run by hand): `python bench/queue_bench.py [--sizes 1000,10000,100000]`.
+"""Scheduler core benchmark (run by hand): `python bench/queue_bench.py [--sizes 1000,10000,100000]
+[--mode function|script]`.
 
 Starts its own redis-server (never 6379) and prints:
 - Redis calls per Synchronize in the steady state (completed + next) and per Execute;
-- INFO commandstats microseconds per EVALSHA of the enqueue and synchronize scripts with
-  1k / 10k / 100k queued operations spread over 100 invocations;
+- INFO commandstats microseconds per call of the enqueue and synchronize transitions
+  (FCALL of the function library as the frontends call them, or with `--mode script`
+  EVALSHA of the scripts, as on Redis before 7) with 1k / 10k / 100k queued operations
+  spread over 100 invocations;
 - Redis memory per queued operation (INFO memory delta / N) next to the Action's size.
 """
 
@@ -23,6 +26,7 @@ from redbarn.proto import remoteworker_pb2 as rw_pb2
 from redbarn.queue import codec, keys
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scheduler import PollingHints, Scheduler
+from redbarn.runtime.fastredis import FastRedis
 from redbarn.runtime.redisserver import RedisServer
 
 CFG = SchedulerConfig(idle_sync_timeout=0.01, platform_cache_ttl=3600)
@@ -36,6 +40,14 @@ class CountingRedis(aioredis.Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         CountingRedis.calls += 1
         return await super().execute_command(*args, **options)
+
+
+class CountingFast(FastRedis):
+    """A FastRedis whose commands count in CountingRedis.calls too."""
+
+    async def execute(self, *args: Any) -> Any:
+        CountingRedis.calls += 1
+        return await super().execute(*args)
 
 
 def make_action(n: int) -> tuple[re_pb2.Digest, re_pb2.Action]:
@@ -60,9 +72,12 @@ def sync_request(
     return req
 
 
-async def commandstat_usec(r: aioredis.Redis) -> tuple[int, float]:
+COMMAND = "evalsha"  # or fcall (--mode function)
+
+
+async def commandstat_usec(r: aioredis.Redis, command: str = "") -> tuple[int, float]:
     stats = await r.info("commandstats")
-    e = stats.get("cmdstat_evalsha", {"calls": 0, "usec_per_call": 0.0})
+    e = stats.get(f"cmdstat_{command or COMMAND}", {"calls": 0, "usec_per_call": 0.0})
     return int(e["calls"]), float(e["usec_per_call"])
 
 
@@ -99,11 +114,15 @@ async def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--verbose", action="store_true", help="print the commands inside each sync")
+    ap.add_argument("--mode", choices=("function", "script"), default="function")
     args = ap.parse_args()
+    global COMMAND
+    COMMAND = "fcall" if args.mode == "function" else "evalsha"
     server = RedisServer().start()
     r = CountingRedis.from_url(server.url)
+    fast = CountingFast.from_url(server.url) if args.mode == "function" else None
     try:
-        s = Scheduler(r, CFG, hints=PollingHints("bench"))
+        s = Scheduler(r, CFG, hints=PollingHints("bench"), fast=fast)
         await s.start()
         await synchronize(s, sync_request())  # creates the domain; parks briefly
         domain = keys.domain_id("", "{}")
@@ -139,11 +158,14 @@ async def main() -> None:
             await r.config_resetstat()
             for _ in range(400):
                 await noop(keys=keys.domain_keys(domain), args=[CFG.script_config(domain)])
-            cal.append((await commandstat_usec(r))[1])
+            cal.append((await commandstat_usec(r, "evalsha"))[1])
         print(
             f"calibration: EVALSHA of `return 1` with the 12 domain keys: best {min(cal):.1f} us/call"
         )
-        print("latency columns: EVALSHA us/call, best / median of 5 rounds (INFO commandstats)")
+        print(
+            f"latency columns: {COMMAND.upper()} us/call, best / median of 5 rounds "
+            "(INFO commandstats)"
+        )
         head = ("queued", "enqueue", "synchronize", "bytes/op", "Executing bytes")
         print(f"{head[0]:>8} {head[1]:>18} {head[2]:>18} {head[3]:>9} {head[4]:>16}")
         for size in (int(x) for x in args.sizes.split(",")):
@@ -187,6 +209,8 @@ async def main() -> None:
             print(f"{size:>8} {enq_us:>18} {sync_us:>18} {(mem1 - mem0) / size:>9.0f} {ex_len:>16}")
     finally:
         await r.aclose()
+        if fast is not None:
+            await fast.aclose()
         server.cleanup()
 
 

@@ -246,3 +246,48 @@ async def test_resolver_failure_is_a_connection_error() -> None:
     with pytest.raises(exceptions.ConnectionError, match="No master found for 'm'"):
         await fast.execute("PING")
     await fast.aclose()
+
+
+LIBRARY = """#!lua name=fasttest
+redis.register_function('fasttest_echo', function(keys, args)
+  return {keys[1], args[1], 'fcall'}
+end)
+"""
+FALLBACK = "return {KEYS[1], ARGV[1], 'script'}"
+
+
+async def test_functions_load_on_first_call_and_after_a_flush(
+    real_redis: aioredis.Redis, fast: FastRedis
+) -> None:
+    """FCALL finds no function on a new server (or after FUNCTION FLUSH, a restart without
+    persistence): the library is loaded and the call retried, once."""
+    await real_redis.config_resetstat()
+    echo = fast.function(LIBRARY, "fasttest_echo", FALLBACK)
+    assert await echo(keys=["k"], args=[b"v"]) == [b"k", b"v", b"fcall"]
+    assert fast.functions is True
+    await real_redis.function_flush()
+    assert await echo(keys=["k"], args=[b"w"]) == [b"k", b"w", b"fcall"]
+    stats = await real_redis.info("commandstats")
+    assert stats["cmdstat_fcall"]["calls"] == 4  # two found nothing, two ran
+    assert "cmdstat_evalsha" not in stats
+
+
+async def test_functions_fall_back_to_scripts_without_fcall(redis_url: str) -> None:
+    """An ACL user that may run scripts but not functions (NOPERM) gets the same
+    transition as a script, decided once per client."""
+    admin = aioredis.from_url(redis_url)
+    await admin.acl_setuser(
+        "noscripts", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-fcall", "-function"],
+    )  # fmt: skip
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    client = FastRedis(host=host, port=int(port), username="noscripts", password="pw")
+    try:
+        echo = client.function(LIBRARY, "fasttest_echo", FALLBACK)
+        assert await echo(keys=["k"], args=[b"v"]) == [b"k", b"v", b"script"]
+        assert client.functions is False
+        assert await echo(keys=["k"], args=[b"v"]) == [b"k", b"v", b"script"]
+    finally:
+        await client.aclose()
+        await admin.acl_deluser("noscripts")
+        await admin.aclose()

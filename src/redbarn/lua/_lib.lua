@@ -10,40 +10,63 @@
 --         [<caller fid>]"
 -- Records are strings of fields joined by \31 (unit separator); see redbarn.queue.codec.
 
--- Library functions are fields of one table: closures over few upvalues are cheap to
--- create on every call (dozens of `local function`s capturing each other cost ~20us).
+-- Loaded once as a Redis function library (scripts.library_source: every transition is
+-- a function of it, so none of this is re-created per call) or, where Redis has no
+-- functions, prepended to each script (scripts.script_source). Either way begin() sets
+-- the per-call state below from KEYS and ARGV before the transition runs.
+-- Library functions are fields of one table (dozens of `local function`s capturing each
+-- other cost ~20us to create per call in script mode).
 local L = {}
-local K_META, K_WORKERS, K_LEASES, K_PARKED, K_TASKS, K_OPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local K_QUEUED, K_PICK, K_INV, K_INFLIGHT, K_DRAINS, K_OPGC = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local K_OPNAMES = KEYS[13]
+local K_META, K_WORKERS, K_LEASES, K_PARKED, K_TASKS, K_OPS
+local K_QUEUED, K_PICK, K_INV, K_INFLIGHT, K_DRAINS, K_OPGC
+local K_OPNAMES
 local N_DOMAIN_KEYS = 13  -- keys after these belong to the script (enqueue's blob keys)
 local S = '\31'
 local HI = '\255'
 
-local _t = redis.call('TIME')
-local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
--- The same instant in microseconds: it orders the states of an operation or a worker
--- that this call returns or publishes (scripts run one at a time, each over 1us).
-local NOW_US = tonumber(_t[1]) * 1000000 + tonumber(_t[2])
+-- Per-call state (begin()). NOW: the server clock in ms; NOW_US the same instant in
+-- microseconds: it orders the states of an operation or a worker that this call returns
+-- or publishes (calls run one at a time, each over 1us). STAMP: see stamp(). LOCAL: hints
+-- for the caller (L.publish). OPS: operation records read (L.op_get). LOST: see L.lose.
+-- STK: see L.stk.
+local NOW, NOW_US, STAMP, CFG, LOCAL, OPS, LOST, STK
 
 -- "Last started" order of invocations: a per-domain sequence (meta seq, shared with the
 -- FIFO order of queued operations), drawn at most once per call, so two starts in the
 -- same millisecond still order (least recently started wins ties, R33).
-local STAMP = nil
 local function stamp()
   if not STAMP then STAMP = redis.call('HINCRBY', K_META, 'seq', 1) end
   return STAMP
 end
 
-local CFG = {}
-do
-  local d, a, b, c, e, f, g, h, i, channel, fid = string.match(ARGV[1],
+-- ARGV[1], parsed; kept across calls in function mode (a few distinct strings: one per
+-- frontend and domain), dropped whole when it grows past CFG_CACHE.
+local CFGS, NCFGS, CFG_CACHE = {}, 0, 256
+local function config(text)
+  local c = CFGS[text]
+  if c then return c end
+  local d, a, b, cc, e, f, g, h, i, channel, fid = string.match(text,
     '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%S+) ?(%S*)$')
-  CFG.domain = d
-  CFG.channel_prefix = channel
-  CFG.fid = fid
-  CFG.worker_timeout, CFG.busy, CFG.idle, CFG.retention = tonumber(a), tonumber(b), tonumber(c), tonumber(e)
-  CFG.max_attempts, CFG.rehand_limit, CFG.pq_timeout, CFG.max_queued = tonumber(f), tonumber(g), tonumber(h), tonumber(i)
+  c = {domain = d, channel_prefix = channel, fid = fid,
+       worker_timeout = tonumber(a), busy = tonumber(b), idle = tonumber(cc), retention = tonumber(e),
+       max_attempts = tonumber(f), rehand_limit = tonumber(g), pq_timeout = tonumber(h),
+       max_queued = tonumber(i)}
+  if NCFGS >= CFG_CACHE then CFGS, NCFGS = {}, 0 end
+  CFGS[text] = c
+  NCFGS = NCFGS + 1
+  return c
+end
+
+local function begin()
+  K_META, K_WORKERS, K_LEASES, K_PARKED, K_TASKS, K_OPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+  K_QUEUED, K_PICK, K_INV, K_INFLIGHT, K_DRAINS, K_OPGC = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+  K_OPNAMES = KEYS[13]
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  STAMP, STK = nil, nil
+  CFG = config(ARGV[1])
+  LOCAL, OPS, LOST = {}, {}, {}
 end
 
 function L.int(n) return string.format('%d', math.floor(n)) end
@@ -69,7 +92,6 @@ end
 
 -- Hints for the calling frontend itself are not published: they go back in this call's
 -- reply (scripts.py appends LOCAL as a last, nested element), saving a pub/sub hop.
-local LOCAL = {}
 function L.publish(fid, msg)
   if fid == nil or fid == '' then return end
   if fid == CFG.fid then
@@ -87,11 +109,17 @@ local STARTED = -1
 -- Task record: st sc ep n r qt dg fn dk w fb ops. Records are parsed with one
 -- string.match (a C call): a Lua split loop costs several times more per record.
 local F = '([^\31]*)'
-local TASK_RE = '^' .. F .. string.rep('\31' .. F, 11) .. '$'
-local OP_RE = '^' .. F .. string.rep('\31' .. F, 4) .. '$'
-local OP_RE4 = '^' .. F .. string.rep('\31' .. F, 3) .. '$'  -- written before tg existed
-local WORKER_RE = '^' .. F .. string.rep('\31' .. F, 6) .. '$'
-local WORKER_RE5 = '^' .. F .. string.rep('\31' .. F, 4) .. '$'  -- written before li, ss
+-- (Built without the string library, which a function library cannot use while it loads.)
+local function fields(n)
+  local re = '^' .. F
+  for _ = 2, n do re = re .. '\31' .. F end
+  return re .. '$'
+end
+local TASK_RE = fields(12)
+local OP_RE = fields(5)
+local OP_RE4 = fields(4)  -- written before tg existed
+local WORKER_RE = fields(7)
+local WORKER_RE5 = fields(5)  -- written before li, ss
 
 function L.ids(s)
   if s == '' then return {} end
@@ -113,7 +141,6 @@ function L.task_put(tid, t)
 end
 
 -- Operation record: tid qm path fids tg (tg: the request's target_id; memoised for the duration of one script call)
-local OPS = {}
 function L.op_get(opid)
   local o = OPS[opid]
   if o then return o end
@@ -229,7 +256,7 @@ function L.node_put(sc, path, n)
   end
 end
 
-local LOG2 = math.log(2)
+local LOG2 = 0.69314718055994530942  -- math.log(2); see fields()
 function L.score(x, p)
   local prio = tonumber(p) - 2147483648
   return string.format('%015.6f', math.log(x + 1) / LOG2 + prio / 100 + 30000000)
@@ -311,7 +338,6 @@ end
 -- level the child on w's last invocation wins a tie in score while its stickiness has
 -- not run out. Returns the operation id and how many levels kept stickiness.
 -- The platform queue's stickiness limits (meta stk), read at most once per call.
-local STK = nil
 function L.stk()
   if STK == nil then STK = redis.call('HGET', K_META, 'stk') end
   return STK
@@ -493,7 +519,7 @@ end
 
 -- Tasks lost by their workers in this call, for the caller's metrics: "r<sc>" requeued,
 -- "f<sc>" failed (attempt budget spent), "q<sc>" failed while queued (queue removed).
-local LOST = {}
+-- (LOST, reset by begin())
 
 -- A worker lost its task (lease expired, or it came back without it): requeue it with
 -- its original queued time until the attempt budget is spent, then fail it UNAVAILABLE
