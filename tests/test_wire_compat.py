@@ -8,7 +8,8 @@ upstream-compiled descriptors in ``reference/wire-tables.md``:
 - buildbarn/bb-remote-execution at 13313e6ab05b (remoteworker, buildqueuestate,
   resourceusage),
 - buildbarn/bb-remote-execution pkg/proto/configuration/scheduler (the action router
-  configuration, read from its .proto at 1213704e869f),
+  configuration, read from its .proto at 1213704e869f; the feedback-driven analyzer's
+  messages, whose PageRank options moved into `page_rank`, at 13313e6ab05b),
 - googleapis google/bytestream.
 
 They are kept here as literals so the test runs without the shared docs. Every
@@ -448,11 +449,12 @@ FIELDS: list[tuple[str, str, int, str, str, bool, str | None]] = [
     (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassAnalyzerConfiguration", 2, "maximum_execution_timeout", "google.protobuf.Duration", False, None),
     (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassAnalyzerConfiguration", 3, "feedback_driven", "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", False, None),
     (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 1, "failure_cache_duration", "google.protobuf.Duration", False, None),
-    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 2, "acceptable_execution_time_increase_exponent", "double", False, None),
-    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 3, "smaller_size_class_execution_timeout_multiplier", "double", False, None),
-    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 4, "minimum_execution_timeout", "google.protobuf.Duration", False, None),
-    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 5, "maximum_convergence_error", "double", False, None),
     (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 6, "history_size", "int32", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", 7, "page_rank", "buildbarn.configuration.scheduler.InitialSizeClassPageRankStrategyCalculatorConfiguration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassPageRankStrategyCalculatorConfiguration", 1, "acceptable_execution_time_increase_exponent", "double", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassPageRankStrategyCalculatorConfiguration", 2, "smaller_size_class_execution_timeout_multiplier", "double", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassPageRankStrategyCalculatorConfiguration", 3, "minimum_execution_timeout", "google.protobuf.Duration", False, None),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassPageRankStrategyCalculatorConfiguration", 4, "maximum_convergence_error", "double", False, None),
 ]
 
 # Messages upstream declares with no fields (enum holders and markers).
@@ -551,6 +553,7 @@ RESERVED: list[tuple[str, str, tuple[int, ...]]] = [
     (BUILDQUEUESTATE, "buildbarn.buildqueuestate.SizeClassQueueState", (3, 4, 6, 8)),
     (RESOURCEUSAGE, "buildbarn.resourceusage.POSIXResourceUsage", (4, 5, 6)),
     (SCHEDULER, "buildbarn.configuration.scheduler.InvocationKeyExtractorConfiguration", (1,)),
+    (SCHEDULER, "buildbarn.configuration.scheduler.InitialSizeClassFeedbackDrivenAnalyzerConfiguration", (2, 3, 4, 5)),
 ]
 # fmt: on
 

@@ -79,17 +79,23 @@ class InitialSizeClassAnalyzerConfiguration(_message.Message):
     def __init__(self, default_execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., maximum_execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., feedback_driven: _Optional[_Union[InitialSizeClassFeedbackDrivenAnalyzerConfiguration, _Mapping]] = ...) -> None: ...
 
 class InitialSizeClassFeedbackDrivenAnalyzerConfiguration(_message.Message):
-    __slots__ = ("failure_cache_duration", "acceptable_execution_time_increase_exponent", "smaller_size_class_execution_timeout_multiplier", "minimum_execution_timeout", "maximum_convergence_error", "history_size")
+    __slots__ = ("failure_cache_duration", "history_size", "page_rank")
     FAILURE_CACHE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_RANK_FIELD_NUMBER: _ClassVar[int]
+    failure_cache_duration: _duration_pb2.Duration
+    history_size: int
+    page_rank: InitialSizeClassPageRankStrategyCalculatorConfiguration
+    def __init__(self, failure_cache_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., history_size: _Optional[int] = ..., page_rank: _Optional[_Union[InitialSizeClassPageRankStrategyCalculatorConfiguration, _Mapping]] = ...) -> None: ...
+
+class InitialSizeClassPageRankStrategyCalculatorConfiguration(_message.Message):
+    __slots__ = ("acceptable_execution_time_increase_exponent", "smaller_size_class_execution_timeout_multiplier", "minimum_execution_timeout", "maximum_convergence_error")
     ACCEPTABLE_EXECUTION_TIME_INCREASE_EXPONENT_FIELD_NUMBER: _ClassVar[int]
     SMALLER_SIZE_CLASS_EXECUTION_TIMEOUT_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     MINIMUM_EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAXIMUM_CONVERGENCE_ERROR_FIELD_NUMBER: _ClassVar[int]
-    HISTORY_SIZE_FIELD_NUMBER: _ClassVar[int]
-    failure_cache_duration: _duration_pb2.Duration
     acceptable_execution_time_increase_exponent: float
     smaller_size_class_execution_timeout_multiplier: float
     minimum_execution_timeout: _duration_pb2.Duration
     maximum_convergence_error: float
-    history_size: int
-    def __init__(self, failure_cache_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., acceptable_execution_time_increase_exponent: _Optional[float] = ..., smaller_size_class_execution_timeout_multiplier: _Optional[float] = ..., minimum_execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., maximum_convergence_error: _Optional[float] = ..., history_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, acceptable_execution_time_increase_exponent: _Optional[float] = ..., smaller_size_class_execution_timeout_multiplier: _Optional[float] = ..., minimum_execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., maximum_convergence_error: _Optional[float] = ...) -> None: ...
