@@ -62,6 +62,8 @@ _SCHEDULER_DURATIONS = {
 _SCHEDULER_COUNTS = {
     "max_attempts": "assignments of an action before a lost worker fails it",
     "max_queued_per_platform": "queued actions per platform queue before RESOURCE_EXHAUSTED",
+    "park_holds": "idle holds per park in Redis: between them an idle worker costs Redis "
+    "nothing (1 = park on every hold)",
 }
 
 

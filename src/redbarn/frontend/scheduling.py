@@ -28,7 +28,7 @@ OPERATION_QUEUE = remoteworker_pb2.DESCRIPTOR.services_by_name["OperationQueue"]
 BUILD_QUEUE_STATE = buildqueuestate_pb2.DESCRIPTOR.services_by_name["BuildQueueState"].full_name
 
 
-def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 1.0) -> Hook:
+def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 2.0) -> Hook:
     """A hook adding remote execution to a frontend (and returning its Scheduler via
     `hook.scheduler` once run, for tests)."""
 

@@ -6,6 +6,7 @@
 -- KEYS[11] drains  KEYS[12] opgc  KEYS[13] opnames (every operation id, score 0:
 -- ListOperations pages them by name with ZRANGEBYLEX)
 -- ARGV[1] config: "<domain> <worker_timeout_ms> <busy_ms> <idle_ms> <retention_ms>
+--         (idle_ms: how long a park may be held, over all its holds)
 --         <max_attempts> <rehand_limit> <pq_timeout_ms> <max_queued> <hint channel prefix>
 --         [<caller fid>]"
 -- Records are strings of fields joined by \31 (unit separator); see redbarn.queue.codec.

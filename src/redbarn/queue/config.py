@@ -91,6 +91,10 @@ class SchedulerConfig:
     worker_timeout: float = 60.0
     # Longest time an idle or completed report is held (parked); jittered in [T/2, T].
     idle_sync_timeout: float = 60.0
+    # Holds of idle_sync_timeout one park in Redis covers: between them the frontend
+    # answers the worker and holds its next idle Synchronize again without Redis, so an
+    # idle worker costs Redis one park per this many holds (1 = every hold parks).
+    park_holds: int = 8
     # next_synchronization_at offset for executing workers ("continue" and assignments).
     busy_sync_interval: float = 10.0
     # An operation lives this long after its last waiter's last touch.
@@ -146,7 +150,7 @@ class SchedulerConfig:
                 domain,
                 ms(self.worker_timeout),
                 ms(self.effective_busy_interval),
-                ms(self.idle_sync_timeout),
+                ms(self.idle_sync_timeout * max(1, self.park_holds)),  # the park's lease
                 ms(self.operation_retention),
                 self.max_attempts,
                 self.rehand_limit,

@@ -42,6 +42,7 @@ class PollingHints:
     """No pub/sub: every wait just sleeps (the waiter then re-reads state)."""
 
     closing = False
+    polling = True  # no hint ever comes: a waiter must re-read Redis to learn anything
 
     def __init__(self, fid: str | None = None, step: float = 0.05) -> None:
         self.fid = fid or uuid.uuid4().hex[:12]

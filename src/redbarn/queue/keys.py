@@ -117,6 +117,9 @@ import re
 PREFIX = "redbarn:v1"
 PLATFORMS = f"{PREFIX}:platforms"
 STARTED = f"{PREFIX}:started"
+# STRING: the frontend id that runs the reaper's current tick (SET NX PX the interval),
+# so the cluster reaps once per interval however many frontends there are.
+REAPER_TURN = f"{PREFIX}:reaper"
 CHANNEL_PREFIX = f"{PREFIX}:fe:"
 
 DOMAIN_KEYS = (

@@ -17,6 +17,8 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+import redis.exceptions
+
 from redbarn.queue import events as ev
 from redbarn.queue import keys
 from redbarn.queue.config import SchedulerConfig
@@ -27,6 +29,9 @@ from redbarn.queue.synchronize import lost_events
 from redbarn.runtime.outage import UNREACHABLE, OutageLog
 
 log = logging.getLogger(__name__)
+
+# A replica mid-failover refuses writes: an outage too (logged once, not per tick).
+_OUTAGE: tuple[type[BaseException], ...] = (*UNREACHABLE, redis.exceptions.ReadOnlyError)
 
 
 @dataclass
@@ -83,14 +88,21 @@ class Reaper:
         return totals
 
     async def run(self, interval: float = 1.0, *, outage: OutageLog | None = None) -> None:
-        """Reap forever on a jittered tick (a frontend runs this as a background task)."""
+        """Reap forever on a jittered tick (a frontend runs this as a background task).
+        Each tick first takes the cluster's turn (keys.REAPER_TURN, for `interval`): the
+        frontend that gets it reaps, the others skip the tick, so the reaper's Redis cost
+        does not grow with the number of frontends."""
         outage = outage or OutageLog("Redis")
+        ttl_ms = max(1, round(interval * 1000))
         while True:
             try:
-                await self.reap()
+                if await self.registry.redis.set(
+                    keys.REAPER_TURN, self.registry.fid, nx=True, px=ttl_ms
+                ):
+                    await self.reap()
             except asyncio.CancelledError:
                 raise
-            except UNREACHABLE as err:
+            except _OUTAGE as err:
                 outage.failed(err, "reaper tick failed")
             except Exception:
                 log.exception("reaper tick failed")

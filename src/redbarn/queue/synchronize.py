@@ -3,15 +3,24 @@
 Steady state is ONE script call (synchronize_worker.lua): a completion and the next
 assignment together. An idle or completed report with nothing to do parks: the call is
 held until a hint hands this worker an action (L.offer has already assigned it in
-Redis) or a jittered timeout passes, and it always leaves the parked state in Redis,
-even when cancelled. The frontend decodes SynchronizeRequest into a `WorkerReport` and
+Redis) or a jittered timeout passes.
+
+Warm holds: at the end of a hold the worker is answered idle but stays parked in Redis
+(the park's lease covers `park_holds` holds), and its next idle Synchronize on this
+frontend is held again without any Redis call; work offered in between is a hint kept
+for that next hold. A worker that does not come back within WARM_GRACE, that reports
+anything else, or whose park lease is running out leaves the parked state through
+unpark_worker.lua, as does a cancelled hold. So an idle worker costs Redis one park and
+one unpark per `park_holds` holds. The frontend decodes SynchronizeRequest into a `WorkerReport` and
 encodes the `replies.WorkerReply` (`redbarn.frontend.operation_queue`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -26,7 +35,15 @@ from redbarn.queue.hints import Hints
 from redbarn.queue.registry import Registry, remember
 from redbarn.queue.scripts import Scripts
 
+log = logging.getLogger(__name__)
+
 # A worker's state as one letter (or two) in the script's report argument.
+# How long a worker answered idle at the end of a hold may take to come back before the
+# frontend releases its park in Redis (under the hub's PENDING_TTL, which keeps a hint for
+# its next hold), and the lease margin a warm hold leaves.
+WARM_GRACE = 1.5
+LEASE_MARGIN = 5.0
+
 _REPORTS = {
     "idle": "i",
     "executing": "p",  # executing, no stage reported
@@ -58,6 +75,16 @@ class WorkerReport:
     prefer_being_idle: bool = False
 
 
+@dataclass
+class _Warm:
+    """A worker answered idle at the end of a hold and still parked in Redis."""
+
+    domain: str
+    parked_us: int  # the park's Redis clock: hints newer than this are for it
+    lease_until: float  # loop time at which the park's lease in Redis runs out
+    release: asyncio.TimerHandle | None = None
+
+
 class _Identity(NamedTuple):
     """A synchronizing worker in the scripts' terms."""
 
@@ -79,12 +106,27 @@ class Workers:
     config: SchedulerConfig
     events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
     _identities: dict[tuple[Any, ...], _Identity] = field(default_factory=dict, init=False)
+    _warm: dict[str, _Warm] = field(default_factory=dict, init=False)
+    _releasing: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False)
 
     async def synchronize(self, report: WorkerReport) -> replies.WorkerReply:
         """Record `report`; returns the worker's next desired state (parking first when
         there is nothing to do). Raises ResourceExhausted when the same worker is
         already synchronizing, InvalidArgument for a bad prefix or platform."""
         domain, prefix, pjson, wk, tokens = self._identity(report)
+        warm = self._warm.pop(wk, None)
+        if warm is not None:
+            if warm.release is not None:
+                warm.release.cancel()
+            if report.state == "idle" and not report.prefer_being_idle and warm.domain == domain:
+                held = await self._warm_hold(wk, warm)
+                if held is not None:
+                    return held
+            else:
+                self._release(wk, warm.domain)
+        releasing = self._releasing.get(wk)
+        if releasing is not None:  # the park must be gone before the worker reports
+            await asyncio.shield(releasing)
         digest, result, failed = "", b"", False
         if report.state != "idle" and report.action_digest is not None:
             digest = digests.key(report.action_digest)
@@ -128,7 +170,7 @@ class Workers:
         await self.registry.register(domain, prefix, pjson)
         self._observe(report, prefix, pjson, reply)
         if isinstance(reply, replies.Parked):
-            reply = await self._park(domain, wk, reply.now_us)
+            reply = await self._park(domain, wk, reply)
             if isinstance(reply, replies.Assignment):
                 self._count_assignment(ev.QueueName(prefix, pjson, report.size_class), reply)
         return reply
@@ -187,29 +229,99 @@ class Workers:
         remember(self._identities, cache_key, identity)
         return identity
 
-    async def _park(self, domain: str, wk: str, parked_us: int) -> replies.WorkerReply:
+    def _hold_time(self) -> float:
         t = self.config.idle_sync_timeout
-        wait = random.uniform(t / 2, t) if t > 0 else 0.0
+        return random.uniform(t / 2, t) if t > 0 else 0.0
+
+    async def _park(self, domain: str, wk: str, parked: replies.Parked) -> replies.WorkerReply:
+        wait = self._hold_time()
         topic = keys.worker_topic(domain, wk)
         loop = asyncio.get_running_loop()
-        until = loop.time() + wait
+        start = loop.time()
+        until = start + wait
+        # The lease the script gave the park, on this loop's clock.
+        warm = _Warm(
+            domain, parked.now_us, start + (parked.deadline_ms - parked.now_us / 1000) / 1000
+        )
         reply: replies.WorkerReply | None = None
         try:
             # A hint lost on the way (Redis restarting, say) is caught by one look at the
             # worker record after the first second (one read per park).
             payload = await self.hints.wait(topic, min(wait, 1.0))
-            if payload is None and loop.time() < until and not await self._assigned(domain, wk):
-                payload = await self.hints.wait(topic, until - loop.time())
-            reply = replies.worker_hint(payload, parked_us)
+            assigned = False
+            if payload is None and loop.time() < until:
+                assigned = await self._assigned(domain, wk)
+                if not assigned:
+                    payload = await self.hints.wait(topic, until - loop.time())
+            reply = replies.worker_hint(payload, parked.now_us)
+            if reply is None and payload is None and not assigned:
+                reply = self._go_warm(wk, warm)
         finally:
             if reply is None:  # no assignment in hand: leave the parked state in Redis
-                unpark = asyncio.ensure_future(
-                    self.scripts.unpark_worker(
-                        domain=domain, config=self.registry.script_config(domain), wk=wk
-                    )
-                )
-                reply = await asyncio.shield(unpark)
+                reply = await self._unpark(domain, wk)
         return reply
+
+    async def _warm_hold(self, wk: str, warm: _Warm) -> replies.WorkerReply | None:
+        """Hold an idle worker that is still parked in Redis, without Redis; None when
+        its park's lease would not cover another hold (it is released: park again)."""
+        wait = self._hold_time()
+        loop = asyncio.get_running_loop()
+        if loop.time() + wait + WARM_GRACE + LEASE_MARGIN > warm.lease_until:
+            self._release(wk, warm.domain)
+            return None
+        reply: replies.WorkerReply | None = None
+        try:
+            payload = await self.hints.wait(keys.worker_topic(warm.domain, wk), wait)
+            reply = replies.worker_hint(payload, warm.parked_us)
+            if reply is None and payload is None:
+                reply = self._go_warm(wk, warm)
+        finally:
+            if reply is None:  # a bare hint (drain, terminate), or cancelled
+                reply = await self._unpark(warm.domain, wk)
+        return reply
+
+    def _go_warm(self, wk: str, warm: _Warm) -> replies.Idle | None:
+        """End a hold with nothing for the worker: answer it idle and keep its park for
+        its next Synchronize (released after WARM_GRACE); None when the lease would not
+        cover another hold."""
+        loop = asyncio.get_running_loop()
+        t = self.config.idle_sync_timeout
+        if getattr(self.hints, "polling", False) or self.hints.closing:
+            return None  # no hint would tell the next hold about work: park every time
+        if loop.time() + t / 2 + WARM_GRACE + LEASE_MARGIN > warm.lease_until:
+            return None
+        warm.release = loop.call_later(WARM_GRACE, self._release_warm, wk, warm)
+        self._warm[wk] = warm
+        return replies.Idle(int(time.time() * 1000))
+
+    def _release_warm(self, wk: str, warm: _Warm) -> None:
+        if self._warm.get(wk) is warm:
+            del self._warm[wk]
+            self._release(wk, warm.domain)
+
+    def _release(self, wk: str, domain: str) -> None:
+        """Leave the parked state in Redis in the background (the worker is not there to
+        answer); its next Synchronize waits for this first."""
+        if wk in self._releasing:
+            return
+        fut = asyncio.ensure_future(self._unpark(domain, wk))
+        self._releasing[wk] = fut
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if self._releasing.get(wk) is fut:
+                del self._releasing[wk]
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("releasing the park of worker %s failed: %s", wk, f.exception())
+
+        fut.add_done_callback(done)
+
+    async def _unpark(self, domain: str, wk: str) -> replies.Assignment | replies.Idle:
+        unpark = asyncio.ensure_future(
+            self.scripts.unpark_worker(
+                domain=domain, config=self.registry.script_config(domain), wk=wk
+            )
+        )
+        return await asyncio.shield(unpark)
 
     async def _assigned(self, domain: str, wk: str) -> bool:
         raw = await self.redis.hget(keys.domain_key(domain, "workers"), wk)
