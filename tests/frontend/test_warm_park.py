@@ -123,3 +123,29 @@ async def test_work_reaches_a_warm_worker_and_a_gone_one_is_released(redis_url: 
             await w.close()
         await r.aclose()
         await c.close()
+
+
+async def test_a_worker_coming_back_through_another_frontend_is_served(redis_url: str) -> None:
+    """Behind a load balancer a worker's next Synchronize may reach another frontend
+    while the first keeps its park warm: the second asks the first to let go and serves
+    the worker (no "already synchronizing"), which then gets work there."""
+    c = Cluster(FrontendConfig(listen="127.0.0.1:0", redis_url=redis_url), HOLD)
+    w = None
+    try:
+        a, b = await c.add(), await c.add()
+        w = Worker(a, "roaming")
+        await idle_round(w)  # answered idle by a, which keeps the park warm
+        w.node = b
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        w.send(IDLE)  # parks on b
+        await asyncio.sleep(0.3)
+        assert w.pending is not None and not w.pending.done()
+        digest, stream = await execute(a, "y")
+        assert await w.executing() == digest
+        assert loop.time() - start < 1.0  # well inside the warm grace: a let go when asked
+        stream.cancel()
+    finally:
+        if w is not None:
+            await w.close()
+        await c.close()

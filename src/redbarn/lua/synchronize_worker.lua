@@ -55,7 +55,13 @@ if not w then
   redis.call('HDEL', K_META, 'z' .. sc)
 elseif w.h ~= '' then
   local dl = redis.call('ZSCORE', K_LEASES, wk)
-  if dl and tonumber(dl) > NOW and (gone == '' or w.h ~= gone) then return {'b', w.h} end
+  if dl and tonumber(dl) > NOW and (gone == '' or w.h ~= gone) then
+    -- Held: by a Synchronize of a worker with the same ID (R38), or by a frontend that
+    -- answered this worker idle and keeps its park for its next call (a warm hold) while
+    -- that call came here. Ask the holder to let go of a park it is not holding.
+    L.publish(w.h, 'r ' .. CFG.domain .. ' ' .. wk)
+    return {'b', w.h}
+  end
   w.h = ''
   dirty = true
   L.unpark(wk, w)

@@ -183,6 +183,12 @@ def parse_operation_name(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+def release_topic(domain: str, wk: str) -> str:
+    """The hint asking the frontend that holds worker `wk`'s park to release it if the
+    worker is not in a Synchronize there (it came back through another frontend)."""
+    return f"r {domain} {wk}"
+
+
 def worker_topic(domain: str, wk: str) -> str:
     """The hint published when parked worker `wk` of `domain` was given work."""
     return f"w {domain} {wk}"

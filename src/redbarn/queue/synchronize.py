@@ -34,6 +34,7 @@ from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.hints import Hints
 from redbarn.queue.registry import Registry, remember
 from redbarn.queue.scripts import Scripts
+from redbarn.queue.sizeclass import SizeClassAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 # its next hold), and the lease margin a warm hold leaves.
 WARM_GRACE = 1.5
 LEASE_MARGIN = 5.0
+# Pauses before a Synchronize refused as held by another frontend tries again (that
+# frontend has been asked to release a warm park); after them it is R38's refusal.
+BUSY_RETRIES = (0.02, 0.05, 0.1, 0.2)
 
 _REPORTS = {
     "idle": "i",
@@ -82,7 +86,7 @@ class _Warm:
     domain: str
     parked_us: int  # the park's Redis clock: hints newer than this are for it
     lease_until: float  # loop time at which the park's lease in Redis runs out
-    release: asyncio.TimerHandle | None = None
+    release: asyncio.Task[None] | None = None  # lets go after WARM_GRACE or when asked
 
 
 class _Identity(NamedTuple):
@@ -105,6 +109,8 @@ class Workers:
     hints: Hints
     config: SchedulerConfig
     events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
+    # Feedback-driven initial size classes: told every completion.
+    size_classes: SizeClassAnalyzer | None = None
     _identities: dict[tuple[Any, ...], _Identity] = field(default_factory=dict, init=False)
     _warm: dict[str, _Warm] = field(default_factory=dict, init=False)
     _releasing: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False)
@@ -133,8 +139,11 @@ class Workers:
         if report.state == "completed" and report.response is not None:
             result = codec.worker_result(report.response)
             failed = codec.response_failed(report.response)
+            if failed and self.size_classes is not None:  # a background run is not rerun
+                failed = self.size_classes.may_fall_back(report.response)
         config = self.registry.script_config(domain)
         gone = ""
+        busy_retries = list(BUSY_RETRIES)
         while True:
             reply = await self.scripts.synchronize_worker(
                 domain=domain,
@@ -155,6 +164,11 @@ class Workers:
             # R38, unless the frontend holding the other call is gone (killed while
             # the worker was parked on it): the worker has come back through another
             # frontend, and waiting out the old lease would idle it for minutes.
+            if not gone and reply.holder not in ("", self.registry.fid) and busy_retries:
+                # The holder may keep the park of a worker it answered idle (a warm hold)
+                # whose next call came here: the script asked it to let go; try again.
+                await asyncio.sleep(busy_retries.pop(0))
+                continue
             if (
                 gone
                 or reply.holder in ("", self.registry.fid)
@@ -197,6 +211,20 @@ class Workers:
             events.task_requeued(queue, reason=ev.REQUEUE_SIZE_CLASS)
         elif reply.report == replies.REPORT_LATE:
             events.late_report(queue)
+        if (
+            self.size_classes is not None
+            and reply.report in (replies.REPORT_DONE, replies.REPORT_FALLBACK)
+            and report.response is not None
+            and report.action_digest is not None
+        ):
+            self.size_classes.observe(
+                domain=keys.domain_id(prefix, pjson),
+                prefix=prefix,
+                size_class=report.size_class,
+                action_digest=report.action_digest,
+                response=report.response,
+                fallback=reply.report == replies.REPORT_FALLBACK,
+            )
         if reply.lost:
             lost_events(events, prefix, pjson, replies.lost_tasks(reply.lost))
         if isinstance(reply, replies.Assignment):
@@ -290,9 +318,15 @@ class Workers:
             return None  # no hint would tell the next hold about work: park every time
         if loop.time() + t / 2 + WARM_GRACE + LEASE_MARGIN > warm.lease_until:
             return None
-        warm.release = loop.call_later(WARM_GRACE, self._release_warm, wk, warm)
+        warm.release = asyncio.ensure_future(self._watch_warm(wk, warm))
         self._warm[wk] = warm
         return replies.Idle(int(time.time() * 1000))
+
+    async def _watch_warm(self, wk: str, warm: _Warm) -> None:
+        """Release a warm park after WARM_GRACE, or at once when another frontend asks
+        (the worker came back through it)."""
+        await self.hints.wait(keys.release_topic(warm.domain, wk), WARM_GRACE)
+        self._release_warm(wk, warm)
 
     def _release_warm(self, wk: str, warm: _Warm) -> None:
         if self._warm.get(wk) is warm:
