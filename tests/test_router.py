@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import pytest
 
@@ -133,8 +134,68 @@ def test_the_frontend_flag_sets_levels_timeouts_and_the_extractor() -> None:
     assert config.scheduler.default_action_timeout == 300.0
 
 
-def test_the_frontend_refuses_feedback_driven_until_it_learns() -> None:
+# Buildbarn's recommended feedback-driven settings (scheduler.proto's comments).
+FEEDBACK_DRIVEN: dict[str, Any] = {
+    "failureCacheDuration": "86400s",
+    "historySize": 32,
+    "pageRank": {
+        "acceptableExecutionTimeIncreaseExponent": 0.5,
+        "smallerSizeClassExecutionTimeoutMultiplier": 1.5,
+        "minimumExecutionTimeout": "10s",
+        "maximumConvergenceError": 0.002,
+    },
+}
+
+
+def test_the_frontend_takes_buildbarns_feedback_driven_analyzer() -> None:
+    """An actionRouter block with Buildbarn's current feedbackDriven layout (its PageRank
+    options under pageRank) starts a frontend that learns initial size classes."""
     learned = json.loads(BUILDBARN_EXAMPLE)
-    learned["simple"]["initialSizeClassAnalyzer"]["feedbackDriven"] = {"historySize": 32}
-    with pytest.raises(ConfigError, match=r"feedbackDriven .* is not supported yet"):
-        cli.config_from_args(_frontend_args("--action-router", json.dumps(learned)))
+    learned["simple"]["initialSizeClassAnalyzer"]["feedbackDriven"] = FEEDBACK_DRIVEN
+    config = cli.config_from_args(_frontend_args("--action-router", json.dumps(learned)))
+    fd = config.router.feedback_driven
+    assert fd is not None and fd.history_size == 32
+    assert fd.page_rank.smaller_size_class_execution_timeout_multiplier == 1.5
+    assert fd.page_rank.minimum_execution_timeout.seconds == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"failureCacheDuration": None}, r"feedbackDriven\.failureCacheDuration is required"),
+        ({"historySize": 0}, r"historySize must be between 1 and 1024, got 0"),
+        ({"historySize": 5000}, r"historySize must be between 1 and 1024, got 5000"),
+        ({"failureCacheDuration": "-1s"}, r"failureCacheDuration must not be negative"),
+        (
+            {"pageRank": {**FEEDBACK_DRIVEN["pageRank"], "minimumExecutionTimeout": None}},
+            r"pageRank\.minimumExecutionTimeout is required",
+        ),
+        (
+            {
+                "pageRank": {
+                    **FEEDBACK_DRIVEN["pageRank"],
+                    "smallerSizeClassExecutionTimeoutMultiplier": 0,
+                }
+            },
+            r"smallerSizeClassExecutionTimeoutMultiplier must be a positive number, got 0",
+        ),
+        (
+            {"pageRank": {**FEEDBACK_DRIVEN["pageRank"], "maximumConvergenceError": -1}},
+            r"maximumConvergenceError must be a positive number, got -1",
+        ),
+        (
+            # Buildbarn's layout before 2023 (PageRank options at the top level).
+            {"acceptableExecutionTimeIncreaseExponent": 0.5},
+            r"has no field named \"acceptableExecutionTimeIncreaseExponent\"",
+        ),
+    ],
+)
+def test_bad_feedback_driven_settings_are_refused(change: dict[str, Any], message: str) -> None:
+    fd = {**FEEDBACK_DRIVEN, **change}
+    fd = {k: v for k, v in fd.items() if v is not None}
+    if isinstance(fd.get("pageRank"), dict):
+        fd["pageRank"] = {k: v for k, v in fd["pageRank"].items() if v is not None}
+    learned = json.loads(BUILDBARN_EXAMPLE)
+    learned["simple"]["initialSizeClassAnalyzer"]["feedbackDriven"] = fd
+    with pytest.raises(ConfigError, match=message):
+        router.parse(json.dumps(learned))

@@ -10,7 +10,11 @@ from jsonnet to JSON) unchanged. What each part becomes here:
 - `invocationKeyExtractors`: the levels of the invocation tree, outermost first
   (`correlatedInvocationsId`, `toolInvocationId`); an empty list is one flat queue.
 - `initialSizeClassAnalyzer`: default and maximum execution timeout; `feedbackDriven`
-  turns on learned initial size classes.
+  turns on learned initial size classes (`redbarn.queue.sizeclass`, docs/size-classes.md):
+  `failureCacheDuration` and `historySize` (1 to 1024) are required, and so are
+  `pageRank`'s `minimumExecutionTimeout`, a positive
+  `smallerSizeClassExecutionTimeoutMultiplier` and `maximumConvergenceError` when it is
+  given (Buildbarn would divide by zero or never stop on those).
 
 Refused at start with a message naming the field: the `demultiplexing` router and
 the `authenticationMetadata` extractor (redbarn's tokens carry no public identity).
@@ -24,6 +28,7 @@ in the Command.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -70,6 +75,43 @@ class ActionRouter:
 
 def _seconds(duration: object) -> float:
     return duration.ToTimedelta().total_seconds()  # type: ignore[attr-defined, no-any-return]
+
+
+MAX_HISTORY_SIZE = 1024
+
+
+def _check_duration(message: object, name: str, json_name: str, where: str) -> None:
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        raise ConfigError(f"{where}.{json_name} is required")
+    if _seconds(getattr(message, name)) < 0:
+        raise ConfigError(f"{where}.{json_name} must not be negative")
+
+
+def _check_feedback_driven(
+    fd: scheduler_pb2.InitialSizeClassFeedbackDrivenAnalyzerConfiguration, where: str
+) -> None:
+    """ConfigError for settings the analyzer cannot run with."""
+    _check_duration(fd, "failure_cache_duration", "failureCacheDuration", where)
+    if not 1 <= fd.history_size <= MAX_HISTORY_SIZE:
+        raise ConfigError(
+            f"{where}.historySize must be between 1 and {MAX_HISTORY_SIZE}, got {fd.history_size}"
+        )
+    if not fd.HasField("page_rank"):
+        return
+    pr, where = fd.page_rank, where + ".pageRank"
+    _check_duration(pr, "minimum_execution_timeout", "minimumExecutionTimeout", where)
+    exponent = pr.acceptable_execution_time_increase_exponent
+    if not math.isfinite(exponent):
+        raise ConfigError(f"{where}.acceptableExecutionTimeIncreaseExponent must be finite")
+    for value, name in (
+        (
+            pr.smaller_size_class_execution_timeout_multiplier,
+            "smallerSizeClassExecutionTimeoutMultiplier",
+        ),
+        (pr.maximum_convergence_error, "maximumConvergenceError"),
+    ):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where}.{name} must be a positive number, got {value:g}")
 
 
 def parse(text: str, flag: str = "--action-router") -> ActionRouter:
@@ -135,6 +177,7 @@ def parse(text: str, flag: str = "--action-router") -> ActionRouter:
     if analyzer.HasField("feedback_driven"):
         feedback = scheduler_pb2.InitialSizeClassFeedbackDrivenAnalyzerConfiguration()
         feedback.CopyFrom(analyzer.feedback_driven)
+        _check_feedback_driven(feedback, f"invalid {flag}: initialSizeClassAnalyzer.feedbackDriven")
     return ActionRouter(
         platform_key_extractor={"action_and_command": "actionAndCommand"}.get(extractor, extractor),
         static_platform=static,

@@ -216,15 +216,7 @@ def _count(flag: str, text: str) -> int:
 
 
 def router_from_args(args: argparse.Namespace) -> router.ActionRouter:
-    routing = router.parse(args.action_router or router.DEFAULT_ACTION_ROUTER)
-    if routing.feedback_driven is not None:
-        # Refused rather than ignored: the operator would believe sizes are learned.
-        raise ConfigError(
-            "invalid --action-router: initialSizeClassAnalyzer.feedbackDriven (learned "
-            "initial size classes) is not supported yet; leave it out to start every "
-            "action on the smallest size class"
-        )
-    return routing
+    return router.parse(args.action_router or router.DEFAULT_ACTION_ROUTER)
 
 
 def scheduler_from_args(args: argparse.Namespace) -> SchedulerConfig:

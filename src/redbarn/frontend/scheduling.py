@@ -35,7 +35,13 @@ def scheduling_hook(config: SchedulerConfig, *, reaper_interval: float = 2.0) ->
     async def add_scheduling(frontend: Frontend) -> None:
         outage = frontend.redis_outage  # one log of a Redis outage for every loop
         hub = Hub(frontend.redis, new_frontend_id(), outage=outage)
-        scheduler = Scheduler(frontend.redis, config, hints=hub, fast=frontend.fast_redis)
+        scheduler = Scheduler(
+            frontend.redis,
+            config,
+            hints=hub,
+            fast=frontend.fast_redis,
+            feedback_driven=frontend.config.router.feedback_driven,
+        )
         add_scheduling.scheduler = scheduler  # type: ignore[attr-defined]
 
         async def record_start() -> None:

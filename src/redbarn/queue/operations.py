@@ -27,6 +27,7 @@ from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.hints import Hints
 from redbarn.queue.registry import Registry, instance_suffix
 from redbarn.queue.scripts import RequiredBlobs, Scripts
+from redbarn.queue.sizeclass import SizeClassAnalyzer
 
 Stage = re_pb2.ExecutionStage
 
@@ -99,6 +100,8 @@ class Operations:
     hints: Hints
     config: SchedulerConfig
     events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
+    # Feedback-driven initial size classes (None: the smallest size class with workers).
+    size_classes: SizeClassAnalyzer | None = None
 
     async def execute(
         self,
@@ -130,7 +133,18 @@ class Operations:
         timeout = validate.action_timeout(
             action, default=config.default_action_timeout, maximum=config.max_action_timeout
         )
-        queue = await self.registry.resolve(instance_name, pjson)
+        analysis = None
+        if self.size_classes is not None:  # its read overlaps the queue lookup
+            analysis = self.size_classes.start(
+                instance_name=instance_name, digest_function=digest_function, action=action
+            )
+        try:
+            queue = await self.registry.resolve(instance_name, pjson)
+        except BaseException:
+            if analysis is not None:
+                analysis.cancel()
+            raise
+        choice = await analysis.choose(queue.domain, timeout) if analysis is not None else None
         routed = re_pb2.Action()
         routed.CopyFrom(action)
         routed.timeout.CopyFrom(
@@ -139,7 +153,7 @@ class Operations:
         executing = rw_pb2.DesiredState.Executing(
             action_digest=action_digest,
             action=routed,
-            auxiliary_metadata=list(auxiliary_metadata),
+            auxiliary_metadata=[*auxiliary_metadata, *([choice.learner] if choice else [])],
             instance_name_suffix=instance_suffix(instance_name, queue.prefix),
             digest_function=digest_function,  # type: ignore[arg-type]
             w3c_trace_context=dict(w3c_trace_context or {}),
@@ -164,6 +178,7 @@ class Operations:
             digest=digests.key(action_digest),
             digest_function=digest_function,
             target_id=request_metadata.target_id if request_metadata is not None else "",
+            initial_size_class=choice.size_class if choice else None,
             required=required,
         )
         if isinstance(reply, replies.BlobsMissing):

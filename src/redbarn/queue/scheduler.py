@@ -9,6 +9,7 @@
 - `control`     BuildQueueState writes: kill, drains, terminate;
 - `admin`       BuildQueueState reads;
 - `reaper`      lost workers, abandoned operations, empty platform queues;
+- `sizeclass`   feedback-driven initial size classes (only with `feedback_driven`);
 - `hints`       how waiters are woken; `replies` the typed script replies;
 - `events`      what an observer (the frontend's metrics) is told as replies are decoded.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from redbarn.proto import scheduler_pb2
 from redbarn.queue.admin import AdminReads
 from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.control import Control
@@ -33,6 +35,7 @@ from redbarn.queue.operations import MissingBlobs, Operations, OperationView
 from redbarn.queue.reaper import Reaper
 from redbarn.queue.registry import Registry
 from redbarn.queue.scripts import Scripts
+from redbarn.queue.sizeclass import Settings, SizeClassAnalyzer
 from redbarn.queue.synchronize import WorkerReport, Workers
 from redbarn.runtime.fastredis import FastRedis
 from redbarn.runtime.outage import OutageLog
@@ -58,7 +61,11 @@ class Scheduler:
         hints: Hints | None = None,
         fast: FastRedis | None = None,
         events: SchedulerEvents | None = None,
+        feedback_driven: scheduler_pb2.InitialSizeClassFeedbackDrivenAnalyzerConfiguration
+        | None = None,
     ) -> None:
+        """`feedback_driven` (--action-router's, validated by `redbarn.router`) turns on
+        learned initial size classes."""
         self.redis = redis
         self.config = config = config or SchedulerConfig()
         self.hints: Hints = hints or PollingHints()
@@ -71,6 +78,12 @@ class Scheduler:
         self.control = Control(redis, registry, scripts, config, events)
         self.reaper = Reaper(registry, scripts, config, events)
         self.admin = AdminReads(redis, config)
+        self.size_classes: SizeClassAnalyzer | None = None
+        if feedback_driven is not None:
+            self.size_classes = SizeClassAnalyzer(
+                redis, registry, scripts, config, Settings.of(feedback_driven)
+            )
+            self.operations.size_classes = self.workers.size_classes = self.size_classes
 
     def observe(self, events: SchedulerEvents) -> None:
         """Tell `events` from now on (the frontend's metrics, added after construction)."""
