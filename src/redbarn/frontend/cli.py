@@ -171,8 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--action-router",
         None,
         "bb_scheduler's ActionRouterConfiguration in protobuf JSON (platform key extractor, "
-        "invocation key extractors, execution timeouts); its timeouts replace "
-        "--default-action-timeout and --max-action-timeout",
+        "invocation key extractors, execution timeouts, feedback-driven initial size "
+        "classes: docs/size-classes.md); its timeouts replace --default-action-timeout and "
+        "--max-action-timeout",
     )
     add_flag(
         parser,
