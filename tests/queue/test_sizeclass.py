@@ -721,3 +721,76 @@ async def test_analysis_failures_fall_back_to_the_default_rule(
             domain, 1800
         )
     assert choice is not None and choice.size_class == 1 and "corrupt" in caplog.text
+
+
+class BrokenWrites(Broken):
+    """A Redis client whose GET works and SET fails."""
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._redis.get(key)  # type: ignore[no-any-return]
+
+    async def set(self, *args: Any, **kw: Any) -> None:
+        raise ConnectionError("Redis refuses writes")
+
+
+async def test_a_failed_write_is_logged_and_the_worker_goes_on(
+    fake_redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recording an outcome is fire-and-forget: its failure is logged, never the
+    worker's Synchronize's."""
+    s = await scheduler(fake_redis, rand=0.9)
+    assert s.size_classes is not None
+    s.size_classes.redis = BrokenWrites(fake_redis)
+    await execute(s, 1)
+    with caplog.at_level(logging.WARNING):
+        assert await work(s, "small", 1, lambda ex: FAIL) is not None
+        assert await work(s, "big", 4, lambda ex: ok(2)) is not None  # the rerun
+    assert "Redis refuses writes" in caplog.text
+    assert await fake_redis.keys(f"{sc.STATS_PREFIX}:*") == []
+
+
+async def test_a_learner_naming_another_instance_is_ignored(
+    fake_redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A learner comes back through a worker: one naming statistics outside the
+    platform queue's instance name prefix is not recorded."""
+    s = Scheduler(fake_redis, FAST, hints=PollingHints(), feedback_driven=FEEDBACK)
+    assert s.size_classes is not None
+    _, a = action(1)
+    forged = learner(sc.LARGEST, instance_name="other-tenant")
+    forged.reduced_action_digest.CopyFrom(sc.reduced_action_digest(a, SHA256))
+    response = ok(1)
+    response.result.execution_metadata.auxiliary_metadata.append(sc._pack(forged))
+    with caplog.at_level(logging.WARNING):
+        s.size_classes.observe(
+            domain="d",
+            prefix="main",
+            size_class=4,
+            action_digest=action(1)[0],
+            response=response,
+            fallback=False,
+        )
+        await s.size_classes.settle()
+    assert "outside prefix 'main'" in caplog.text
+    assert await fake_redis.keys(f"{sc.STATS_PREFIX}:*") == []
+
+
+async def test_an_exponent_that_overflows_falls_back_to_the_default_rule(
+    fake_redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    feedback = scheduler_pb2.InitialSizeClassFeedbackDrivenAnalyzerConfiguration()
+    feedback.CopyFrom(FEEDBACK)
+    feedback.page_rank.acceptable_execution_time_increase_exponent = 1e6
+    s = await scheduler(fake_redis, rand=0.9, feedback=feedback)
+    assert s.size_classes is not None
+    _, a = action(1)
+    entry = sizeclass_pb2.Entry(stats=stats(c1=["f"], c4=[S]))
+    await fake_redis.set(
+        sc.stats_key("", SHA256, sc.reduced_action_digest(a, SHA256)), entry.SerializeToString()
+    )
+    domain = keys.domain_id("", codec.platform_json(re_pb2.Platform()))
+    with caplog.at_level(logging.WARNING):
+        choice = await s.size_classes.start(
+            instance_name="", digest_function=SHA256, action=a
+        ).choose(domain, 1800)
+    assert choice is None and "size class analysis failed" in caplog.text

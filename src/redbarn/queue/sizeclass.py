@@ -741,15 +741,19 @@ class Analysis:
             entry = sizeclass_pb2.Entry()
         original = round(timeout * 1e9)
         s = a.settings
-        chosen = select(
-            entry.stats,
-            size_classes,
-            original,
-            calculator=s.calculator,
-            failure_cache_duration=s.failure_cache_duration,
-            now=a.clock(),
-            rand=a.rand,
-        )
+        try:
+            chosen = select(
+                entry.stats,
+                size_classes,
+                original,
+                calculator=s.calculator,
+                failure_cache_duration=s.failure_cache_duration,
+                now=a.clock(),
+                rand=a.rand,
+            )
+        except (ArithmeticError, ValueError) as err:  # e.g. an overflowing exponent
+            log.warning("size class analysis failed, starting by the default rule: %s", err)
+            return None
         learner = Learner(
             kind=chosen.kind,  # type: ignore[arg-type]
             instance_name=self._instance_name,
