@@ -41,13 +41,17 @@ Where this differs from Buildbarn (each also in docs/size-classes.md):
   (synchronize_worker.lua), so a shortened timeout would follow it there. A timeout on
   a smaller class is recorded with the timeout it really had. Background runs have
   their own message and do get Buildbarn's shortened timeout.
-- A read error or an unusable entry never fails an Execute: it is logged and the
-  action starts by the default rule (Buildbarn fails the Execute on a read error).
+- A read error never fails an Execute: it is logged and the action starts by the
+  default rule (Buildbarn fails the Execute); a corrupt entry is logged and taken as
+  no statistics (the next write replaces it).
 - Statistics are read again when a completion is recorded (Buildbarn keeps the Execute
   time copy in memory), and the largest class's success of a run that asks for
   background learning is written at once, not when the background run ends.
 - Timestamps (last failure) are this frontend's wall clock, not the Redis clock.
 - The expected duration (Buildbarn's order within an invocation) is not computed.
+
+(`stats_key` is not yet in the `keys` catalogue, where every key builder belongs; its
+docstring and docs/size-classes.md describe it meanwhile.)
 """
 
 from __future__ import annotations
