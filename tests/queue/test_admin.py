@@ -250,3 +250,15 @@ async def test_list_operations_costs_the_page_not_every_operation(
     assert [o.name for o in queued.operations] == names[:10]
     assert queued.pagination_info.total_entries == 1000
     assert sum(spent.values()) <= 30, spent
+
+
+async def test_background_learning_invocation_is_named_as_buildbarn_names_it(
+    any_redis: aioredis.Redis,
+) -> None:
+    """Background learning runs sit in their own invocation, which BuildQueueState names
+    Any(BackgroundLearning), as bb_scheduler does, and such a name finds it again."""
+    s = make(any_redis)
+    bg = invocation_id("b", "")
+    assert bg.Is(bq_pb2.BackgroundLearning.DESCRIPTOR)
+    assert s.admin._path([bg]) == "/b"
+    assert s.admin._path([invocation_id("t", "x")]) == "/tx"

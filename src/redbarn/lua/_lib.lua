@@ -444,7 +444,7 @@ function L.complete(tid, t, result)
   t.st = 'd'
   redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
     t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S), tid .. '|r', result)
-  redis.call('HDEL', K_TASKS, tid .. '|a', tid .. '|s')
+  redis.call('HDEL', K_TASKS, tid .. '|a', tid .. '|A', tid .. '|s')
   -- A task that is not done yet owns its dedup entry.
   if t.dk ~= '' then redis.call('HDEL', K_INFLIGHT, t.dk) end
   L.notify_task(t, '', result)
@@ -452,7 +452,7 @@ end
 
 function L.delete_task(tid, t)
   if t.dk ~= '' and redis.call('HGET', K_INFLIGHT, t.dk) == tid then redis.call('HDEL', K_INFLIGHT, t.dk) end
-  redis.call('HDEL', K_TASKS, tid, tid .. '|a', tid .. '|r', tid .. '|s')
+  redis.call('HDEL', K_TASKS, tid, tid .. '|a', tid .. '|A', tid .. '|r', tid .. '|s')
 end
 
 -- Offer a queued task to a parked idle worker of its size class (direct assignment).

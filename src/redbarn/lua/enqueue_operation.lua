@@ -11,8 +11,11 @@
 -- ARGV[10] initial size class (10-digit) chosen by the caller's size class analyzer; '' =
 --   the smallest size class that has workers, else the smallest one. A class the platform
 --   queue does not have is taken as the smallest one it has that is at least as large.
--- ARGV[11] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
--- ARGV[12..] per such blob, how many of KEYS[14..] are its keys (the Redis CAS gives one: its
+-- ARGV[11] the Executing bytes for the largest size class ('' = ARGV[6]'s): the analyzer
+--   gave a smaller class a shorter timeout, and a failure there reruns with the action's
+--   own (stored as <tid>|A until the fallback swaps it in)
+-- ARGV[12] TTL in ms of blobs that must exist first ('' = none: the caller checked them)
+-- ARGV[13..] per such blob, how many of KEYS[14..] are its keys (the Redis CAS gives one: its
 --   CAS key, a STRING or a HASH of chunks that LRU evicts whole).
 --   Only a caller whose CAS lives in this same non-cluster Redis passes them; each is
 --   touched (TTL refreshed) and any missing one stops the enqueue.
@@ -23,14 +26,14 @@
 local opid, dk, path, prio, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[9]
 local fid = CFG.fid  -- the caller's frontend: it watches the operation
 
-if ARGV[11] ~= '' then
+if ARGV[12] ~= '' then
   local missing, k = {'missing'}, N_DOMAIN_KEYS + 1
-  for b = 12, #ARGV do
+  for b = 13, #ARGV do
     local present = true
     for i = k, k + tonumber(ARGV[b]) - 1 do
-      if redis.call('PEXPIRE', KEYS[i], ARGV[11]) == 0 then present = false end
+      if redis.call('PEXPIRE', KEYS[i], ARGV[12]) == 0 then present = false end
     end
-    if not present then missing[#missing + 1] = L.int(b - 11) end
+    if not present then missing[#missing + 1] = L.int(b - 12) end
     k = k + tonumber(ARGV[b])
   end
   if #missing > 1 then return missing end
@@ -96,7 +99,11 @@ L.op_put(opid, o)
 redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
 redis.call('ZADD', K_OPNAMES, 0, opid)
 L.task_put(tid, t)
-redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6])
+if ARGV[11] ~= '' and sc ~= classes[#classes] then
+  redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6], tid .. '|A', ARGV[11])
+else
+  redis.call('HSET', K_TASKS, tid .. '|a', ARGV[11] ~= '' and ARGV[11] or ARGV[6])
+end
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
 -- quiet: the caller (the operation's only watcher so far) learns the stage from the reply.
 if L.offer(tid, t, true) then

@@ -148,6 +148,12 @@ elseif kind == 'c' then
     if #classes > 1 and t.sc ~= largest then
       -- Fallback analyzer: a failure on a smaller size class runs once more on the largest.
       L.exec_ops(t, -1)  -- on its old size class, before it moves
+      -- The analyzer's shorter timeout was for the smaller class: rerun with the action's.
+      local full = redis.call('HGET', K_TASKS, tid .. '|A')
+      if full then
+        redis.call('HSET', K_TASKS, tid .. '|a', full)
+        redis.call('HDEL', K_TASKS, tid .. '|A')
+      end
       t.sc = largest
       t.fb = '1'
       t.st = 'q'

@@ -54,7 +54,16 @@ class Domain:
 _ts = codec.ms_timestamp
 
 
+BACKGROUND = "b"  # the background learning runs' invocation (redbarn.queue.sizeclass)
+
+
 def invocation_id(kind: str, value: str) -> any_pb2.Any:
+    """An invocation id as BuildQueueState names it: Any(RequestMetadata) with the one
+    field of its level, or Any(BackgroundLearning) for background learning runs."""
+    if kind == BACKGROUND:
+        bg = any_pb2.Any()
+        bg.Pack(bq_pb2.BackgroundLearning())
+        return bg
     md = re_pb2.RequestMetadata()
     if kind == codec.CORRELATED:
         md.correlated_invocations_id = value
@@ -66,6 +75,8 @@ def invocation_id(kind: str, value: str) -> any_pb2.Any:
 
 
 def _id_value(a: any_pb2.Any) -> tuple[str, str]:
+    if a.TypeName() == bq_pb2.BackgroundLearning.DESCRIPTOR.full_name:
+        return BACKGROUND, ""
     md = re_pb2.RequestMetadata()
     if not a.Unpack(md):
         raise NotFound("Invocation not found")
@@ -398,7 +409,7 @@ class AdminReads:
         for depth, a in enumerate(ids):
             kind, value = _id_value(a)
             levels = self.config.invocation_keys
-            if depth < len(levels):
+            if depth < len(levels) and kind != BACKGROUND:
                 kind = levels[depth]
             elements.append((kind, value))
         return codec.invocation_path(elements)

@@ -49,6 +49,13 @@ redbarn:v1:platforms  HASH  P -> json {"instance_name_prefix": ..., "platform": 
     redis-cli HGETALL redbarn:v1:platforms
 redbarn:v1:started  STRING  server time (ms) of the first start (SET NX): start-up grace.
     redis-cli GET redbarn:v1:started
+redbarn:v1:reaper  STRING  fid of the frontend whose reaper tick it is (SET NX PX the
+    reaper interval): one reaper pass per interval for the whole cluster.
+redbarn:v1:iscc:<digest function>:<reduced action digest>:<instance name>  STRING
+    feedback-driven size class statistics of one action (redbarn.sizeclass.Entry:
+    Buildbarn's PreviousExecutionStats and pending outcomes), 7-day TTL, any slot.
+    Only with --action-router's feedbackDriven (redbarn.queue.sizeclass; docs/size-classes.md).
+    redis-cli --scan --pattern 'redbarn:v1:iscc:*'
 
 Domain keys (`redbarn:v1:{P}:<what>`; no TTL, bounded by the reaper; survive noeviction):
 
@@ -72,7 +79,9 @@ parked    ZSET(lex) "<sc> <last-invocation>/\x1f<worker-json>" of idle workers h
           here); "<sc> <path>/" is every parked worker at or below an invocation.
           redis-cli ZRANGE 'redbarn:v1:{P}:parked' 0 -1
 tasks     HASH  <tid> -> "stage sc epoch attempts rehands queued_ms digest fn dedup worker
-          fallback ops"; <tid>|a = DesiredState.Executing bytes (dropped at completion);
+          fallback ops"; <tid>|a = DesiredState.Executing bytes (dropped at completion); <tid>|A = the
+          Executing bytes of a rerun on the largest size class when the analyzer gave the
+          first class a shorter timeout (swapped in by the fallback);
           <tid>|s = worker stages of the current run, "<s|f|r|u><ms> ..." (assigned,
           fetching inputs, running, uploading outputs; streams show them as
           partial_execution_metadata);

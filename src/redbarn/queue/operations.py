@@ -158,6 +158,16 @@ class Operations:
             digest_function=digest_function,  # type: ignore[arg-type]
             w3c_trace_context=dict(w3c_trace_context or {}),
         )
+        largest = b""
+        if choice is not None and choice.timeout is not None:
+            # The analyzer's shorter timeout on a smaller class; a failure there reruns
+            # on the largest class with the action's own (the script keeps both).
+            largest = executing.SerializeToString()
+            executing.action.timeout.CopyFrom(
+                duration_pb2.Duration(
+                    seconds=int(choice.timeout), nanos=round((choice.timeout % 1) * 1e9)
+                )
+            )
         path = codec.invocation_path(
             codec.request_metadata_path(request_metadata, levels=config.invocation_keys)
         )
@@ -179,6 +189,7 @@ class Operations:
             digest_function=digest_function,
             target_id=request_metadata.target_id if request_metadata is not None else "",
             initial_size_class=choice.size_class if choice else None,
+            largest_executing=largest,
             required=required,
         )
         if isinstance(reply, replies.BlobsMissing):

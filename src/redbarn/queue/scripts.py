@@ -158,15 +158,18 @@ class Scripts:
         digest_function: int,
         target_id: str = "",
         initial_size_class: int | None = None,
+        largest_executing: bytes = b"",
         required: RequiredBlobs | None = None,
     ) -> replies.Enqueued | replies.EnqueueRefused | replies.BlobsMissing:
         """`initial_size_class`: the size class analyzer's choice (None: the smallest
-        size class that has workers)."""
+        size class that has workers). `largest_executing`: when `executing` carries a
+        shorter timeout for a smaller class, the Executing message a rerun on the largest
+        class gets."""
         # The caller's frontend id (it watches the operation) is the config's last word.
         sc = "" if initial_size_class is None else keys.size_class_field(initial_size_class)
         args: list[str | bytes] = [
             config, opid, dedup_key, path, priority, executing, digest, str(digest_function),
-            target_id, sc,
+            target_id, sc, largest_executing,
         ]  # fmt: skip
         if required is None:
             return replies.enqueue_operation(

@@ -36,11 +36,6 @@ background). docs/size-classes.md has the whole story; in short:
   rerun on the largest class.
 
 Where this differs from Buildbarn (each also in docs/size-classes.md):
-- A smaller size class gets the action's own timeout, not the PageRank one: the
-  fallback rerun on the largest class reuses the task's Executing message
-  (synchronize_worker.lua), so a shortened timeout would follow it there. A timeout on
-  a smaller class is recorded with the timeout it really had. Background runs have
-  their own message and do get Buildbarn's shortened timeout.
 - A read error never fails an Execute: it is logged and the action starts by the
   default rule (Buildbarn fails the Execute); a corrupt entry is logged and taken as
   no statistics (the next write replaces it).
@@ -687,6 +682,9 @@ class Choice:
 
     size_class: int
     learner: any_pb2.Any
+    # A foreground run on a smaller class: PageRank's shortened timeout (seconds) for
+    # it; a failure there reruns on the largest class with the action's own.
+    timeout: float | None = None
 
 
 class Analysis:
@@ -764,15 +762,17 @@ class Analysis:
             digest_function=self._digest_function,  # type: ignore[arg-type]
             reduced_action_digest=self._reduced,
             smaller_size_class=chosen.smaller_size_class,
-            # Every run keeps the action's own timeout, also on a smaller class (the
-            # fallback rerun reuses the Executing message: see the module docstring).
-            timeout=_pb_duration(original),
+            # The timeout of this run (a smaller class's may be shortened).
+            timeout=_pb_duration(chosen.timeout),
             original_timeout=_pb_duration(original),
             initial_page_rank_probabilities=chosen.probabilities or {},
         )
         if chosen.kind == LARGEST_BACKGROUND:
             learner.action = self._action.SerializeToString()
-        return Choice(size_classes[chosen.index], _pack(learner))
+        shorter = None
+        if chosen.kind == SMALLER_FOREGROUND and 0 < chosen.timeout < original:
+            shorter = chosen.timeout / 1e9
+        return Choice(size_classes[chosen.index], _pack(learner), shorter)
 
 
 class SizeClassAnalyzer:
