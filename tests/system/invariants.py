@@ -26,14 +26,16 @@ from redbarn.queue import keys
 from redbarn.queue.codec import SEP
 
 STORAGE_PREFIXES = (f"{keys.PREFIX}:cas:", f"{keys.PREFIX}:ac:", f"{keys.PREFIX}:upload:")
+# Keys that come and go on their own: the reaper's turn lives for one reaper interval.
+TRANSIENT = {keys.REAPER_TURN}
 
 
 def scheduler_keys(r: redis.Redis) -> set[str]:
-    """Every redbarn key that is not CAS/AC/upload storage."""
+    """Every redbarn key that is not CAS/AC/upload storage (nor transient)."""
     out = set()
     for k in r.scan_iter(f"{keys.PREFIX}:*", count=1000):
         name = k.decode() if isinstance(k, bytes) else k
-        if not name.startswith(STORAGE_PREFIXES):
+        if not name.startswith(STORAGE_PREFIXES) and name not in TRANSIENT:
             out.add(name)
     return out
 

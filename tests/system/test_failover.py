@@ -98,6 +98,9 @@ class Fleet:
         )
 
 
+FAILED_PRECONDITION = 9  # google.rpc.Code
+
+
 @dataclass
 class Run:
     done_at: list[float] = field(default_factory=list)
@@ -132,6 +135,14 @@ async def run_actions(fleet: Fleet, kill: object, tag: str) -> Run:
                 digest = await client.prepare(["/bin/true"], env={"ACTION": f"{tag}-{i}"})
                 try:
                     outcome = await client.execute(digest, deadline=80)
+                    if outcome.response.status.code == FAILED_PRECONDITION and attempt < 4:
+                        # The same loss seen by the worker (the Command or an input
+                        # vanished after the Execute checked it): Bazel re-uploads and
+                        # retries on this status too.
+                        run.reuploads.append(
+                            (time.monotonic() - run.killed_at, outcome.response.status.message)
+                        )
+                        continue
                     break
                 except grpc.aio.AioRpcError as err:
                     # A blob uploaded just before the kill and not yet replicated is
