@@ -5,7 +5,7 @@ Three kinds (docs/metrics.md lists every metric):
 - queue gauges, read from Redis when scraped (`QueueGauges` over `queue.stats`): per
   instance name prefix, platform and size class, operations queued and executing,
   workers by state, and the age of the oldest queued operation. Any frontend reports
-  the whole cluster's queue; cached for a second, so many scrapers cost Redis little.
+  the whole cluster's queue; cached for two seconds, so many scrapers cost Redis little.
 - counters and histograms of what this frontend decoded (`Metrics` is the scheduler's
   `SchedulerEvents`): operations created, Action Cache hits, assignments with their
   queued time, completions by outcome with their execution time, requeues, fenced
@@ -94,7 +94,7 @@ class QueueGauges(Collector):
 class Metrics:
     """The frontend's metrics: a registry, the scheduler's events, the gRPC interceptor."""
 
-    def __init__(self, ttl: float = 1.0) -> None:
+    def __init__(self, ttl: float = 2.0) -> None:
         self.ttl = ttl  # how long one rendering of /metrics (and a queue reading) serves
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.deduplications = Counter(
@@ -186,7 +186,7 @@ class Metrics:
     async def exposition(self) -> bytes:
         """The Prometheus text of every metric, queue gauges read first when due. The
         text is kept for `ttl` seconds (as long as the queue gauges are): scrapers in
-        that second share one rendering, so counters may lag by up to `ttl`."""
+        that time share one rendering (a few ms), so counters may lag by up to `ttl`."""
         now = time.monotonic()
         if now - self._rendered_at < self.ttl:
             return self._rendered
