@@ -128,17 +128,33 @@ function L.ids(s)
   return L.words(s)
 end
 
-function L.task_get(tid)
-  local v = redis.call('HGET', K_TASKS, tid)
+-- With field f ('|a', '|s', ...), also that field of the task (one HMGET): t, value.
+function L.task_get(tid, f)
+  local v, extra
+  if f then
+    local both = redis.call('HMGET', K_TASKS, tid, tid .. f)
+    v, extra = both[1], both[2]
+  else
+    v = redis.call('HGET', K_TASKS, tid)
+  end
   if not v then return nil end
   local st, sc, ep, n, r, qt, dg, fn, dk, w, fb, ops = string.match(v, TASK_RE)
   return {st = st, sc = sc, ep = tonumber(ep), n = tonumber(n), r = tonumber(r), qt = qt, dg = dg,
-          fn = fn, dk = dk, w = w, fb = fb, ops = L.ids(ops)}
+          fn = fn, dk = dk, w = w, fb = fb, ops = L.ids(ops)}, extra or nil
 end
 
-function L.task_put(tid, t)
-  redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
-    t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S))
+-- Writes the task record; f1 v1 f2 v2: more fields of the task ('|a', '|r', ...) set in
+-- the same HSET.
+function L.task_put(tid, t, f1, v1, f2, v2)
+  local rec = table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
+    t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S)
+  if f2 then
+    redis.call('HSET', K_TASKS, tid, rec, tid .. f1, v1, tid .. f2, v2)
+  elseif f1 then
+    redis.call('HSET', K_TASKS, tid, rec, tid .. f1, v1)
+  else
+    redis.call('HSET', K_TASKS, tid, rec)
+  end
 end
 
 -- Operation record: tid qm path fids tg (tg: the request's target_id; memoised for the duration of one script call)
@@ -266,7 +282,10 @@ end
 -- Walk from a node up to the root: add delta executing workers to each node, recompute
 -- its first queued priority and its member in its parent's pick set. With delta == 0 the
 -- walk stops at the first node that did not change.
-function L.update(sc, path, delta)
+-- same_p: the start node's own queued operations and children are as they were at the
+-- last walk through it (only its executing count changes: a task that stops executing),
+-- so its first queued priority n.p is still right and need not be read again.
+function L.update(sc, path, delta, same_p)
   local child, child_p = nil, nil
   -- The root keeps no record: nothing ranks it, and L.pick() reads its children directly.
   while path ~= '' do
@@ -277,14 +296,19 @@ function L.update(sc, path, delta)
     end
     local pre = sc .. ' ' .. path .. S
     local p = ''
-    local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-    if head[1] then
-      p = string.sub(head[1], #pre + 1, #pre + 10)
+    if same_p then
+      p = n.p
+      same_p = false
     else
-      local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
-      if best[1] then
-        local c = string.sub(best[1], #pre + 31)
-        if c == child then p = child_p else p = L.node_get(sc, c).p end
+      local head = redis.call('ZRANGEBYLEX', K_QUEUED, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+      if head[1] then
+        p = string.sub(head[1], #pre + 1, #pre + 10)
+      else
+        local best = redis.call('ZRANGEBYLEX', K_PICK, '[' .. pre, '[' .. pre .. HI, 'LIMIT', 0, 1)
+        if best[1] then
+          local c = string.sub(best[1], #pre + 31)
+          if c == child then p = child_p else p = L.node_get(sc, c).p end
+        end
       end
     end
     local k = ''
@@ -306,7 +330,8 @@ function L.update(sc, path, delta)
 end
 
 function L.refresh(sc, path) L.update(sc, path, 0) end
-function L.add_exec(sc, path, delta) L.update(sc, path, delta) end
+-- A task leaving Executing (delta < 0) is not queued: its nodes' queues are unchanged.
+function L.add_exec(sc, path, delta) L.update(sc, path, delta, delta < 0) end
 
 function L.enqueue_ops(t)
   for _, opid in ipairs(t.ops) do
@@ -389,9 +414,8 @@ function L.assign(tid, t, wk, w, quiet, retained)
   t.n = t.n + 1
   t.r = 0
   t.w = wk
-  L.task_put(tid, t)
   local stages = 's' .. L.int(NOW) .. ' '
-  redis.call('HSET', K_TASKS, tid .. '|s', stages)
+  L.task_put(tid, t, '|s', stages)
   w.t = tid
   w.ep = t.ep
   -- Executing: no last invocation (R35). Stickiness restarts now at every level below
@@ -426,8 +450,10 @@ function L.stages_of(tid, t)
   return redis.call('HGET', K_TASKS, tid .. '|s') or ''
 end
 
-function L.exec_reply(tid, t, next_ms)
-  return {'x', tid, L.int(t.ep), t.qt, L.int(next_ms), redis.call('HGET', K_TASKS, tid .. '|a') or ''}
+-- executing: the task's Executing bytes (field <tid>|a) when the caller has read them.
+function L.exec_reply(tid, t, next_ms, executing)
+  executing = executing or redis.call('HGET', K_TASKS, tid .. '|a') or ''
+  return {'x', tid, L.int(t.ep), t.qt, L.int(next_ms), executing}
 end
 
 -- The worker's current task if the assignment is still its own (epoch fence).
@@ -442,8 +468,7 @@ end
 function L.complete(tid, t, result)
   if t.st == 'x' then L.exec_ops(t, -1) elseif t.st == 'q' then L.dequeue_ops(t) end
   t.st = 'd'
-  redis.call('HSET', K_TASKS, tid, table.concat({t.st, t.sc, L.int(t.ep), L.int(t.n), L.int(t.r), t.qt, t.dg,
-    t.fn, t.dk, t.w, t.fb, table.concat(t.ops, ' ')}, S), tid .. '|r', result)
+  L.task_put(tid, t, '|r', result)
   redis.call('HDEL', K_TASKS, tid .. '|a', tid .. '|A', tid .. '|s')
   -- A task that is not done yet owns its dedup entry.
   if t.dk ~= '' then redis.call('HDEL', K_INFLIGHT, t.dk) end

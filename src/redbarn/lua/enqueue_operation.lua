@@ -89,8 +89,11 @@ else
 end
 if redis.call('ZCARD', K_QUEUED) >= CFG.max_queued then return {'full'} end
 
-local tid = 't' .. redis.call('HINCRBY', K_META, 'tseq', 1)
+-- The task id is this call's stamp: the per-domain sequence is unique, and it is never
+-- below the old task counter (meta tseq, which every enqueue drew alongside it), so ids
+-- of tasks written before cannot repeat.
 local seq = stamp()
+local tid = 't' .. L.int(seq)
 local t = {st = 'q', sc = sc, ep = 0, n = 0, r = 0, qt = L.int(NOW), dg = ARGV[7], fn = ARGV[8],
            dk = dk, w = '', fb = '0', ops = {opid}}
 local o = {tid = tid, qm = prio .. L.pad(seq, 16), path = path, fids = '', tg = target}
@@ -98,11 +101,10 @@ L.watch(o, fid)
 L.op_put(opid, o)
 redis.call('ZADD', K_OPGC, NOW + CFG.retention, opid)
 redis.call('ZADD', K_OPNAMES, 0, opid)
-L.task_put(tid, t)
 if ARGV[11] ~= '' and sc ~= classes[#classes] then
-  redis.call('HSET', K_TASKS, tid .. '|a', ARGV[6], tid .. '|A', ARGV[11])
+  L.task_put(tid, t, '|a', ARGV[6], '|A', ARGV[11])
 else
-  redis.call('HSET', K_TASKS, tid .. '|a', ARGV[11] ~= '' and ARGV[11] or ARGV[6])
+  L.task_put(tid, t, '|a', ARGV[11] ~= '' and ARGV[11] or ARGV[6])
 end
 if dk ~= '' then redis.call('HSET', K_INFLIGHT, dk, tid) end
 -- quiet: the caller (the operation's only watcher so far) learns the stage from the reply.

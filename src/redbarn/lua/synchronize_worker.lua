@@ -80,9 +80,9 @@ local function next_task(block)
     local opid, retained = L.pick(sc, w)
     if opid then
       local ntid = L.op_get(opid).tid
-      local nt = L.task_get(ntid)
+      local nt, executing = L.task_get(ntid, '|a')
       L.assign(ntid, nt, wk, w, false, retained)
-      return L.exec_reply(ntid, nt, NOW + CFG.busy)
+      return L.exec_reply(ntid, nt, NOW + CFG.busy, executing or '')
     end
   end
   if not block then L.worker_put(wk, w); return {'i', L.int(NOW)} end

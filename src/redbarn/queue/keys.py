@@ -61,8 +61,9 @@ Domain keys (`redbarn:v1:{P}:<what>`; no TTL, bounded by the reaper; survive noe
 
 meta      HASH  scs = "<sc> <sc>..." size classes; pre = the predeclared ones (never
           removed; declare_queue.lua); w<sc> = worker count; z<sc> = removal
-          time (ms) of a worker-less size class; tseq = task counter; seq = the order
-          stamp of queued operations (FIFO) and of invocation starts (ties, R33). Writers: synchronize,
+          time (ms) of a worker-less size class; seq = the order stamp of queued
+          operations (FIFO), of invocation starts (ties, R33) and the task ids (t<seq>;
+          tseq, the task counter of earlier versions, is no longer drawn). Writers: synchronize,
           enqueue, reap. Lifetime: the domain's.
           redis-cli HGETALL 'redbarn:v1:{P}:meta'
 workers   HASH  <wk> -> "tid ep holder-fid terminating tokens last-invocation stickiness-starts"
