@@ -92,6 +92,13 @@ def test_metrics_parse_and_queue_gauge_and_counters_move_by_ten(tmp_path: Path) 
             obs.total(BB + "in_flight_deduplications_total", outcome="New", **pq)
             == before["created"] + 10
         )
+        # Hints reached every waiter: the lost hint counter is exported, and still 0.
+        lost = {
+            dict(ls)["waiter"]: v
+            for (n, ls), v in obs.samples().items()
+            if n == "redbarn_scheduler_hints_lost_total"
+        }
+        assert lost == {"worker": 0, "operation": 0}
         obs.wait_for(  # the gauges are read at most once a second
             "the queue gauge back to 0",
             lambda: obs.total("redbarn_queue_operations_queued", **pq) == 0,

@@ -143,6 +143,18 @@ class Metrics:
             QUEUE_LABELS,
             registry=r,
         )
+        self.hints_lost = Counter(
+            "redbarn_scheduler_hints_lost_total",
+            "Changes a waiter found by its own look at Redis because the hint that should "
+            "have woken it did not come: waiter=worker (a parked Synchronize, checked once "
+            "after 1 s), waiter=operation (an Execute or WaitExecution stream, at its next "
+            "lease renewal or keepalive). Normally 0; hints lost in a reconnect of the hint "
+            "channel are not counted (every waiter re-reads then).",
+            ("waiter",),
+            registry=r,
+        )
+        for waiter in ev.HINT_WAITERS:
+            self.hints_lost.labels(waiter)
         self.ac_hits = Counter(
             "redbarn_scheduler_action_cache_hits_total",
             "Execute requests answered from the Action Cache.",
@@ -228,6 +240,9 @@ class Metrics:
 
     def script_called(self, script: str, seconds: float) -> None:
         self.script_duration.labels(script).observe(seconds)
+
+    def hint_lost(self, waiter: str) -> None:
+        self.hints_lost.labels(waiter).inc()
 
     # gRPC ------------------------------------------------------------------------------
 

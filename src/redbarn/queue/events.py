@@ -27,6 +27,12 @@ REQUEUE_WORKER_LOST = "worker_lost"  # its worker's lease expired, or it came ba
 REQUEUE_SIZE_CLASS = "size_class_fallback"  # failed on a smaller size class: rerun on the largest
 REQUEUE_REASONS = (REQUEUE_WORKER_LOST, REQUEUE_SIZE_CLASS)
 
+# Which waiter found a change that its hint never brought (the `waiter` label of the
+# lost hint counter).
+HINT_WORKER = "worker"  # a parked Synchronize: its worker had been given work
+HINT_OPERATION = "operation"  # an Execute or WaitExecution stream: its operation moved on
+HINT_WAITERS = (HINT_WORKER, HINT_OPERATION)
+
 # How an Execute met the in-flight dedup (Buildbarn's `outcome` label values).
 NEW = "New"
 SAME_INVOCATION = "SameInvocation"
@@ -68,6 +74,10 @@ class SchedulerEvents(Protocol):
     def script_called(self, script: str, seconds: float) -> None:
         """One Lua script call took this long (round trip, as the caller saw it)."""
 
+    def hint_lost(self, waiter: str) -> None:
+        """A waiter's own look at Redis (its timer, not a hint) found the change a hint
+        should have brought: `waiter` in HINT_WAITERS."""
+
 
 class NoEvents:
     """Ignores every event."""
@@ -93,4 +103,7 @@ class NoEvents:
         pass
 
     def script_called(self, script: str, seconds: float) -> None:
+        pass
+
+    def hint_lost(self, waiter: str) -> None:
         pass

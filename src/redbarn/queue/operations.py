@@ -285,8 +285,13 @@ class Operations:
             # A hint with the new state saves the read, unless the lease needs renewing.
             hinted = view.updated(payload) if payload else None
             if hinted is None or loop.time() - touched_at >= touch_every:
+                known = (view.stage, view.worker_stages)
                 view = await self.get_operation_view(name)
                 touched_at = loop.time()
+                if payload is None and (view.stage, view.worker_stages) != known:
+                    # Every stage change is hinted to the operation's watching frontends
+                    # (the 4 most recent), so the timer finding one means a hint was lost.
+                    self.events.hint_lost(ev.HINT_OPERATION)
             else:
                 view = hinted
             if (

@@ -279,7 +279,9 @@ class Workers:
             assigned = False
             if payload is None and loop.time() < until:
                 assigned = await self._assigned(domain, wk)
-                if not assigned:
+                if assigned:
+                    self.events.hint_lost(ev.HINT_WORKER)
+                else:
                     payload = await self.hints.wait(topic, until - loop.time())
             reply = replies.worker_hint(payload, parked.now_us)
             if reply is None and payload is None and not assigned:
