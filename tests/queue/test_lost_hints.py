@@ -10,12 +10,15 @@ import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
+import pytest
 import redis.asyncio as aioredis
 from qhelpers import FAST, action, assigned, execute, request, synchronize
 
 from redbarn.frontend.hub import Hub
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import events as ev
+from redbarn.queue import synchronize as synchronize_module
+from redbarn.queue.config import SchedulerConfig
 from redbarn.queue.scheduler import Scheduler
 
 Stage = re_pb2.ExecutionStage
@@ -25,7 +28,8 @@ CFG = dataclasses.replace(
 
 
 class LossyHub(Hub):
-    """A hub that drops every hint whose topic `drop` selects (and counts them)."""
+    """A hub that drops every hint from pub/sub whose topic `drop` selects (and counts
+    them); hints this frontend gives itself (script replies, bare wake-ups) still land."""
 
     def __init__(self, redis: aioredis.Redis, fid: str, drop: Callable[[str], bool]) -> None:
         super().__init__(redis, fid)
@@ -39,6 +43,9 @@ class LossyHub(Hub):
             return
         super()._dispatch(data)
 
+    def deliver(self, message: bytes) -> None:
+        Hub._dispatch(self, message)
+
 
 class Recorder(ev.NoEvents):
     def __init__(self) -> None:
@@ -50,14 +57,17 @@ class Recorder(ev.NoEvents):
 
 @contextlib.asynccontextmanager
 async def frontend(
-    redis: aioredis.Redis, fid: str, drop: Callable[[str], bool] = lambda topic: False
+    redis: aioredis.Redis,
+    fid: str,
+    drop: Callable[[str], bool] = lambda topic: False,
+    cfg: SchedulerConfig = CFG,
 ) -> AsyncIterator[tuple[Scheduler, LossyHub, Recorder]]:
     hub = LossyHub(redis, fid, drop)
     await hub.start()
     events = Recorder()
     try:
         await asyncio.wait_for(hub.connected.wait(), 5)
-        yield Scheduler(redis, CFG, hints=hub, events=events), hub, events
+        yield Scheduler(redis, cfg, hints=hub, events=events), hub, events
     finally:
         await hub.stop()
 
@@ -126,3 +136,39 @@ async def test_a_lost_operation_hint_is_counted_and_the_stream_moves_on(
         assert hub_a.dropped >= 1
         assert events_a.lost[ev.HINT_OPERATION] >= 1
         assert not events_b.lost
+
+
+async def test_a_warm_worker_whose_hint_was_lost_is_found_within_one_check(
+    real_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker in warm holds (answered idle, still parked in Redis) is offered work by
+    another frontend and the hint is lost: the holding frontend's periodic look at its
+    warm workers' records finds it, counts it and hands the worker its action, instead of
+    leaving it idle until its park's lease runs out."""
+    monkeypatch.setattr(synchronize_module, "WARM_CHECK", 0.3)
+    cfg = dataclasses.replace(CFG, idle_sync_timeout=0.6, park_holds=30)  # an 18 s lease
+    async with (
+        frontend(real_redis, "fe-warm", drop=lambda topic: topic.startswith("w "), cfg=cfg) as held,
+        frontend(real_redis, "fe-exec3", cfg=cfg) as other,
+    ):
+        (a, hub_a, events_a), (b, _, _) = held, other
+        await synchronize(a, request("0", prefer_idle=True))
+
+        async def idle_until_assigned() -> re_pb2.Digest:
+            while True:
+                digest = assigned(await synchronize(a, request("1")))
+                if digest is not None:
+                    return digest
+
+        worker = asyncio.create_task(idle_until_assigned())
+        await asyncio.sleep(1.5)  # past the first park: the worker is in warm holds now
+        assert a.workers._holding or a.workers._warm, "the worker should be warm"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        view = await execute(b, 3)
+        assert view.stage == Stage.EXECUTING  # offered to the (warm) parked worker
+        assert await asyncio.wait_for(worker, 5) == action(3)[0]
+        took = loop.time() - t0
+        assert hub_a.dropped == 1
+        assert took < 1.5, f"the warm worker waited {took:.2f} s for its action"
+        assert events_a.lost == Counter({ev.HINT_WORKER: 1})

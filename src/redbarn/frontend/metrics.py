@@ -146,8 +146,8 @@ class Metrics:
         self.hints_lost = Counter(
             "redbarn_scheduler_hints_lost_total",
             "Changes a waiter found by its own look at Redis because the hint that should "
-            "have woken it did not come: waiter=worker (a parked Synchronize, checked once "
-            "after 1 s), waiter=operation (an Execute or WaitExecution stream, at its next "
+            "have woken it did not come: waiter=worker (a parked worker given work: checked "
+            "1 s into a park, and every 5 s for warm holds), waiter=operation (an Execute or WaitExecution stream, at its next "
             "lease renewal or keepalive). Normally 0; hints lost in a reconnect of the hint "
             "channel are not counted (every waiter re-reads then).",
             ("waiter",),

@@ -47,6 +47,12 @@ LEASE_MARGIN = 5.0
 # Pauses before a Synchronize refused as held by another frontend tries again (that
 # frontend has been asked to release a warm park); after them it is R38's refusal.
 BUSY_RETRIES = (0.02, 0.05, 0.1, 0.2)
+# While this frontend keeps warm parks, one look every WARM_CHECK seconds at their
+# worker records (one HMGET per platform queue, whatever the number of workers) finds a
+# worker given work whose hint was lost: it is counted and woken, so a lost hint costs
+# a warm worker seconds, not the rest of its park's lease (minutes).
+WARM_CHECK = 5.0
+WARM_CHECK_BATCH = 500
 
 _REPORTS = {
     "idle": "i",
@@ -114,6 +120,9 @@ class Workers:
     _identities: dict[tuple[Any, ...], _Identity] = field(default_factory=dict, init=False)
     _warm: dict[str, _Warm] = field(default_factory=dict, init=False)
     _releasing: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False)
+    # Workers in a warm hold now (worker key -> platform queue domain).
+    _holding: dict[str, str] = field(default_factory=dict, init=False)
+    _checker: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def synchronize(self, report: WorkerReport) -> replies.WorkerReply:
         """Record `report`; returns the worker's next desired state (parking first when
@@ -126,6 +135,8 @@ class Workers:
                 warm.release.cancel()
             if report.state == "idle" and not report.prefer_being_idle and warm.domain == domain:
                 held = await self._warm_hold(wk, warm)
+                if isinstance(held, replies.Assignment):
+                    self._count_assignment(ev.QueueName(prefix, pjson, report.size_class), held)
                 if held is not None:
                     return held
             else:
@@ -300,15 +311,57 @@ class Workers:
             self._release(wk, warm.domain)
             return None
         reply: replies.WorkerReply | None = None
+        self._holding[wk] = warm.domain
+        self._check_warm_later()
         try:
             payload = await self.hints.wait(keys.worker_topic(warm.domain, wk), wait)
             reply = replies.worker_hint(payload, warm.parked_us)
             if reply is None and payload is None:
                 reply = self._go_warm(wk, warm)
         finally:
-            if reply is None:  # a bare hint (drain, terminate), or cancelled
+            self._holding.pop(wk, None)
+            if reply is None:  # a bare hint (drain, terminate, a lost hint found), or cancelled
                 reply = await self._unpark(warm.domain, wk)
         return reply
+
+    def _check_warm_later(self) -> None:
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.ensure_future(self._check_warm())
+
+    async def _check_warm(self) -> None:
+        """Every WARM_CHECK seconds while there are warm parks: find the warm workers that
+        were given work without their hint reaching this frontend; count each, and wake
+        it with a bare hint (its hold then unparks, which hands it the assignment)."""
+        while self._holding or self._warm:
+            await asyncio.sleep(WARM_CHECK)
+            by_domain: dict[str, list[str]] = {}
+            for wk, domain in self._holding.items():
+                by_domain.setdefault(domain, []).append(wk)
+            for wk, warm in self._warm.items():
+                by_domain.setdefault(warm.domain, []).append(wk)
+            for domain, wks in by_domain.items():
+                try:
+                    lost = await self._assigned_among(domain, wks)
+                except Exception as err:  # Redis away: the parks' leases still bound it
+                    log.debug("warm park check of %s failed: %s", domain, err)
+                    continue
+                for wk in lost:
+                    if self._holding.get(wk) == domain or (
+                        wk in self._warm and self._warm[wk].domain == domain
+                    ):
+                        self.events.hint_lost(ev.HINT_WORKER)
+                        self.hints.deliver(keys.worker_topic(domain, wk).encode())
+
+    async def _assigned_among(self, domain: str, wks: list[str]) -> list[str]:
+        """Which of these workers' records name a task (they were offered one)."""
+        found: list[str] = []
+        key = keys.domain_key(domain, "workers")
+        for i in range(0, len(wks), WARM_CHECK_BATCH):
+            batch = wks[i : i + WARM_CHECK_BATCH]
+            for wk, raw in zip(batch, await self.redis.hmget(key, batch), strict=True):
+                if raw is not None and codec.WorkerRecord.parse(raw).tid:
+                    found.append(wk)
+        return found
 
     def _go_warm(self, wk: str, warm: _Warm) -> replies.Idle | None:
         """End a hold with nothing for the worker: answer it idle and keep its park for
@@ -322,6 +375,7 @@ class Workers:
             return None
         warm.release = asyncio.ensure_future(self._watch_warm(wk, warm))
         self._warm[wk] = warm
+        self._check_warm_later()
         return replies.Idle(int(time.time() * 1000))
 
     async def _watch_warm(self, wk: str, warm: _Warm) -> None:
