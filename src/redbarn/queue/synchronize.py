@@ -414,8 +414,7 @@ class Workers:
         return await asyncio.shield(unpark)
 
     async def _assigned(self, domain: str, wk: str) -> bool:
-        raw = await self.redis.hget(keys.domain_key(domain, "workers"), wk)
-        return raw is not None and bool(codec.WorkerRecord.parse(raw).tid)
+        return bool(await self._assigned_among(domain, [wk]))
 
 
 def completion_outcome(response: re_pb2.ExecuteResponse) -> tuple[str, str]:
