@@ -72,6 +72,7 @@ SAMPLES: dict[str, tuple[list[Any], Any]] = {
     "remove_drain": ([b"none"], False),
     "terminate_workers": ([2, b"t1"], replies.Terminated(2, ("t1",))),
     "declare_queue": ([b"ok", b"2"], 2),
+    "wake_parked": ([b"w", b'0000000000 {"a":"1"}'], '0000000000 {"a":"1"}'),
 }
 
 

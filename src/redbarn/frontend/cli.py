@@ -46,6 +46,8 @@ _DURATIONS = {
     "grpc_max_connection_age": "a connection this old is closed (0 = never)",
     "grpc_max_connection_age_grace": "time calls in flight get when a connection is aged out",
 }
+# --queue-shards' bound: an idle worker looks at every shard before it parks.
+MAX_QUEUE_SHARDS = 64
 # The same for SchedulerConfig, and its whole-number fields.
 _SCHEDULER_DURATIONS = {
     "worker_timeout": "a worker is lost this long after its last Synchronize",
@@ -64,6 +66,9 @@ _SCHEDULER_COUNTS = {
     "max_queued_per_platform": "queued actions per platform queue before RESOURCE_EXHAUSTED",
     "park_holds": "idle holds per park in Redis: between them an idle worker costs Redis "
     "nothing (1 = park on every hold)",
+    "queue_shards": "hash slots each --platform-queue is spread over, so one busy platform "
+    "uses several Redis Cluster masters (1 = not sharded; the same on every frontend; at "
+    f"most {MAX_QUEUE_SHARDS})",
 }
 
 
@@ -245,6 +250,10 @@ def scheduler_from_args(args: argparse.Namespace) -> SchedulerConfig:
             )
         seen.add(q.domain)
     values["predeclared"] = predeclared
+    if values["queue_shards"] > MAX_QUEUE_SHARDS:
+        raise ConfigError(
+            f'invalid --queue-shards "{args.queue_shards}": at most {MAX_QUEUE_SHARDS}'
+        )
     return dataclasses.replace(_S, **values)
 
 

@@ -10,6 +10,12 @@
 -- ARGV[6] result "R"+ExecuteResponse bytes (completed)  ARGV[7] '1' if the completion failed
 -- ARGV[8] '1' if prefer_being_idle
 -- ARGV[9] the id of a frontend known to be gone ('' if none): a Synchronize it held is over
+-- ARGV[10] mode (sharded platform queues, --queue-shards): '' as usual; 'n' take work or
+--   leave (an idle worker looking for work in a shard other than its home: with nothing
+--   to take, its record here is removed and it is answered idle); 'l' leave (after the
+--   report the worker's record here is removed and it is answered idle: the completion
+--   of work taken from another shard, which sends it home, or its home record while it
+--   runs work taken from another shard)
 -- Returns: {'x', tid, epoch, queued_ms, next_ms, Executing bytes, report, lost}
 --   | {'c', next_ms, report, lost} | {'i', next_ms, report, lost}
 --   | {'p', park_deadline_ms, now_us, report, lost}
@@ -22,6 +28,7 @@
 --   report and lost feed the caller's metrics.
 local wk, fid, kind, dg, failed, prefer = ARGV[2], CFG.fid, string.sub(ARGV[4], 1, 1), ARGV[5], ARGV[7], ARGV[8]
 local gone = ARGV[9] or ''
+local mode = ARGV[10] or ''
 local substage = string.sub(ARGV[4], 2, 2)
 local sc = L.sc_of(wk)
 local w = L.worker_get(wk)
@@ -74,6 +81,7 @@ if not tid and w.t ~= '' then
 end
 
 local function next_task(block)
+  if mode == 'l' then L.remove_worker(wk, w); return {'i', L.int(NOW)} end
   if prefer == '1' then L.worker_put(wk, w); return {'i', L.int(NOW)} end
   local is_drained = L.drained(sc, w)
   if not is_drained then
@@ -85,6 +93,7 @@ local function next_task(block)
       return L.exec_reply(ntid, nt, NOW + CFG.busy, executing or '')
     end
   end
+  if mode == 'n' then L.remove_worker(wk, w); return {'i', L.int(NOW)} end  -- nothing here after all
   if not block then L.worker_put(wk, w); return {'i', L.int(NOW)} end
   w.h = fid
   L.worker_put(wk, w)

@@ -7,6 +7,7 @@ onto this; tests use short timeouts.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -119,10 +120,24 @@ class SchedulerConfig:
     invocation_keys: tuple[str, ...] = ("c", "t")
     # Platform queues that always exist (--platform-queue), never reaped.
     predeclared: tuple[PredeclaredQueue, ...] = ()
+    # Hash slots each predeclared platform queue is spread over (--queue-shards; 1 = not
+    # sharded). Every frontend of a cluster must say the same (docs/scaling.md).
+    queue_shards: int = 1
     # How long the platform registry is cached in-process.
     platform_cache_ttl: float = 2.0
     # Entries of each kind one reaper call handles.
     reap_batch: int = 200
+
+    def shards_of(self, domain: str) -> int:
+        """How many shards platform queue `domain` is spread over: `queue_shards` for a
+        predeclared queue, 1 for a queue its workers created."""
+        return self._sharded.get(domain, 1)
+
+    @functools.cached_property
+    def _sharded(self) -> dict[str, int]:
+        if self.queue_shards <= 1:
+            return {}
+        return {q.domain: self.queue_shards for q in self.predeclared}
 
     @property
     def effective_busy_interval(self) -> float:

@@ -38,7 +38,7 @@ class Control:
 
     async def _killed(self, domain: str, count: int, size_class: int) -> None:
         """Count `count` killed tasks of `domain`'s size class queue."""
-        q = (await self.registry.queues()).get(domain)
+        q = await self.registry.queue_of(domain)
         if q is None or count == 0:
             return
         queue = ev.QueueName(q.prefix, q.platform_json, size_class)
@@ -75,26 +75,28 @@ class Control:
     ) -> int:
         """Complete every queued operation of a size class queue without workers
         (filter size_class_queue_without_workers). Returns how many were killed."""
-        domain = await self.registry.size_class_domain(instance_name_prefix, platform)
+        queue = await self.registry.size_class_domain(instance_name_prefix, platform)
         killed = 0
-        while True:
-            r = await self.scripts.kill_queued(
-                domain=domain,
-                config=self.registry.script_config(domain),
-                size_class=keys.size_class_field(size_class),
-                result=_killed(status),
-                batch=self.config.reap_batch,
-            )
-            if r.outcome == "none":
-                raise NotFound("Size class queue not found")
-            if r.outcome == "busy":
-                raise FailedPrecondition(
-                    "Cannot kill operations, as size class queue still has workers"
+        for domain in keys.shard_domains(queue, self.config.shards_of(queue)):
+            while True:
+                r = await self.scripts.kill_queued(
+                    domain=domain,
+                    config=self.registry.script_config(domain),
+                    size_class=keys.size_class_field(size_class),
+                    result=_killed(status),
+                    batch=self.config.reap_batch,
                 )
-            killed += r.killed
-            await self._killed(domain, r.killed, size_class)
-            if not r.more:
-                return killed
+                if r.outcome == "none":
+                    raise NotFound("Size class queue not found")
+                if r.outcome == "busy":
+                    raise FailedPrecondition(
+                        "Cannot kill operations, as size class queue still has workers"
+                    )
+                killed += r.killed
+                await self._killed(queue, r.killed, size_class)
+                if not r.more:
+                    break
+        return killed
 
     async def set_drain(
         self,
@@ -107,19 +109,20 @@ class Control:
     ) -> None:
         """AddDrain (add=True) or RemoveDrain: workers of the size class queue whose id
         contains `pattern` get no new work. NotFound when the queue does not exist."""
-        domain = await self.registry.size_class_domain(instance_name_prefix, platform)
-        common = {
-            "domain": domain,
-            "config": self.registry.script_config(domain),
-            "size_class": keys.size_class_field(size_class),
-            "pattern_json": digests.worker_json(pattern),
-        }
-        if add:
-            ok = await self.scripts.add_drain(**common, tokens=codec.tokens(pattern))
-        else:
-            ok = await self.scripts.remove_drain(**common)
-        if not ok:
-            raise NotFound("Size class queue not found")
+        queue = await self.registry.size_class_domain(instance_name_prefix, platform)
+        for domain in keys.shard_domains(queue, self.config.shards_of(queue)):
+            common = {
+                "domain": domain,
+                "config": self.registry.script_config(domain),
+                "size_class": keys.size_class_field(size_class),
+                "pattern_json": digests.worker_json(pattern),
+            }
+            if add:
+                ok = await self.scripts.add_drain(**common, tokens=codec.tokens(pattern))
+            else:
+                ok = await self.scripts.remove_drain(**common)
+            if not ok:
+                raise NotFound("Size class queue not found")
 
     async def terminate_workers(
         self, pattern: Mapping[str, str], *, wait: bool = True, poll: float = 0.2
@@ -128,7 +131,8 @@ class Control:
         tasks they were executing have left that state. Returns the number matched."""
         matched = 0
         pending: list[tuple[str, str]] = []
-        for domain in await self.registry.queues(fresh=True):
+        queues = (await self.registry.queues(fresh=True)).values()
+        for domain in [d for q in queues for d in q.domains]:
             r = await self.scripts.terminate_workers(
                 domain=domain,
                 config=self.registry.script_config(domain),

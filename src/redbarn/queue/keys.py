@@ -109,6 +109,20 @@ opgc      ZSET  <opid> scored by last waiter touch + operation_retention. "why i
 opnames   ZSET  <opid>, every score 0: the operations in name order, so ListOperations
           pages with ZRANGEBYLEX. redis-cli ZRANGE 'redbarn:v1:{P}:opnames' 0 9
 
+Shards (`--queue-shards K`, predeclared platform queues only): a platform queue P is K
+domains, `shard_domain(P, i)` for i < K, each a complete set of the domain keys above
+under its own hash tag, so the queue's load spreads over K slots (K masters of a
+cluster). Shard 0 is P itself. The registry entry of P says `"shards": K`; the other
+shards have no entry of their own. An action goes to shard `shard_of(digest, K)` (in-
+flight dedup stays exact: the same action always meets itself there), and its operation
+is named after its shard's domain, so names still route with no lookup. A worker parks
+in its home shard `shard_of(worker-json, K)`; before it parks it looks for queued work
+in the other shards and takes it there (its record in that shard is removed when it
+reports the completion), and an Execute queued where no worker is parked wakes a worker
+parked in another shard (wake_parked.lua). Redis:
+    redis-cli HGET redbarn:v1:platforms P      # ... "shards": K
+    python -c 'from redbarn.queue import keys; print(keys.shard_domains("P", K))'
+
 Pub/sub (not keys): scripts PUBLISH hints to `redbarn:v1:fe:<fid>`: "w <P> <wk>" when
 a parked worker got work, "o <P>.<opid>" when an operation changed stage. Each may be
 followed by \x1f and the new state, so the waiter need not read it back: for "w", the
@@ -123,6 +137,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 
 PREFIX = "redbarn:v1"
 PLATFORMS = f"{PREFIX}:platforms"
@@ -155,6 +170,27 @@ def domain_id(instance_name_prefix: str, platform_json: str) -> str:
     """The domain id P of a platform queue."""
     raw = f"{instance_name_prefix}\0{platform_json}".encode()
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def shard_domain(domain: str, shard: int) -> str:
+    """The domain id of shard `shard` of platform queue `domain` (`--queue-shards`):
+    shard 0 is the queue's own domain, so one shard is exactly the unsharded queue;
+    shard i > 0 is the first 16 hex digits of sha256("<P>#<i>"), a domain of its own
+    with its own hash tag, so its own Redis Cluster slot."""
+    if shard == 0:
+        return domain
+    return hashlib.sha256(f"{domain}#{shard}".encode()).hexdigest()[:16]
+
+
+def shard_domains(domain: str, shards: int) -> list[str]:
+    """Every shard's domain id of a platform queue spread over `shards` slots."""
+    return [shard_domain(domain, i) for i in range(max(1, shards))]
+
+
+def shard_of(text: str, shards: int) -> int:
+    """Which of `shards` shards `text` (an action digest "hash-size", a worker id JSON)
+    belongs to: CRC-32 modulo the count, the same on every frontend."""
+    return zlib.crc32(text.encode()) % shards if shards > 1 else 0
 
 
 def domain_key(domain: str, what: str) -> str:

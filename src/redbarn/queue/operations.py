@@ -145,6 +145,11 @@ class Operations:
                 analysis.cancel()
             raise
         choice = await analysis.choose(queue.domain, timeout) if analysis is not None else None
+        # A sharded queue (--queue-shards): the action's own shard, so that in-flight
+        # dedup still meets the same action (keys.shard_of).
+        shards = config.shards_of(queue.domain)
+        shard = keys.shard_of(digests.key(action_digest), shards)
+        domain = keys.shard_domain(queue.domain, shard)
         routed = re_pb2.Action()
         routed.CopyFrom(action)
         routed.timeout.CopyFrom(
@@ -178,8 +183,8 @@ class Operations:
         )
         opid = uuid.uuid4().hex
         reply = await self.scripts.enqueue_operation(
-            domain=queue.domain,
-            config=self.registry.script_config(queue.domain),
+            domain=domain,
+            config=self.registry.script_config(domain),
             opid=opid,
             dedup_key=dedup,
             path=path,
@@ -206,13 +211,15 @@ class Operations:
         dedup = {"s": ev.SAME_INVOCATION, "o": ev.OTHER_INVOCATION}.get(reply.dedup, ev.NEW)
         if reply.opid != opid:  # the same invocation's operation came back
             dedup = ev.SAME_INVOCATION
+        if shards > 1 and dedup == ev.NEW and reply.stage == Stage.QUEUED:
+            await self._wake_elsewhere(queue.domain, shard, shards, reply.size_class)
         self.events.operation_created(
             ev.QueueName(queue.prefix, pjson, reply.size_class),
             dedup=dedup,
             to_worker=dedup == ev.NEW and reply.stage == Stage.EXECUTING,
         )
         return OperationView(
-            name=keys.operation_name(queue.domain, reply.opid),
+            name=keys.operation_name(domain, reply.opid),
             stage=reply.stage,
             action_digest=action_digest,
             digest_function=digest_function,
@@ -227,6 +234,20 @@ class Operations:
             now_us=reply.now_us,
             worker_stages=reply.worker_stages,
         )
+
+    async def _wake_elsewhere(self, queue: str, shard: int, shards: int, size_class: int) -> None:
+        """New work queued in `shard`, where no worker of its size class was parked: wake
+        one parked in another shard (the next ones first), which takes it from here
+        (`Workers`). A worker parking meanwhile looks at every shard after it parks, so
+        work queued before that look is found by it and work queued after it wakes it."""
+        sc = keys.size_class_field(size_class)
+        for i in range(1, shards):
+            other = keys.shard_domain(queue, (shard + i) % shards)
+            woken = await self.scripts.wake_parked(
+                domain=other, config=self.registry.script_config(other), size_class=sc
+            )
+            if woken is not None:
+                return
 
     async def get_operation_view(self, name: str, *, watch: bool = True) -> OperationView:
         """Touch (watch=True: attach this frontend and renew the waiter lease) and read.

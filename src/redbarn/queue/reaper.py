@@ -54,20 +54,22 @@ class Reaper:
         their size classes (declare_queue.lua) and their registry entry. Idempotent; run
         at start and on every tick, so a Redis that lost its data gets them back."""
         for q in self.config.predeclared:
-            await self.scripts.declare_queue(
-                domain=q.domain,
-                config=self.registry.script_config(q.domain),
-                size_classes=" ".join(keys.size_class_field(c) for c in q.size_classes),
-                stickiness_limits=" ".join(str(ms) for ms in q.stickiness_limits_ms),
-            )
-            await self.registry.declare(q.domain, q.instance_name_prefix, q.platform_json)
+            shards = self.config.shards_of(q.domain)
+            for domain in keys.shard_domains(q.domain, shards):
+                await self.scripts.declare_queue(
+                    domain=domain,
+                    config=self.registry.script_config(domain),
+                    size_classes=" ".join(keys.size_class_field(c) for c in q.size_classes),
+                    stickiness_limits=" ".join(str(ms) for ms in q.stickiness_limits_ms),
+                )
+            await self.registry.declare(q.domain, q.instance_name_prefix, q.platform_json, shards)
 
     async def reap(self) -> ReapTotals:
         """Run the reaper over every domain (idempotent; any frontend, any time)."""
         totals = ReapTotals()
         await self.declare()
         queues = await self.registry.queues(fresh=True)
-        for domain in list(queues):
+        for domain, q in [(d, each) for each in list(queues.values()) for d in each.domains]:
             while True:
                 r = await self.scripts.reap_domain(
                     domain=domain,
@@ -78,9 +80,8 @@ class Reaper:
                 totals.operations += r.operations
                 totals.queued += r.queued
                 if r.lost:
-                    q = queues[domain]
                     lost_events(self.events, q.prefix, q.platform_json, lost_tasks(r.lost))
-                if r.gone:
+                if r.gone and domain == q.domain:  # a predeclared shard is never gone
                     await self.registry.unregister(domain)
                     totals.domains_removed += 1
                 if not r.more:

@@ -42,6 +42,12 @@ class PlatformQueue:
     domain: str
     prefix: str
     platform_json: str
+    shards: int = 1  # --queue-shards of a predeclared queue (keys.shard_domain)
+
+    @property
+    def domains(self) -> list[str]:
+        """The domain of every shard, shard 0 (`domain`) first."""
+        return keys.shard_domains(self.domain, self.shards)
 
 
 @dataclass
@@ -117,11 +123,14 @@ class Registry:
         await self.redis.hsetnx(keys.PLATFORMS, domain, value)
         self._registered[domain] = now
 
-    async def declare(self, domain: str, prefix: str, platform_json: str) -> None:
+    async def declare(self, domain: str, prefix: str, platform_json: str, shards: int = 1) -> None:
         """A predeclared platform queue: registered whether or not workers exist (its
-        size classes are made to exist first, by declare_queue.lua, so the reaper keeps it)."""
-        value = json.dumps({"instance_name_prefix": prefix, "platform": platform_json})
-        await self.redis.hset(keys.PLATFORMS, domain, value)
+        size classes are made to exist first, by declare_queue.lua, so the reaper keeps
+        it). A sharded one says how many shards it has, for every reader of the registry."""
+        entry: dict[str, Any] = {"instance_name_prefix": prefix, "platform": platform_json}
+        if shards > 1:
+            entry["shards"] = shards
+        await self.redis.hset(keys.PLATFORMS, domain, json.dumps(entry))
 
     async def unregister(self, domain: str) -> None:
         """The reaper found the platform queue gone (no size class queues left)."""
@@ -136,9 +145,21 @@ class Registry:
             for k, v in raw.items():
                 d = json.loads(v)
                 domain = k.decode() if isinstance(k, bytes) else str(k)
-                entries[domain] = PlatformQueue(domain, d["instance_name_prefix"], d["platform"])
+                entries[domain] = PlatformQueue(
+                    domain, d["instance_name_prefix"], d["platform"], int(d.get("shards", 1))
+                )
             self._snapshot = _Snapshot(now, entries)
         return self._snapshot.queues
+
+    async def queue_of(self, domain: str) -> PlatformQueue | None:
+        """The platform queue `domain` is (or is a shard of), if registered."""
+        queues = await self.queues()
+        found = queues.get(domain)
+        if found is None:
+            for q in queues.values():
+                if q.shards > 1 and domain in q.domains:
+                    return q
+        return found
 
     async def resolve(self, instance: str, platform_json: str) -> PlatformQueue:
         """The queue an action of `instance` and `platform_json` goes to: the longest

@@ -345,6 +345,11 @@ def lost_tasks(lost: str | Sequence[str]) -> list[tuple[str, int]]:
     return [(w[0], int(w[1:])) for w in words if len(w) > 1]
 
 
+def wake_parked(reply: Sequence[Any]) -> str | None:
+    """The worker key wake_parked.lua woke, or None when none was parked there."""
+    return _s(reply[1]) if _s(reply[0]) == "w" else None
+
+
 def found(reply: Sequence[Any]) -> bool:
     """{'ok'} | {'none'}: add_drain, remove_drain."""
     return _s(reply[0]) == "ok"

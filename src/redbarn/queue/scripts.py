@@ -35,6 +35,7 @@ SCRIPT_NAMES = (
     "remove_drain",
     "terminate_workers",
     "declare_queue",
+    "wake_parked",
 )
 
 Reply = list[Any]  # a script's raw reply, for `replies` to decode
@@ -196,7 +197,10 @@ class Scripts:
         failed: bool,
         prefer_idle: bool,
         gone_holder: str = "",
+        mode: str = "",
     ) -> replies.SynchronizeReply:
+        """`mode` (sharded queues): "" as usual, "n" never park, "l" leave after the
+        report (see synchronize_worker.lua)."""
         reply = await self._run(
             "synchronize_worker",
             domain,
@@ -210,6 +214,7 @@ class Scripts:
                 "1" if failed else "0",
                 "1" if prefer_idle else "0",
                 gone_holder,
+                mode,
             ],
         )
         return replies.synchronize_worker(reply)
@@ -218,6 +223,9 @@ class Scripts:
         self, *, domain: str, config: str, wk: str
     ) -> replies.Assignment | replies.Idle:
         return replies.unpark_worker(await self._run("unpark_worker", domain, [config, wk]))
+
+    async def wake_parked(self, *, domain: str, config: str, size_class: str) -> str | None:
+        return replies.wake_parked(await self._run("wake_parked", domain, [config, size_class]))
 
     async def touch_operation(
         self, *, domain: str, config: str, opid: str, fid: str

@@ -76,6 +76,23 @@ def decode(queue: PlatformQueue, reply: list[Any]) -> list[SizeClassStats]:
     return out
 
 
+def _sum(a: SizeClassStats, b: SizeClassStats) -> SizeClassStats:
+    """Two shards of one size class queue as one."""
+    return SizeClassStats(
+        instance_name_prefix=a.instance_name_prefix,
+        platform=a.platform,
+        size_class=a.size_class,
+        queued=a.queued + b.queued,
+        executing=a.executing + b.executing,
+        workers=a.workers + b.workers,
+        workers_executing=a.workers_executing + b.workers_executing,
+        workers_idle=a.workers_idle + b.workers_idle,
+        workers_drained=a.workers_drained + b.workers_drained,
+        oldest_queued_age=max(a.oldest_queued_age, b.oldest_queued_age),
+        oldest_exact=a.oldest_exact and b.oldest_exact,
+    )
+
+
 class QueueStats:
     """Cached per-size-class counts of every platform queue in the registry."""
 
@@ -92,9 +109,15 @@ class QueueStats:
         return self._snapshot
 
     async def read_queue(self, queue: PlatformQueue) -> list[SizeClassStats]:
-        self.reads += 1
-        reply = await self._script(keys=keys.domain_keys(queue.domain), args=[SCAN])
-        return decode(queue, reply)
+        """One platform queue's size classes; a sharded queue's shards summed."""
+        rows: dict[int, SizeClassStats] = {}
+        for domain in queue.domains:
+            self.reads += 1
+            reply = await self._script(keys=keys.domain_keys(domain), args=[SCAN])
+            for row in decode(queue, reply):
+                seen = rows.get(row.size_class)
+                rows[row.size_class] = row if seen is None else _sum(seen, row)
+        return [rows[sc] for sc in sorted(rows)]
 
     async def refresh(self) -> Snapshot:
         """The snapshot, read again first when it is older than `ttl` (one reader at a

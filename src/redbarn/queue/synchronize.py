@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -98,11 +98,13 @@ class _Warm:
 class _Identity(NamedTuple):
     """A synchronizing worker in the scripts' terms."""
 
-    domain: str
+    domain: str  # where it parks: its platform queue's, or its home shard's
     prefix: str
     platform_json: str
     wk: str
     tokens: str
+    queue: str  # the platform queue's domain (shard 0)
+    shards: int  # --queue-shards of the queue (1: not sharded)
 
 
 @dataclass
@@ -128,13 +130,14 @@ class Workers:
         """Record `report`; returns the worker's next desired state (parking first when
         there is nothing to do). Raises ResourceExhausted when the same worker is
         already synchronizing, InvalidArgument for a bad prefix or platform."""
-        domain, prefix, pjson, wk, tokens = self._identity(report)
+        ident = self._identity(report)
+        domain, prefix, pjson, wk = ident.domain, ident.prefix, ident.platform_json, ident.wk
         warm = self._warm.pop(wk, None)
         if warm is not None:
             if warm.release is not None:
                 warm.release.cancel()
             if report.state == "idle" and not report.prefer_being_idle and warm.domain == domain:
-                held = await self._warm_hold(wk, warm)
+                held = await self._warm_hold(wk, warm, self._stealer(ident, report))
                 if isinstance(held, replies.Assignment):
                     self._count_assignment(ev.QueueName(prefix, pjson, report.size_class), held)
                 if held is not None:
@@ -152,6 +155,48 @@ class Workers:
             failed = codec.response_failed(report.response)
             if failed and self.size_classes is not None:  # a background run is not rerun
                 failed = self.size_classes.may_fall_back(report.response)
+        mode = ""
+        if ident.shards > 1 and digest:
+            # A sharded queue: the action is in its digest's shard (keys.shard_of). Work
+            # taken from a shard other than home is reported there, and the worker then
+            # goes home for its next action, so every shard keeps its own workers.
+            domain = keys.shard_domain(ident.queue, keys.shard_of(digest, ident.shards))
+            if domain != ident.domain and report.state == "completed":
+                mode = "l"
+        reply = await self._report(
+            ident, domain, report, _REPORTS[report.state], digest, result, failed, mode
+        )
+        # Registered only now that the script has recorded the worker (see
+        # Registry.register): registered first, a reaper pass in between would find
+        # the platform queue empty and unregister it under the new worker.
+        await self.registry.register(ident.queue, prefix, pjson)
+        if mode == "l" and isinstance(reply, replies.Idle):
+            reply = await self._report(ident, ident.domain, _idle(report), "i", "", b"", False)
+        if isinstance(reply, replies.Parked):
+            if ident.shards > 1:
+                reply = await self._park_sharded(ident, report, reply)
+            else:
+                reply = await self._park(domain, wk, reply)
+            if isinstance(reply, replies.Assignment):
+                self._count_assignment(ev.QueueName(prefix, pjson, report.size_class), reply)
+        return reply
+
+    async def _report(
+        self,
+        ident: _Identity,
+        domain: str,
+        report: WorkerReport,
+        state: str,
+        digest: str,
+        result: bytes,
+        failed: bool,
+        mode: str = "",
+        *,
+        count: bool = True,
+    ) -> replies.Assignment | replies.Continue | replies.Idle | replies.Parked:
+        """One synchronize_worker call on `domain` (R38's refusal after the retries a
+        released warm park needs), observed; an assignment is counted unless `count` is
+        False (the caller counts what it returns)."""
         config = self.registry.script_config(domain)
         gone = ""
         busy_retries = list(BUSY_RETRIES)
@@ -159,14 +204,15 @@ class Workers:
             reply = await self.scripts.synchronize_worker(
                 domain=domain,
                 config=config,
-                wk=wk,
-                tokens=tokens,
-                report=_REPORTS[report.state],
+                wk=ident.wk,
+                tokens=ident.tokens,
+                report=state,
                 digest=digest,
                 result=result,
                 failed=failed,
                 prefer_idle=report.prefer_being_idle,
                 gone_holder=gone,
+                mode=mode,
             )
             if isinstance(reply, replies.Refused):
                 raise InvalidArgument(reply.message)
@@ -189,16 +235,69 @@ class Workers:
                     "A worker with the same worker ID is already synchronizing with the scheduler"
                 )
             gone = reply.holder
-        # Registered only now that the script has recorded the worker (see
-        # Registry.register): registered first, a reaper pass in between would find
-        # the platform queue empty and unregister it under the new worker.
-        await self.registry.register(domain, prefix, pjson)
-        self._observe(report, prefix, pjson, reply)
-        if isinstance(reply, replies.Parked):
-            reply = await self._park(domain, wk, reply)
-            if isinstance(reply, replies.Assignment):
-                self._count_assignment(ev.QueueName(prefix, pjson, report.size_class), reply)
+        self._observe(report, ident.prefix, ident.platform_json, reply, count=count)
         return reply
+
+    # Sharded platform queues (--queue-shards) -------------------------------------
+
+    async def _queued_elsewhere(self, ident: _Identity, size_class: int) -> list[str]:
+        """The shards other than home with work queued for this size class, in rotating
+        order from the one after home (one ZRANGEBYLEX each, sent together)."""
+        home = keys.shard_of(keys.worker_json_of(ident.wk), ident.shards)
+        others = [
+            keys.shard_domain(ident.queue, (home + i) % ident.shards)
+            for i in range(1, ident.shards)
+        ]
+        lo = f"[{keys.size_class_field(size_class)} "
+        found = await asyncio.gather(
+            *(
+                self.redis.zrangebylex(keys.domain_key(d, "queued"), lo, lo + "\xff", 0, 1)
+                for d in others
+            )
+        )
+        return [d for d, f in zip(others, found, strict=True) if f]
+
+    async def _steal(self, ident: _Identity, report: WorkerReport) -> replies.Assignment | None:
+        """An idle worker (not parked) takes queued work from another shard, if any; its
+        home record is then removed, so it is in one shard at a time (it comes back
+        when it reports the completion)."""
+        idle = _idle(report)
+        for domain in await self._queued_elsewhere(ident, report.size_class):
+            reply = await self._report(ident, domain, idle, "i", "", b"", False, "n", count=False)
+            if isinstance(reply, replies.Assignment):
+                await self._report(ident, ident.domain, idle, "i", "", b"", False, "l")
+                return reply
+        return None
+
+    def _stealer(
+        self, ident: _Identity, report: WorkerReport
+    ) -> Callable[[], Awaitable[replies.Assignment | None]] | None:
+        if ident.shards <= 1:
+            return None
+        return lambda: self._steal(ident, report)
+
+    async def _park_sharded(
+        self, ident: _Identity, report: WorkerReport, parked: replies.Parked
+    ) -> replies.WorkerReply:
+        """Park at home, but first take work queued in another shard. The look comes
+        after the park, so work queued in another shard before it is seen here and work
+        queued after it wakes this worker (Operations._wake_elsewhere): none is missed."""
+        for _ in range(2):
+            if not await self._queued_elsewhere(ident, report.size_class):
+                break
+            got = await self._unpark(ident.domain, ident.wk)
+            if isinstance(got, replies.Assignment):
+                return got
+            stolen = await self._steal(ident, report)
+            if stolen is not None:
+                return stolen
+            again = await self._report(
+                ident, ident.domain, _idle(report), "i", "", b"", False, count=False
+            )
+            if not isinstance(again, replies.Parked):
+                return again
+            parked = again
+        return await self._park(ident.domain, ident.wk, parked, self._stealer(ident, report))
 
     def _observe(
         self,
@@ -206,6 +305,8 @@ class Workers:
         prefix: str,
         pjson: str,
         reply: replies.Assignment | replies.Continue | replies.Idle | replies.Parked,
+        *,
+        count: bool = True,
     ) -> None:
         """Tell `events` what the script did with this report."""
         queue = ev.QueueName(prefix, pjson, report.size_class)
@@ -238,7 +339,7 @@ class Workers:
             )
         if reply.lost:
             lost_events(events, prefix, pjson, replies.lost_tasks(reply.lost))
-        if isinstance(reply, replies.Assignment):
+        if count and isinstance(reply, replies.Assignment):
             self._count_assignment(queue, reply)
 
     def _count_assignment(self, queue: ev.QueueName, reply: replies.Assignment) -> None:
@@ -262,9 +363,12 @@ class Workers:
             return found
         digests.validate_instance_name(prefix)
         pjson = self.registry.platform_json(report.platform)
-        domain = keys.domain_id(prefix, pjson)
-        wk = keys.worker_key(report.size_class, digests.worker_json(report.worker_id))
-        identity = _Identity(domain, prefix, pjson, wk, codec.tokens(report.worker_id))
+        queue = keys.domain_id(prefix, pjson)
+        shards = self.config.shards_of(queue)
+        worker_json = digests.worker_json(report.worker_id)
+        home = keys.shard_domain(queue, keys.shard_of(worker_json, shards))
+        wk = keys.worker_key(report.size_class, worker_json)
+        identity = _Identity(home, prefix, pjson, wk, codec.tokens(report.worker_id), queue, shards)
         remember(self._identities, cache_key, identity)
         return identity
 
@@ -272,7 +376,15 @@ class Workers:
         t = self.config.idle_sync_timeout
         return random.uniform(t / 2, t) if t > 0 else 0.0
 
-    async def _park(self, domain: str, wk: str, parked: replies.Parked) -> replies.WorkerReply:
+    async def _park(
+        self,
+        domain: str,
+        wk: str,
+        parked: replies.Parked,
+        steal: Callable[[], Awaitable[replies.Assignment | None]] | None = None,
+    ) -> replies.WorkerReply:
+        """Hold a parked worker until a hint or the hold's end. `steal`, for a sharded
+        queue: a hold woken with nothing for it looks in the other shards first."""
         wait = self._hold_time()
         topic = keys.worker_topic(domain, wk)
         loop = asyncio.get_running_loop()
@@ -298,11 +410,19 @@ class Workers:
             if reply is None and payload is None and not assigned:
                 reply = self._go_warm(wk, warm)
         finally:
+            woken = reply is None
             if reply is None:  # no assignment in hand: leave the parked state in Redis
                 reply = await self._unpark(domain, wk)
+        if woken and steal is not None and isinstance(reply, replies.Idle):
+            reply = await steal() or reply
         return reply
 
-    async def _warm_hold(self, wk: str, warm: _Warm) -> replies.WorkerReply | None:
+    async def _warm_hold(
+        self,
+        wk: str,
+        warm: _Warm,
+        steal: Callable[[], Awaitable[replies.Assignment | None]] | None = None,
+    ) -> replies.WorkerReply | None:
         """Hold an idle worker that is still parked in Redis, without Redis; None when
         its park's lease would not cover another hold (it is released: park again)."""
         wait = self._hold_time()
@@ -320,8 +440,11 @@ class Workers:
                 reply = self._go_warm(wk, warm)
         finally:
             self._holding.pop(wk, None)
+            woken = reply is None
             if reply is None:  # a bare hint (drain, terminate, a lost hint found), or cancelled
                 reply = await self._unpark(warm.domain, wk)
+        if woken and steal is not None and isinstance(reply, replies.Idle):
+            reply = await steal() or reply
         return reply
 
     def _check_warm_later(self) -> None:
@@ -415,6 +538,18 @@ class Workers:
 
     async def _assigned(self, domain: str, wk: str) -> bool:
         return bool(await self._assigned_among(domain, [wk]))
+
+
+def _idle(report: WorkerReport) -> WorkerReport:
+    """The same worker reporting idle (its next report at home, after work elsewhere)."""
+    return WorkerReport(
+        worker_id=report.worker_id,
+        instance_name_prefix=report.instance_name_prefix,
+        platform=report.platform,
+        size_class=report.size_class,
+        state="idle",
+        prefer_being_idle=report.prefer_being_idle,
+    )
 
 
 def completion_outcome(response: re_pb2.ExecuteResponse) -> tuple[str, str]:
