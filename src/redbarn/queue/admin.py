@@ -3,11 +3,18 @@
 Reads are not atomic across keys (an admin page may mix two instants); every value is
 read from Redis, so any frontend answers the same. Pagination follows Buildbarn:
 `start_after` is exclusive, `pagination_info` = (index of the first entry, total).
+
+A sharded platform queue (`--queue-shards`, keys.py "Shards") shows as the one queue
+bb_scheduler would show: every read covers all its shards, counts are summed, lists are
+merged in the order one domain lists them, and an operation or worker of any shard is
+found. Only shard 0 has a registry entry (with `"shards": K`); `Domain.parts` is the
+list of its shards.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import json
 import time
 from collections.abc import Sequence
@@ -34,9 +41,24 @@ def _s(v: bytes | str) -> str:
 
 @dataclass(frozen=True)
 class Domain:
+    """A platform queue as the registry lists it (`shards` > 1: shard 0 of a sharded
+    queue), or one shard of it (`parts`)."""
+
     id: str
     prefix: str
     platform_json: str
+    shards: int = 1
+
+    @property
+    def parts(self) -> list[Domain]:
+        """The domain of every shard, shard 0 (this queue's own id) first; [self] when
+        the queue is not sharded."""
+        if self.shards <= 1:
+            return [self]
+        return [
+            Domain(d, self.prefix, self.platform_json)
+            for d in keys.shard_domains(self.id, self.shards)
+        ]
 
     @property
     def platform(self) -> re_pb2.Platform:
@@ -116,7 +138,9 @@ class AdminReads:
         out = []
         for k, v in raw.items():
             d = json.loads(v)
-            out.append(Domain(_s(k), d["instance_name_prefix"], d["platform"]))
+            out.append(
+                Domain(_s(k), d["instance_name_prefix"], d["platform"], int(d.get("shards", 1)))
+            )
         out.sort(key=lambda d: (d.prefix, d.platform_json))
         return out
 
@@ -128,9 +152,11 @@ class AdminReads:
         pq = name.platform_queue_name
         did = keys.domain_id(pq.instance_name_prefix, codec.platform_json(pq.platform))
         for d in await self.domains():
-            if d.id == did:
+            if d.id != did:
+                continue
+            for part in d.parts:  # a worker may have added a class in its shard only
                 classes = _s(
-                    await self.redis.hget(keys.domain_key(did, "meta"), "scs") or b""
+                    await self.redis.hget(keys.domain_key(part.id, "meta"), "scs") or b""
                 ).split()
                 if keys.size_class_field(name.size_class) in classes:
                     return d
@@ -193,7 +219,8 @@ class AdminReads:
         parsed = keys.parse_operation_name(name)
         if parsed is not None:
             did, opid = parsed
-            for d in await self.domains():
+            # The name's domain is a registered queue or one of its shards.
+            for d in [p for q in await self.domains() for p in q.parts]:
                 if d.id == did:
                     raw = await self.redis.hget(keys.domain_key(did, "ops"), opid)
                     st = raw is not None and await self._operation_state(d, opid, raw)
@@ -231,8 +258,9 @@ class AdminReads:
     ) -> bq_pb2.ListOperationsResponse:
         after = request.start_after.operation_name if request.HasField("start_after") else None
         # A name is "<domain id>.<operation id>": compare a domain's "<id>." with the
-        # first part of `after`, then operation ids within the domain it names.
-        domains = sorted(await self.domains(), key=lambda d: d.id)
+        # first part of `after`, then operation ids within the domain it names. Every
+        # shard is a domain of its own here: its operations are named after it.
+        domains = sorted((p for q in await self.domains() for p in q.parts), key=lambda d: d.id)
         start = total = 0
         page: list[bq_pb2.OperationState] = []
         for d in domains:
@@ -278,7 +306,7 @@ class AdminReads:
             re_pb2.ExecutionStage.COMPLETED: "d",
         }.get(request.filter_stage)
         entries: list[tuple[str, Domain, str, bytes]] = []
-        for d in await self.domains():
+        for d in [p for q in await self.domains() for p in q.parts]:
             ops = await self._scan(keys.domain_key(d.id, "ops"))
             stages = await self._task_stages(d) if want_stage else {}
             for opid, raw in ops.items():
@@ -318,31 +346,46 @@ class AdminReads:
 
     # Invocations ----------------------------------------------------------------
 
-    async def _nodes(self, domain: Domain, sc: str) -> dict[str, tuple[int, int]]:
-        """path -> (executing, last_started_ms) of the size class's live nodes."""
-        out = {}
-        for field, v in (await self.redis.hgetall(keys.domain_key(domain.id, "inv"))).items():
-            f = _s(field)
-            if f.startswith(sc + " "):
-                parts = _s(v).split(codec.SEP)
-                out[f[len(sc) + 1 :]] = (int(parts[0]), int(parts[1]))
+    async def _nodes(self, shards: list[Domain], sc: str) -> dict[str, tuple[int, int]]:
+        """path -> (executing, last_started_ms) of the size class's live nodes; a node
+        live in several shards is one, its executing counts summed."""
+        out: dict[str, tuple[int, int]] = {}
+        for shard in shards:
+            inv = await self.redis.hgetall(keys.domain_key(shard.id, "inv"))
+            for field, v in inv.items():
+                f = _s(field)
+                if f.startswith(sc + " "):
+                    parts = _s(v).split(codec.SEP)
+                    path, node = f[len(sc) + 1 :], (int(parts[0]), int(parts[1]))
+                    seen = out.get(path)
+                    if seen is not None:
+                        node = (seen[0] + node[0], max(seen[1], node[1]))
+                    out[path] = node
         return out
+
+    async def _queued_count(self, shards: list[Domain], low: str, high: str) -> int:
+        """Queued operations of every shard between lex bounds `low` and `high`."""
+        n = 0
+        for shard in shards:
+            n += int(await self.redis.zlexcount(keys.domain_key(shard.id, "queued"), low, high))
+        return n
 
     async def _invocation_state(
         self,
-        domain: Domain,
+        shards: list[Domain],
         sc: str,
         path: str,
         nodes: dict[str, tuple[int, int]],
         workers: list[tuple[str, Any, bool]],
     ) -> bq_pb2.InvocationState:
-        queued = keys.domain_key(domain.id, "queued")
-        direct = await self.redis.zlexcount(queued, f"[{sc} {path}\x1f", f"[{sc} {path}\x1f{HI}")
-        below = await self.redis.zlexcount(queued, f"[{sc} {path}/", f"[{sc} {path}/{HI}")
+        """One invocation over every shard of its queue (`nodes` and `workers` of them
+        all): operation and worker counts summed, each child counted once."""
+        direct = await self._queued_count(shards, f"[{sc} {path}\x1f", f"[{sc} {path}\x1f{HI}")
+        below = await self._queued_count(shards, f"[{sc} {path}/", f"[{sc} {path}/{HI}")
         children = _children(path, nodes, workers, sc)
         active = queued_children = 0
         for c in children:
-            n_q = await self.redis.zlexcount(queued, f"[{sc} {c}\x1f", f"[{sc} {c}/{HI}")
+            n_q = await self._queued_count(shards, f"[{sc} {c}\x1f", f"[{sc} {c}/{HI}")
             queued_children += n_q > 0
             active += n_q > 0 or nodes.get(c, (0, 0))[0] > 0
         # Idle workers stay attached to the invocation of the task they last completed
@@ -369,39 +412,59 @@ class AdminReads:
             queued_children_count=queued_children,
         )
 
-    async def _workers(self, domain: Domain) -> list[tuple[str, Any, bool]]:
-        raw = await self.redis.hgetall(keys.domain_key(domain.id, "workers"))
-        out = []
-        for k, v in raw.items():
-            rec = codec.WorkerRecord.parse(v)
-            out.append((_s(k), rec, bool(rec.holder)))
-        return out
+    async def _worker_records(self, shards: list[Domain]) -> list[tuple[Domain, str, Any, bool]]:
+        """(shard, worker key, record, parked) of every worker of the queue. A worker has a
+        record in one shard at a time, but while it moves to work in another shard it is
+        briefly in two: it is listed once, by the record that has its task."""
+        out: dict[str, tuple[Domain, str, Any, bool]] = {}
+        for shard in shards:
+            raw = await self.redis.hgetall(keys.domain_key(shard.id, "workers"))
+            for k, v in raw.items():
+                wk, rec = _s(k), codec.WorkerRecord.parse(v)
+                seen = out.get(wk)
+                if seen is None or (rec.tid and not seen[2].tid):
+                    out[wk] = (shard, wk, rec, bool(rec.holder))
+        return list(out.values())
+
+    async def _workers(self, shards: list[Domain]) -> list[tuple[str, Any, bool]]:
+        return [(wk, rec, parked) for _, wk, rec, parked in await self._worker_records(shards)]
 
     async def list_platform_queues(self) -> bq_pb2.ListPlatformQueuesResponse:
         resp = bq_pb2.ListPlatformQueuesResponse()
         for d in await self.domains():
-            meta = {
-                _s(k): _s(v)
-                for k, v in (await self.redis.hgetall(keys.domain_key(d.id, "meta"))).items()
-            }
-            classes = meta.get("scs", "").split()
+            shards = d.parts
+            metas = []
+            for shard in shards:
+                raw = await self.redis.hgetall(keys.domain_key(shard.id, "meta"))
+                metas.append({_s(k): _s(v) for k, v in raw.items()})
+            if len(metas) == 1:
+                classes = metas[0].get("scs", "").split()
+            else:  # a worker may have added a size class in its shard only
+                classes = sorted({c for m in metas for c in m.get("scs", "").split()})
             if not classes:
                 continue
-            workers = await self._workers(d)
+            workers = await self._workers(shards)
+            # Drains are written to every shard alike (Control.set_drain): shard 0's
+            # are the queue's, counted once.
             drains = [_s(k) for k in await self.redis.hkeys(keys.domain_key(d.id, "drains"))]
             pq = resp.platform_queues.add()
             pq.name.instance_name_prefix = d.prefix
             pq.name.platform.CopyFrom(d.platform)
             for sc in classes:
-                nodes = await self._nodes(d, sc)
+                nodes = await self._nodes(shards, sc)
+                count = sum(int(m.get("w" + sc, "0")) for m in metas)
                 scq = pq.size_class_queues.add(
                     size_class=int(sc),
-                    workers_count=int(meta.get("w" + sc, "0")),
+                    workers_count=count,
                     drains_count=sum(1 for k in drains if k.startswith(sc + " ")),
-                    root_invocation=await self._invocation_state(d, sc, "", nodes, workers),
+                    root_invocation=await self._invocation_state(shards, sc, "", nodes, workers),
                 )
-                if "z" + sc in meta:
-                    scq.timeout.CopyFrom(_ts(int(meta["z" + sc])))
+                # A shard whose last worker left (or went to work in another shard) has
+                # a removal time; the queue is due for removal, at the earliest shard's
+                # time, only while no shard has a worker of the class.
+                due = [int(m["z" + sc]) for m in metas if "z" + sc in m]
+                if due and (len(metas) == 1 or count == 0):
+                    scq.timeout.CopyFrom(_ts(min(due)))
         return resp
 
     def _path(self, ids: Sequence[any_pb2.Any]) -> str:
@@ -428,9 +491,10 @@ class AdminReads:
         self, request: bq_pb2.ListInvocationChildrenRequest
     ) -> bq_pb2.ListInvocationChildrenResponse:
         d, sc, name = await self._invocation(request)
+        shards = d.parts
         path = self._path(name.ids)
-        nodes = await self._nodes(d, sc)
-        workers = await self._workers(d)
+        nodes = await self._nodes(shards, sc)
+        workers = await self._workers(shards)
         if (
             path
             and path not in nodes
@@ -442,13 +506,20 @@ class AdminReads:
         F = bq_pb2.ListInvocationChildrenRequest.Filter
         children = []
         if request.filter == F.QUEUED:
-            pick = keys.domain_key(d.id, "pick")
             pre = f"{sc} {path}\x1f"
-            for m in await self.redis.zrangebylex(pick, f"[{pre}", f"[{pre}{HI}"):
-                children.append(_s(m)[len(pre) + 30 :])
+            picks = []
+            for shard in shards:
+                pick = keys.domain_key(shard.id, "pick")
+                picks += [
+                    _s(m)[len(pre) :]
+                    for m in await self.redis.zrangebylex(pick, f"[{pre}", f"[{pre}{HI}")
+                ]
+            # Best first (the pick members' order); a child queued in several shards
+            # once, at its best place in any of them.
+            children = list(dict.fromkeys(m[30:] for m in sorted(picks)))
         else:
             for c in _children(path, nodes, workers, sc):
-                st = await self._invocation_state(d, sc, c, nodes, workers)
+                st = await self._invocation_state(shards, sc, c, nodes, workers)
                 if request.filter == F.ACTIVE and not (
                     st.queued_operations_count.indirect or st.executing_workers_count
                 ):
@@ -459,7 +530,7 @@ class AdminReads:
             kind, value = codec.parse_invocation_path(c)[-1]
             resp.children.add(
                 id=invocation_id(kind, value),
-                state=await self._invocation_state(d, sc, c, nodes, workers),
+                state=await self._invocation_state(shards, sc, c, nodes, workers),
             )
         return resp
 
@@ -468,16 +539,43 @@ class AdminReads:
     ) -> bq_pb2.ListQueuedOperationsResponse:
         d, sc, name = await self._invocation(request)
         pre = f"{sc} {self._path(name.ids)}\x1f"
+        # Each shard's list is in scheduling order (priority, then FIFO); the shards'
+        # lists merge by (priority, queued time), a tie in the earlier shard's favour.
+        per_shard = [await self._queued_entries(shard, pre) for shard in d.parts]
+        listed = list(heapq.merge(*per_shard, key=lambda e: e[3]))
+        start = 0
+        if request.HasField("start_after"):
+            sa = request.start_after
+            key = (
+                sa.priority,
+                sa.queued_timestamp.seconds * 1000 + sa.queued_timestamp.nanos // 1_000_000,
+            )
+            start = next((i for i, e in enumerate(listed) if e[3] > key), len(listed))
+        states = []
+        for shard, opid, raw, _ in listed[start : start + request.page_size]:
+            st = await self._operation_state(shard, opid, raw)
+            if st:
+                st.ClearField("invocation_name")
+                states.append(st)
+        return bq_pb2.ListQueuedOperationsResponse(
+            queued_operations=states,
+            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(listed)),
+        )
+
+    async def _queued_entries(
+        self, shard: Domain, pre: str
+    ) -> list[tuple[Domain, str, bytes, tuple[int, int]]]:
+        """(shard, opid, operation record, (priority, queued ms)) of the operations queued
+        in `shard` under member prefix `pre`, in scheduling order. Paged before the full
+        state is read: one HMGET of the operation records and one of their task records
+        give each entry's sort key; only the page's operations are read whole."""
         members = [
             _s(m)
             for m in await self.redis.zrangebylex(
-                keys.domain_key(d.id, "queued"), f"[{pre}", f"[{pre}{HI}"
+                keys.domain_key(shard.id, "queued"), f"[{pre}", f"[{pre}{HI}"
             )
         ]
-        # Paged before the full state is read: one HMGET of the operation records and
-        # one of their task records give each entry's (priority, queued time), in
-        # scheduling order; only the page's operations are read whole.
-        ops = keys.domain_key(d.id, "ops")
+        ops = keys.domain_key(shard.id, "ops")
         opids = [m.rsplit(" ", 1)[1] for m in members]
         op_raws = await self.redis.hmget(ops, opids) if opids else []
         entries = [
@@ -486,33 +584,15 @@ class AdminReads:
             if raw is not None
         ]
         task_raws = (
-            await self.redis.hmget(keys.domain_key(d.id, "tasks"), [e[2].tid for e in entries])
+            await self.redis.hmget(keys.domain_key(shard.id, "tasks"), [e[2].tid for e in entries])
             if entries
             else []
         )
-        listed = [
-            (opid, raw, (op.priority, codec.TaskRecord.parse(task).queued_ms))
+        return [
+            (shard, opid, raw, (op.priority, codec.TaskRecord.parse(task).queued_ms))
             for (opid, raw, op), task in zip(entries, task_raws, strict=True)
             if task is not None
         ]
-        start = 0
-        if request.HasField("start_after"):
-            sa = request.start_after
-            key = (
-                sa.priority,
-                sa.queued_timestamp.seconds * 1000 + sa.queued_timestamp.nanos // 1_000_000,
-            )
-            start = next((i for i, e in enumerate(listed) if e[2] > key), len(listed))
-        states = []
-        for opid, raw, _ in listed[start : start + request.page_size]:
-            st = await self._operation_state(d, opid, raw)
-            if st:
-                st.ClearField("invocation_name")
-                states.append(st)
-        return bq_pb2.ListQueuedOperationsResponse(
-            queued_operations=states,
-            pagination_info=bq_pb2.PaginationInfo(start_index=start, total_entries=len(listed)),
-        )
 
     async def list_workers(self, request: bq_pb2.ListWorkersRequest) -> bq_pb2.ListWorkersResponse:
         which = request.filter.WhichOneof("type")
@@ -527,15 +607,15 @@ class AdminReads:
             path = self._path(inv.ids)
         d = await self._domain_for(scq)
         sc = keys.size_class_field(scq.size_class)
-        leases = keys.domain_key(d.id, "leases")
         drains = await self._drain_patterns(d, sc)
         entries = []
-        for wk, rec, parked in await self._workers(d):
+        # Every shard's workers; each one's task, operation and lease are in its shard.
+        for shard, wk, rec, parked in await self._worker_records(d.parts):
             if not wk.startswith(sc + " "):
                 continue
             op_state = None
             if rec.tid:
-                raw = await self.redis.hget(keys.domain_key(d.id, "tasks"), rec.tid)
+                raw = await self.redis.hget(keys.domain_key(shard.id, "tasks"), rec.tid)
                 t = codec.TaskRecord.parse(raw) if raw is not None else None
                 if (
                     t is not None
@@ -545,9 +625,9 @@ class AdminReads:
                     and t.ops
                 ):
                     opid = sorted(t.ops)[0]
-                    op_raw = await self.redis.hget(keys.domain_key(d.id, "ops"), opid)
+                    op_raw = await self.redis.hget(keys.domain_key(shard.id, "ops"), opid)
                     if op_raw is not None:
-                        op_state = await self._operation_state(d, opid, op_raw)
+                        op_state = await self._operation_state(shard, opid, op_raw)
                         if which == "executing":
                             op_path = codec.OpRecord.parse(op_raw).path
                             if path and not (op_path == path or op_path.startswith(path + "/")):
@@ -566,7 +646,7 @@ class AdminReads:
             )
             ws = bq_pb2.WorkerState(id=worker_id, drained=drained)
             if not parked:
-                score = await self.redis.zscore(leases, wk)
+                score = await self.redis.zscore(keys.domain_key(shard.id, "leases"), wk)
                 if score is not None:
                     ws.timeout.CopyFrom(_ts(int(score)))
             if op_state is not None:
@@ -587,12 +667,16 @@ class AdminReads:
         )
 
     async def _drain_patterns(self, domain: Domain, sc: str) -> list[dict[str, str]]:
-        """The worker id patterns of the size class's drains."""
+        """The worker id patterns of the size class's drains. Control.set_drain writes a
+        drain to every shard of a sharded queue alike, so shard 0's (`domain`'s own) are
+        all of them."""
         pre = sc + " "
         fields = await self.redis.hkeys(keys.domain_key(domain.id, "drains"))
         return [json.loads(_s(f)[len(pre) :]) for f in fields if _s(f).startswith(pre)]
 
     async def list_drains(self, request: bq_pb2.ListDrainsRequest) -> bq_pb2.ListDrainsResponse:
+        # Shard 0 only: every shard of a sharded queue holds the same drains
+        # (Control.set_drain writes each one to all of them).
         d = await self._domain_for(request.size_class_queue_name)
         pre = keys.size_class_field(request.size_class_queue_name.size_class) + " "
         raw = await self.redis.hgetall(keys.domain_key(d.id, "drains"))

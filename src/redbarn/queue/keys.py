@@ -110,9 +110,10 @@ opnames   ZSET  <opid>, every score 0: the operations in name order, so ListOper
           pages with ZRANGEBYLEX. redis-cli ZRANGE 'redbarn:v1:{P}:opnames' 0 9
 
 Shards (`--queue-shards K`, predeclared platform queues only): a platform queue P is K
-domains, `shard_domain(P, i)` for i < K, each a complete set of the domain keys above
-under its own hash tag, so the queue's load spreads over K slots (K masters of a
-cluster). Shard 0 is P itself. The registry entry of P says `"shards": K`; the other
+domains, `shard_domains(P, K)`, each a complete set of the domain keys above
+under its own hash tag, whose slots are spread evenly around the slot ring, so the
+queue's load spreads over K slots (one per master when a cluster has K masters with
+equal slot ranges). Shard 0 is P itself. The registry entry of P says `"shards": K`; the other
 shards have no entry of their own. An action goes to shard `shard_of(digest, K)` (in-
 flight dedup stays exact: the same action always meets itself there), and its operation
 is named after its shard's domain, so names still route with no lookup. A worker parks
@@ -135,9 +136,13 @@ published: the script's reply carries them as a last, nested list (scripts.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import re
 import zlib
+
+from redis.crc import key_slot
 
 PREFIX = "redbarn:v1"
 PLATFORMS = f"{PREFIX}:platforms"
@@ -172,19 +177,36 @@ def domain_id(instance_name_prefix: str, platform_json: str) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def shard_domain(domain: str, shard: int) -> str:
-    """The domain id of shard `shard` of platform queue `domain` (`--queue-shards`):
-    shard 0 is the queue's own domain, so one shard is exactly the unsharded queue;
-    shard i > 0 is the first 16 hex digits of sha256("<P>#<i>"), a domain of its own
-    with its own hash tag, so its own Redis Cluster slot."""
+SLOTS = 16384  # Redis Cluster's hash slots
+
+
+def shard_domain(domain: str, shard: int, shards: int) -> str:
+    """The domain id of shard `shard` of platform queue `domain` spread over `shards`
+    (`--queue-shards`). Shard 0 is the queue's own domain, so one shard is exactly the
+    unsharded queue. Shard i > 0 is a domain of its own, with its own hash tag: the
+    first 16 hex digits of sha256("<P>#<i>#<n>") for the first n whose hash slot lies
+    in the i-th of `shards` equal ranges of the 16,384 slots after the range holding
+    P's. A cluster's masters own contiguous slot ranges (`redis-cli --cluster create`
+    gives each an equal one), so K shards over K masters put one shard on each."""
     if shard == 0:
         return domain
-    return hashlib.sha256(f"{domain}#{shard}".encode()).hexdigest()[:16]
+    arc = SLOTS / shards
+    want = (int(key_slot(domain.encode()) // arc) + shard) % shards
+    for n in itertools.count():
+        candidate = hashlib.sha256(f"{domain}#{shard}#{n}".encode()).hexdigest()[:16]
+        if int(key_slot(candidate.encode()) // arc) == want:
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def shard_domains(domain: str, shards: int) -> list[str]:
     """Every shard's domain id of a platform queue spread over `shards` slots."""
-    return [shard_domain(domain, i) for i in range(max(1, shards))]
+    return _shard_domains(domain, max(1, shards))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shard_domains(domain: str, shards: int) -> list[str]:
+    return [shard_domain(domain, i, shards) for i in range(shards)]
 
 
 def shard_of(text: str, shards: int) -> int:

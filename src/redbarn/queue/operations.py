@@ -149,7 +149,7 @@ class Operations:
         # dedup still meets the same action (keys.shard_of).
         shards = config.shards_of(queue.domain)
         shard = keys.shard_of(digests.key(action_digest), shards)
-        domain = keys.shard_domain(queue.domain, shard)
+        domain = keys.shard_domains(queue.domain, shards)[shard]
         routed = re_pb2.Action()
         routed.CopyFrom(action)
         routed.timeout.CopyFrom(
@@ -242,7 +242,7 @@ class Operations:
         work queued before that look is found by it and work queued after it wakes it."""
         sc = keys.size_class_field(size_class)
         for i in range(1, shards):
-            other = keys.shard_domain(queue, (shard + i) % shards)
+            other = keys.shard_domains(queue, shards)[(shard + i) % shards]
             woken = await self.scripts.wake_parked(
                 domain=other, config=self.registry.script_config(other), size_class=sc
             )

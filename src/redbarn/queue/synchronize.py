@@ -160,7 +160,7 @@ class Workers:
             # A sharded queue: the action is in its digest's shard (keys.shard_of). Work
             # taken from a shard other than home is reported there, and the worker then
             # goes home for its next action, so every shard keeps its own workers.
-            domain = keys.shard_domain(ident.queue, keys.shard_of(digest, ident.shards))
+            domain = keys.shard_domains(ident.queue, ident.shards)[keys.shard_of(digest, ident.shards)]
             if domain != ident.domain and report.state == "completed":
                 mode = "l"
         reply = await self._report(
@@ -245,7 +245,7 @@ class Workers:
         order from the one after home (one ZRANGEBYLEX each, sent together)."""
         home = keys.shard_of(keys.worker_json_of(ident.wk), ident.shards)
         others = [
-            keys.shard_domain(ident.queue, (home + i) % ident.shards)
+            keys.shard_domains(ident.queue, ident.shards)[(home + i) % ident.shards]
             for i in range(1, ident.shards)
         ]
         lo = f"[{keys.size_class_field(size_class)} "
@@ -366,7 +366,7 @@ class Workers:
         queue = keys.domain_id(prefix, pjson)
         shards = self.config.shards_of(queue)
         worker_json = digests.worker_json(report.worker_id)
-        home = keys.shard_domain(queue, keys.shard_of(worker_json, shards))
+        home = keys.shard_domains(queue, shards)[keys.shard_of(worker_json, shards)]
         wk = keys.worker_key(report.size_class, worker_json)
         identity = _Identity(home, prefix, pjson, wk, codec.tokens(report.worker_id), queue, shards)
         remember(self._identities, cache_key, identity)
