@@ -21,6 +21,9 @@ from redbarn.config import ConfigError
 from redbarn.frontend.hub import Hub
 from redbarn.proto import remote_execution_pb2 as re_pb2
 from redbarn.queue import codec, keys
+from redbarn.queue import events as ev
+from redbarn.queue import operations as operations_module
+from redbarn.queue import synchronize as synchronize_module
 from redbarn.queue.config import PredeclaredQueue, SchedulerConfig
 from redbarn.queue.scheduler import Scheduler
 from redbarn.queue.stats import QueueStats
@@ -244,3 +247,69 @@ async def test_a_lost_worker_is_reaped_in_the_shard_of_its_work(
     assert totals.workers >= 1
     assert assigned(await synchronize(s, request(worker_homed(1)))) == action(n)[0]
     assert (await s.operations.get_operation_view(view.name)).stage == Stage.EXECUTING
+
+
+async def test_executes_in_a_quiet_period_are_woken_for_at_its_end(
+    real_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody parked anywhere: the wake pass finds no one, and the Executes of the next
+    WAKE_QUIET seconds skip theirs. A worker that parked before such an Execute (so its
+    own look at the other shards found nothing) is woken by the pass at the period's
+    end, not left for the rest of its hold."""
+    monkeypatch.setattr(operations_module, "WAKE_QUIET", 0.5)
+    cfg = dataclasses.replace(CFG, idle_sync_timeout=8.0, worker_timeout=10.0)
+    async with frontend(real_redis, "fe-q", cfg) as s:
+        (a,) = actions_in(1, 1, start=300)
+        (b,) = actions_in(2, 1, start=300)
+        assert (await execute(s, a)).stage == Stage.QUEUED  # a pass that finds no one
+        busy = worker_homed(1)
+        assert assigned(await synchronize(s, request(busy))) == action(a)[0]
+        parked = asyncio.create_task(synchronize(s, request(worker_homed(0))))
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert (await execute(s, b)).stage == Stage.QUEUED  # in the quiet period
+        assert assigned(await asyncio.wait_for(parked, 5)) == action(b)[0]
+        took = loop.time() - t0
+        assert took < 1.5, f"the parked worker waited {took:.2f} s"
+
+
+async def test_a_lost_wake_is_found_by_the_shard_check_and_counted(
+    real_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake hint to the frontend holding the parked worker is lost: its periodic look
+    at the other shards finds the queued work, wakes the worker and counts a lost hint."""
+    monkeypatch.setattr(synchronize_module, "WARM_CHECK", 0.3)
+    cfg = dataclasses.replace(CFG, idle_sync_timeout=8.0, worker_timeout=10.0)
+    async with (
+        lossy(real_redis, "fe-lw", cfg, drop=lambda topic: topic.startswith("w ")) as (fw, ew),
+        lossy(real_redis, "fe-lx", cfg) as (fx, _),
+    ):
+        parked = asyncio.create_task(synchronize(fw, request(worker_homed(0))))
+        await asyncio.sleep(0.2)
+        (n,) = actions_in(1, 1, start=500)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert (await execute(fx, n)).stage == Stage.QUEUED
+        assert assigned(await asyncio.wait_for(parked, 5)) == action(n)[0]
+        took = loop.time() - t0
+        assert took < 1.5, f"the parked worker waited {took:.2f} s"
+        assert ew.lost[ev.HINT_WORKER] >= 1
+
+
+@contextlib.asynccontextmanager
+async def lossy(
+    redis: aioredis.Redis, fid: str, cfg: SchedulerConfig, drop: Any = lambda topic: False
+) -> AsyncIterator[tuple[Scheduler, Any]]:
+    from test_lost_hints import LossyHub, Recorder
+
+    hub = LossyHub(redis, fid, drop)
+    await hub.start()
+    events = Recorder()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        s = Scheduler(redis, cfg, hints=hub, events=events)
+        await s.start()
+        yield s, events
+    finally:
+        await hub.stop()

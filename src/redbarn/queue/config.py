@@ -133,6 +133,13 @@ class SchedulerConfig:
         predeclared queue, 1 for a queue its workers created."""
         return self._sharded.get(domain, 1)
 
+    def smallest_size_class(self, domain: str) -> int | None:
+        """The smallest size class of predeclared queue `domain` (None if not one)."""
+        for q in self.predeclared:
+            if q.domain == domain:
+                return q.size_classes[0]
+        return None
+
     @functools.cached_property
     def _sharded(self) -> dict[str, int]:
         if self.queue_shards <= 1:

@@ -236,6 +236,11 @@ def worker_key(size_class: int, worker_json: str) -> str:
     return f"{size_class_field(size_class)} {worker_json}"
 
 
+def size_class_of(wk: str) -> str:
+    """The size class field (10 digits) of a worker key."""
+    return wk[:10]
+
+
 def worker_json_of(wk: str) -> str:
     """The worker-id JSON of a worker key (`worker_key`'s inverse, less the size class)."""
     return wk[11:]

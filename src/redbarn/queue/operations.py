@@ -11,6 +11,7 @@ longrunning Operations (`redbarn.frontend.execution`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from redbarn.queue.scripts import RequiredBlobs, Scripts
 from redbarn.queue.sizeclass import SizeClassAnalyzer
 
 Stage = re_pb2.ExecutionStage
+log = logging.getLogger(__name__)
+# Sharded queues: after a wake pass found no parked worker in any other shard, the
+# Executes of the next this many seconds are woken for together at its end.
+WAKE_QUIET = 0.02
 
 
 class MissingBlobs(Exception):
@@ -102,6 +107,9 @@ class Operations:
     events: ev.SchedulerEvents = field(default_factory=ev.NoEvents)
     # Feedback-driven initial size classes (None: the smallest size class with workers).
     size_classes: SizeClassAnalyzer | None = None
+    # Sharded queues: (queue, size class) -> (loop time a quiet period ends, Executes
+    # counted in it); see _wake_elsewhere.
+    _wake_quiet: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, init=False)
 
     async def execute(
         self,
@@ -193,7 +201,11 @@ class Operations:
             digest=digests.key(action_digest),
             digest_function=digest_function,
             target_id=request_metadata.target_id if request_metadata is not None else "",
-            initial_size_class=choice.size_class if choice else None,
+            initial_size_class=choice.size_class
+            if choice
+            # A shard sees only the workers in it now: the smallest size class, as
+            # Buildbarn's fallback analyzer picks, not the smallest with workers here.
+            else (config.smallest_size_class(queue.domain) if shards > 1 else None),
             largest_executing=largest,
             required=required,
         )
@@ -239,15 +251,52 @@ class Operations:
         """New work queued in `shard`, where no worker of its size class was parked: wake
         one parked in another shard (the next ones first), which takes it from here
         (`Workers`). A worker parking meanwhile looks at every shard after it parks, so
-        work queued before that look is found by it and work queued after it wakes it."""
-        sc = keys.size_class_field(size_class)
-        for i in range(1, shards):
-            other = keys.shard_domains(queue, shards)[(shard + i) % shards]
-            woken = await self.scripts.wake_parked(
-                domain=other, config=self.registry.script_config(other), size_class=sc
-            )
-            if woken is not None:
+        work queued before that look is found by it and work queued after it wakes it.
+
+        Under load nobody is parked anywhere, and every queued Execute would ask K-1
+        shards in vain: after a pass that found nobody, the Executes of the next
+        WAKE_QUIET seconds only count themselves, and one pass at its end wakes as many
+        workers as they were (parked in any shard), so none waits longer than that."""
+        key = (queue, size_class)
+        loop = asyncio.get_running_loop()
+        quiet = self._wake_quiet.get(key)
+        if quiet is not None:
+            until, waiting = quiet
+            if loop.time() < until:
+                self._wake_quiet[key] = (until, waiting + 1)
                 return
+        others = keys.shard_domains(queue, shards)
+        if await self._wake(others[:shard] + others[shard + 1 :], size_class, 1):
+            self._wake_quiet.pop(key, None)
+            return
+        until = loop.time() + WAKE_QUIET
+        self._wake_quiet[key] = (until, 0)
+        loop.call_at(until, lambda: asyncio.ensure_future(self._wake_later(key, shards)))
+
+    async def _wake_later(self, key: tuple[str, int], shards: int) -> None:
+        """The pass at the end of a quiet period, for the Executes it counted."""
+        quiet = self._wake_quiet.pop(key, None)
+        if quiet is None or quiet[1] == 0:
+            return
+        queue, size_class = key
+        try:
+            await self._wake(keys.shard_domains(queue, shards), size_class, quiet[1])
+        except Exception as err:  # Redis away: the parks' own looks still find the work
+            log.warning("waking parked workers of %s failed: %s", queue, err)
+
+    async def _wake(self, domains: Sequence[str], size_class: int, count: int) -> int:
+        """Wake up to `count` workers parked in `domains`; how many were woken."""
+        sc = keys.size_class_field(size_class)
+        woken = 0
+        for domain in domains:
+            while woken < count:
+                wk = await self.scripts.wake_parked(
+                    domain=domain, config=self.registry.script_config(domain), size_class=sc
+                )
+                if wk is None:
+                    break
+                woken += 1
+        return woken
 
     async def get_operation_view(self, name: str, *, watch: bool = True) -> OperationView:
         """Touch (watch=True: attach this frontend and renew the waiter lease) and read.

@@ -125,6 +125,8 @@ class Workers:
     # Workers in a warm hold now (worker key -> platform queue domain).
     _holding: dict[str, str] = field(default_factory=dict, init=False)
     _checker: asyncio.Task[None] | None = field(default=None, init=False)
+    # Home shard domain -> (platform queue domain, shards) of sharded queues' workers.
+    _homes: dict[str, tuple[str, int]] = field(default_factory=dict, init=False)
 
     async def synchronize(self, report: WorkerReport) -> replies.WorkerReply:
         """Record `report`; returns the worker's next desired state (parking first when
@@ -160,7 +162,9 @@ class Workers:
             # A sharded queue: the action is in its digest's shard (keys.shard_of). Work
             # taken from a shard other than home is reported there, and the worker then
             # goes home for its next action, so every shard keeps its own workers.
-            domain = keys.shard_domains(ident.queue, ident.shards)[keys.shard_of(digest, ident.shards)]
+            domain = keys.shard_domains(ident.queue, ident.shards)[
+                keys.shard_of(digest, ident.shards)
+            ]
             if domain != ident.domain and report.state == "completed":
                 mode = "l"
         reply = await self._report(
@@ -243,11 +247,14 @@ class Workers:
     async def _queued_elsewhere(self, ident: _Identity, size_class: int) -> list[str]:
         """The shards other than home with work queued for this size class, in rotating
         order from the one after home (one ZRANGEBYLEX each, sent together)."""
-        home = keys.shard_of(keys.worker_json_of(ident.wk), ident.shards)
-        others = [
-            keys.shard_domains(ident.queue, ident.shards)[(home + i) % ident.shards]
-            for i in range(1, ident.shards)
-        ]
+        return await self._queued_besides(ident.domain, ident.queue, ident.shards, size_class)
+
+    async def _queued_besides(
+        self, home: str, queue: str, shards: int, size_class: int
+    ) -> list[str]:
+        every = keys.shard_domains(queue, shards)
+        at = every.index(home)
+        others = [every[(at + i) % shards] for i in range(1, shards)]
         lo = f"[{keys.size_class_field(size_class)} "
         found = await asyncio.gather(
             *(
@@ -369,6 +376,8 @@ class Workers:
         home = keys.shard_domains(queue, shards)[keys.shard_of(worker_json, shards)]
         wk = keys.worker_key(report.size_class, worker_json)
         identity = _Identity(home, prefix, pjson, wk, codec.tokens(report.worker_id), queue, shards)
+        if shards > 1:
+            remember(self._homes, home, (queue, shards))
         remember(self._identities, cache_key, identity)
         return identity
 
@@ -395,6 +404,9 @@ class Workers:
             domain, parked.now_us, start + (parked.deadline_ms - parked.now_us / 1000) / 1000
         )
         reply: replies.WorkerReply | None = None
+        if steal is not None:  # a sharded queue: the warm check also looks at the others
+            self._holding[wk] = domain
+            self._check_warm_later()
         try:
             # A hint lost on the way (Redis restarting, say) is caught by one look at the
             # worker record after the first second (one read per park).
@@ -410,6 +422,8 @@ class Workers:
             if reply is None and payload is None and not assigned:
                 reply = self._go_warm(wk, warm)
         finally:
+            if steal is not None and self._holding.get(wk) == domain:
+                del self._holding[wk]
             woken = reply is None
             if reply is None:  # no assignment in hand: leave the parked state in Redis
                 reply = await self._unpark(domain, wk)
@@ -474,6 +488,26 @@ class Workers:
                     ):
                         self.events.hint_lost(ev.HINT_WORKER)
                         self.hints.deliver(keys.worker_topic(domain, wk).encode())
+                if domain in self._homes:
+                    await self._check_shards(domain, [wk for wk in wks if wk not in lost])
+
+    async def _check_shards(self, home: str, wks: list[str]) -> None:
+        """Sharded queues: work queued in another shard while workers of its size class
+        are held here means a wake-up was lost (Operations._wake_elsewhere): wake one
+        held worker per size class that has some, and count it."""
+        queue, shards = self._homes[home]
+        by_class: dict[str, list[str]] = {}
+        for wk in wks:
+            by_class.setdefault(keys.size_class_of(wk), []).append(wk)
+        for sc, held in by_class.items():
+            try:
+                found = await self._queued_besides(home, queue, shards, int(sc))
+            except Exception as err:  # Redis away: the parks' leases still bound it
+                log.debug("shard check of %s failed: %s", home, err)
+                continue
+            if found:
+                self.events.hint_lost(ev.HINT_WORKER)
+                self.hints.deliver(keys.worker_topic(home, held[0]).encode())
 
     async def _assigned_among(self, domain: str, wks: list[str]) -> list[str]:
         """Which of these workers' records name a task (they were offered one)."""
