@@ -251,6 +251,52 @@ async def test_scheduler_on_fast_cluster(cluster: list[int]) -> None:
         await rc.aclose()
 
 
+async def test_sharded_queue_on_three_masters(cluster: list[int]) -> None:
+    """--queue-shards 3 on the 3-master cluster: one shard on each master, Executes in
+    all three, and one worker (over FastCluster) runs every one of them."""
+    import dataclasses
+
+    from redbarn import digests
+    from redbarn.queue import codec
+    from redbarn.queue.config import PredeclaredQueue
+    from redbarn.runtime.fastredis import FastCluster
+
+    platform = re_pb2.Platform(properties=[re_pb2.Platform.Property(name="os", value="shard")])
+    queue = PredeclaredQueue("", codec.platform_json(platform), (0,))
+    cfg = dataclasses.replace(
+        FAST, predeclared=(queue,), queue_shards=3, operation_retention=30.0, worker_timeout=5.0
+    )
+    rc = RedisCluster(host="127.0.0.1", port=cluster[0])
+    fast = FastCluster([("127.0.0.1", cluster[1])])
+    try:
+        await rc.initialize()
+        shards = keys.shard_domains(queue.domain, 3)
+        owners = {rc.get_node_from_key(keys.domain_key(d, "meta")).port for d in shards}
+        assert len(owners) == 3  # one shard per master
+        s = Scheduler(rc, cfg, hints=PollingHints(), fast=fast)
+        await s.start()
+        names = []
+        for n in range(12):
+            digest, a = action(1000 + n, platform=platform)
+            v = await s.operations.execute(
+                instance_name="", action_digest=digest, action=a, digest_function=1
+            )
+            names.append(v.name)
+        assert {keys.parse_operation_name(n)[0] for n in names} == set(shards)  # type: ignore[index]
+        done = set()
+        resp = await synchronize(s, request("1", platform=platform))
+        while (digest := assigned(resp)) is not None:
+            done.add(digests.key(digest))
+            resp = await synchronize(s, request("1", "completed", digest, platform=platform))
+        assert len(done) == 12
+        for name in names:
+            view = await s.operations.get_operation_view(name)
+            assert view.stage == Stage.COMPLETED
+    finally:
+        await fast.aclose()
+        await rc.aclose()
+
+
 def _slot_owner(port: int, slot: int) -> tuple[int, bytes]:
     """(port, node id) of the master holding `slot`."""
     import redis as sync_redis
