@@ -106,6 +106,19 @@ def check_no_work_left(r: redis.Redis) -> list[str]:
     return violations
 
 
+def seconds_to_last_lease(r: redis.Redis) -> float:
+    """How long until the last worker lease in any domain runs out (Redis clock). A
+    worker parked on a frontend that was killed keeps its park's lease (idle timeout
+    times park holds, plus the worker timeout) if it stopped before coming back."""
+    last = 0.0
+    for p in domains(r):
+        top = r.zrange(keys.domain_key(p, "leases"), -1, -1, withscores=True)
+        if top:
+            last = max(last, float(top[0][1]))
+    sec, usec = r.time()
+    return max(0.0, last / 1000 - (sec + usec / 1e6))
+
+
 def check_no_workers_left(r: redis.Redis) -> list[str]:
     """After every worker stopped and the worker timeout passed: no worker record, no
     lease, no parked worker."""
