@@ -112,15 +112,24 @@ async def setup(redis_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
     try:
         yield s
     finally:
-        for proc in s.procs.values():
+        # Each step bounded and named: one CI run's teardown once waited out the whole
+        # test timeout, with nothing saying which step it was.
+        for name, proc in s.procs.items():
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await _step(f"worker {name} to exit after SIGKILL", proc.wait())
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await reaper
-        await server.stop(None)
-        await client.aclose()
+            await _step("the reaper to stop", reaper)
+        await _step("the gRPC server to stop", server.stop(None))
+        await _step("the Redis client to close", client.aclose())
+
+
+async def _step(what: str, aw: Any) -> None:
+    try:
+        await asyncio.wait_for(aw, 20)
+    except TimeoutError:
+        pytest.fail(f"teardown: waited 20 s for {what}")
 
 
 async def test_action_through_real_scheduler(setup: Setup) -> None:
