@@ -155,8 +155,9 @@ class Operations:
         choice = await analysis.choose(queue.domain, timeout) if analysis is not None else None
         # A sharded queue (--queue-shards): the action's own shard, so that in-flight
         # dedup still meets the same action (keys.shard_of).
+        digest_key = digests.key(action_digest)
         shards = config.shards_of(queue.domain)
-        shard = keys.shard_of(digests.key(action_digest), shards)
+        shard = keys.shard_of(digest_key, shards)
         domain = keys.shard_domains(queue.domain, shards)[shard]
         routed = re_pb2.Action()
         routed.CopyFrom(action)
@@ -198,7 +199,7 @@ class Operations:
             path=path,
             priority=codec.priority_field(priority),
             executing=executing.SerializeToString(),
-            digest=digests.key(action_digest),
+            digest=digest_key,
             digest_function=digest_function,
             target_id=request_metadata.target_id if request_metadata is not None else "",
             initial_size_class=choice.size_class

@@ -244,14 +244,11 @@ class Workers:
 
     # Sharded platform queues (--queue-shards) -------------------------------------
 
-    async def _queued_elsewhere(self, ident: _Identity, size_class: int) -> list[str]:
-        """The shards other than home with work queued for this size class, in rotating
-        order from the one after home (one ZRANGEBYLEX each, sent together)."""
-        return await self._queued_besides(ident.domain, ident.queue, ident.shards, size_class)
-
     async def _queued_besides(
         self, home: str, queue: str, shards: int, size_class: int
     ) -> list[str]:
+        """The shards of `queue` other than `home` with work queued for this size class,
+        in rotating order from the one after home (one ZRANGEBYLEX each, sent together)."""
         every = keys.shard_domains(queue, shards)
         at = every.index(home)
         others = [every[(at + i) % shards] for i in range(1, shards)]
@@ -264,12 +261,19 @@ class Workers:
         )
         return [d for d, f in zip(others, found, strict=True) if f]
 
-    async def _steal(self, ident: _Identity, report: WorkerReport) -> replies.Assignment | None:
-        """An idle worker (not parked) takes queued work from another shard, if any; its
-        home record is then removed, so it is in one shard at a time (it comes back
-        when it reports the completion)."""
+    async def _steal(
+        self, ident: _Identity, report: WorkerReport, found: list[str] | None = None
+    ) -> replies.Assignment | None:
+        """An idle worker (not parked) takes queued work from another shard, if any
+        (`found`: the shards a look just found work in); its home record is then
+        removed, so it is in one shard at a time (it comes back when it reports the
+        completion)."""
         idle = _idle(report)
-        for domain in await self._queued_elsewhere(ident, report.size_class):
+        if found is None:
+            found = await self._queued_besides(
+                ident.domain, ident.queue, ident.shards, report.size_class
+            )
+        for domain in found:
             reply = await self._report(ident, domain, idle, "i", "", b"", False, "n", count=False)
             if isinstance(reply, replies.Assignment):
                 await self._report(ident, ident.domain, idle, "i", "", b"", False, "l")
@@ -290,12 +294,15 @@ class Workers:
         after the park, so work queued in another shard before it is seen here and work
         queued after it wakes this worker (Operations._wake_elsewhere): none is missed."""
         for _ in range(2):
-            if not await self._queued_elsewhere(ident, report.size_class):
+            found = await self._queued_besides(
+                ident.domain, ident.queue, ident.shards, report.size_class
+            )
+            if not found:
                 break
             got = await self._unpark(ident.domain, ident.wk)
             if isinstance(got, replies.Assignment):
                 return got
-            stolen = await self._steal(ident, report)
+            stolen = await self._steal(ident, report, found)
             if stolen is not None:
                 return stolen
             again = await self._report(
